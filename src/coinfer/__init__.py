@@ -1,0 +1,42 @@
+"""coinfer: one CNN inference, cooperatively, across heterogeneous edge devices.
+
+The light parts (graph IR, plans, strategies, cost model, simulator) import
+without torch. The Python API::
+
+    import coinfer
+    model = coinfer.zoo.get("resnet18")
+    cm = coinfer.capture(model, (1, 3, 224, 224))
+    plan = coinfer.plan("resnet18", "demo4", strategy="proportional")
+    err = coinfer.verify(plan, model, x)            # max abs diff vs the plain model
+    with coinfer.deploy(plan, "demo4") as session:  # real worker processes
+        y = session(x)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from . import zoo  # noqa: E402  (light: no torch at import)
+from .plan.plan import Plan  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .graph.capture import CapturedModel
+
+__all__ = ["Plan", "__version__", "capture", "deploy", "plan", "simulate", "verify", "zoo"]
+
+
+def capture(model: Any, input_shape: Any, name: str | None = None) -> CapturedModel:
+    """Trace an ``nn.Module`` into coinfer's graph IR (see :mod:`coinfer.graph.capture`)."""
+    from .graph.capture import capture as _capture
+
+    return _capture(model, input_shape, name)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("plan", "verify", "simulate", "deploy"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'coinfer' has no attribute {name!r}")

@@ -1,0 +1,104 @@
+"""Shared CLI plumbing: one-line user errors with exit code 2, JSON output, consoles."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class CheckFailed(Exception):
+    """A check did not pass (exit 1): verify mismatch, infeasible deadline..."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from ..cluster import ClusterError
+    from ..graph.ir import GraphError
+    from ..inputs import InputError
+    from ..modelspec import ModelError
+    from ..plan.plan import PlanError
+    from ..strategies.registry import StrategyError
+
+    extra: list[type[BaseException]] = []
+    try:
+        from ..errors import UserError
+
+        extra.append(UserError)
+    except ImportError:  # pragma: no cover
+        pass
+    return (ClusterError, GraphError, InputError, ModelError, PlanError, StrategyError, *extra)
+
+
+def fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: F) -> F:
+    """Turn known user errors into one line on stderr and exit 2 (1 for failed checks)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CheckFailed as e:
+            typer.echo(f"check failed: {e}", err=True)
+            raise typer.Exit(EXIT_CHECK_FAILED) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001
+            from ..strategies.registry import Infeasible
+
+            if isinstance(e, Infeasible):
+                typer.echo(f"infeasible: {e}", err=True)
+                raise typer.Exit(EXIT_CHECK_FAILED) from None
+            if isinstance(e, _user_error_types()):
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                typer.echo(f"error: {msg}", err=True)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``--param key=value`` pairs; values parsed as JSON when possible."""
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            fail(f"--param {it!r} must look like key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out

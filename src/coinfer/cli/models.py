@@ -1,0 +1,37 @@
+"""``coinfer models``: the zoo with input shape, parameters, FLOPs (and exit accuracies)."""
+
+from __future__ import annotations
+
+import typer
+
+from .common import console, emit_json, user_errors
+
+
+@user_errors
+def cmd(
+    json_out: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+    exits: bool = typer.Option(False, "--exits", help="show early exits and their measured accuracy"),
+) -> None:
+    """List the model zoo: name, input shape, parameters, FLOPs, weights."""
+    from .. import zoo
+    from ..zoo_summary import summaries
+
+    rows = summaries(with_exits=exits)
+    if json_out:
+        emit_json({"models": rows})
+        return
+    from rich.table import Table
+
+    t = Table(title="coinfer model zoo")
+    for c in ("name", "input", "params (M)", "GFLOPs", "weights", "exits"):
+        t.add_column(c, justify="right" if c in ("params (M)", "GFLOPs") else "left")
+    for r in rows:
+        ex = ", ".join(r["exits"]) if r["exits"] else "-"
+        if exits and r.get("exit_accuracy"):
+            ex = ", ".join(f"{k}={v:.3f}" for k, v in r["exit_accuracy"].items())
+        elif exits and r["exits"]:
+            ex += " (untrained: coinfer train exits --model " + r["name"] + ")"
+        t.add_row(r["name"], "x".join(map(str, r["input_shape"])), f"{r['params'] / 1e6:.2f}",
+                  f"{r['flops'] / 1e9:.2f}", r["weights"], ex)
+    console().print(t)
+    del zoo

@@ -1,0 +1,52 @@
+"""``coinfer plan``: run a strategy, write a plan file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, emit_json, parse_params, user_errors
+
+
+@user_errors
+def cmd(
+    model: str = typer.Option(..., "--model", "-m", help="zoo name, package.module:callable, or file.onnx"),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="cluster YAML file or built-in name (demo4, eq4, het4...)"),
+    strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies"),
+    objective: str = typer.Option("latency", "--objective", help="latency | energy"),
+    deadline_ms: float = typer.Option(None, "--deadline-ms", help="latency requirement (ms)"),
+    profiles: str = typer.Option(None, "--profiles", help="directory of coinfer profile results"),
+    input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
+    param: list[str] = typer.Option(None, "--param", "-p", help="strategy parameter key=value (repeatable)"),
+    out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="where to write the plan"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
+    show_programs: bool = typer.Option(False, "--show-programs", help="print the lowered per-device programs"),
+) -> None:
+    """Plan a model over a cluster with a strategy and write the plan file."""
+    from ..api import plan_result
+    from ..plan.lower import lower
+
+    res = plan_result(model, cluster, strategy, objective=objective, deadline_ms=deadline_ms,
+                      profiles=profiles, input_shape=input_shape, **parse_params(param))
+    plan = res.plan
+    plan.save(out)
+    from ..modelspec import capture_model
+
+    lowered = lower(plan, capture_model(model, input_shape).graph)
+    summary = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
+               "devices": plan.devices_used(lowered.graph), "bytes_moved": lowered.bytes_moved(),
+               "predicted": plan.predicted, "info": res.info}
+    if plan.predicted:
+        summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
+    if json_out:
+        emit_json(summary)
+    else:
+        c = console()
+        c.print(f"wrote [bold]{out}[/]: {strategy}, {len(plan.stages)} stages over "
+                f"{', '.join(summary['devices'])}; {summary['bytes_moved'] / 1e6:.2f} MB moved per inference")
+        if plan.predicted:
+            c.print("predicted: " + ", ".join(f"{k}={v}" for k, v in plan.predicted.items()
+                                              if isinstance(v, (int, float))))
+    if show_programs:
+        (console(stderr=True) if json_out else console()).print(lowered.text(), markup=False)

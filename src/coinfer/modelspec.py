@@ -1,0 +1,111 @@
+"""Resolve a MODEL argument: a zoo name, ``package.module:callable`` or an ``.onnx`` file.
+
+The same string is recorded in plans (``model.name``) so that workers on
+other devices rebuild the same model: zoo models from their name and seed (or
+the weights package), user models by importing the callable on that device.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch.nn as nn
+
+    from .graph.capture import CapturedModel
+
+
+class ModelError(ValueError):
+    """The MODEL argument cannot be resolved (exit 2)."""
+
+
+def parse_shape(text: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        vals = [int(v) for v in text]
+    else:
+        try:
+            vals = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+        except ValueError:
+            raise ModelError(f"--input-shape {text!r} is not a list of integers like 1,3,224,224") from None
+    if len(vals) != 4 or min(vals) <= 0:
+        raise ModelError(f"--input-shape must be 4 positive integers N,C,H,W like 1,3,224,224 (got {text!r})")
+    return tuple(vals)
+
+
+@dataclass
+class ModelSource:
+    spec: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    display: str
+
+
+def is_import_path(spec: str) -> bool:
+    return ":" in spec and not spec.endswith(".onnx") and "/" not in spec.split(":")[0]
+
+
+def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSource:
+    """Build the ``nn.Module`` for ``spec`` (eval mode) and its input shape."""
+    shape = parse_shape(input_shape)
+    if spec.endswith(".onnx"):
+        from .onnx_import import load_onnx
+
+        mod, onnx_shape = load_onnx(spec)
+        return ModelSource(spec, mod.eval(), shape or onnx_shape, Path(spec).name)
+    if is_import_path(spec):
+        mod_name, _, attr = spec.partition(":")
+        try:
+            m = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise ModelError(f"cannot import {mod_name!r} for model {spec!r}: {e}; is it on PYTHONPATH?") from None
+        fn = m
+        for part in attr.split("."):
+            fn = getattr(fn, part, None)  # type: ignore[assignment]
+            if fn is None:
+                raise ModelError(f"{mod_name!r} has no attribute {attr!r} (model {spec!r})")
+        if shape is None:
+            raise ModelError(f"model {spec!r} is an import path: give --input-shape N,C,H,W")
+        import torch.nn as nn
+
+        obj = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
+        if not isinstance(obj, nn.Module):
+            raise ModelError(f"{spec!r} must be an nn.Module or a callable returning one, got {type(obj).__name__}")
+        return ModelSource(spec, obj.eval(), shape, spec)
+    from . import zoo
+
+    try:
+        e = zoo.entry(spec)
+    except (KeyError, ValueError) as err:
+        raise ModelError(str(err).strip("'\"")) from None
+    if shape is not None and tuple(shape) != tuple(e.input_shape):
+        raise ModelError(
+            f"{spec} is defined for input shape {list(e.input_shape)}, not {list(shape)}; "
+            f"drop --input-shape for zoo models"
+        )
+    try:
+        mod = zoo.get(spec, seed=seed)
+    except zoo.MissingExtraError as err:
+        raise ModelError(str(err)) from None
+    return ModelSource(spec, mod, tuple(e.input_shape), spec)
+
+
+_CACHE: dict[tuple[str, tuple[int, ...] | None, int], CapturedModel] = {}
+
+
+def capture_model(spec: str, input_shape: Any = None, seed: int = 0) -> CapturedModel:
+    """Load and capture ``spec`` (memoised per process: workers and CLI reuse it)."""
+    shape = parse_shape(input_shape)
+    key = (spec, shape, seed)
+    cm = _CACHE.get(key)
+    if cm is None:
+        from .graph.capture import capture
+
+        src = load_module(spec, shape, seed)
+        cm = capture(src.module, src.input_shape, spec)
+        _CACHE[key] = cm
+    return cm

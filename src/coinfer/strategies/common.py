@@ -1,0 +1,91 @@
+"""Helpers shared by strategies: row splitting, stage boundaries, halo redundancy. Torch-free."""
+
+from __future__ import annotations
+
+from ..graph.geometry import part_geometry
+from ..graph.ir import OUTPUT, Graph
+from ..plan.plan import RowPart, Rows, Stage, Whole
+
+
+def split_rows(size: int, weights: dict[str, float], min_rows: int = 1) -> list[tuple[str, tuple[int, int]]]:
+    """Split ``size`` rows in proportion to ``weights`` (largest remainder), in the given order.
+
+    Devices whose share rounds below ``min_rows`` are dropped (their rows go to
+    the others), so every part has at least ``min_rows`` rows.
+    """
+    items = [(d, w) for d, w in weights.items() if w > 0]
+    if not items:
+        raise ValueError("split_rows needs at least one positive weight")
+    while True:
+        total = sum(w for _, w in items)
+        exact = [size * w / total for _, w in items]
+        base = [int(x) for x in exact]
+        rest = size - sum(base)
+        order = sorted(range(len(items)), key=lambda i: exact[i] - base[i], reverse=True)
+        for i in order[:rest]:
+            base[i] += 1
+        small = [i for i, b in enumerate(base) if b < min_rows]
+        if not small or len(items) == 1:
+            break
+        drop = min(small, key=lambda i: items[i][1])
+        items.pop(drop)
+    out, r = [], 0
+    for (d, _), b in zip(items, base):
+        if b > 0:
+            out.append((d, (r, r + b)))
+            r += b
+    return out
+
+
+def rows_stage(graph: Graph, until: str, weights: dict[str, float], halo: str = "exact") -> Stage:
+    node = graph[until]
+    parts = split_rows(node.height, weights)
+    if len(parts) == 1:
+        return Stage(until, Whole(parts[0][0]))
+    return Stage(until, Rows(tuple(RowPart(d, r) for d, r in parts)), halo)
+
+
+def last_splittable(graph: Graph) -> str | None:
+    split = [c for c, ok in graph.splittable_cuts().items() if ok]
+    return split[-1] if split else None
+
+
+def tail_stage(graph: Graph, device: str) -> Stage:
+    return Stage(OUTPUT, Whole(device))
+
+
+def redundancy(graph: Graph, start: str, end: str, weights: dict[str, float]) -> float:
+    """Extra FLOPs of an exact row split of stage (start, end] relative to the unsplit stage."""
+    node = graph[end]
+    parts = split_rows(node.height, weights)
+    whole = part_geometry(graph, start, end, None).flops
+    if whole == 0:
+        return 0.0
+    split = sum(part_geometry(graph, start, end, (a, b, 0, node.width)).flops for _, (a, b) in parts)
+    return split / whole - 1.0
+
+
+def fused_boundaries(graph: Graph, weights: dict[str, float], max_redundancy: float = 0.10) -> list[str]:
+    """Cut points ending row-split stages: each stage as long as its halo redundancy allows.
+
+    Starting at the input, a stage is extended to the furthest splittable cut
+    point whose exact row split (by ``weights``) adds at most
+    ``max_redundancy`` FLOPs; with 0 every splittable cut point ends a stage.
+    """
+    split = [c for c, ok in graph.splittable_cuts().items() if ok]
+    if not split:
+        return []
+    out = []
+    start = graph.input.name
+    i = 0
+    while i < len(split):
+        best = i
+        for j in range(i + 1, len(split)):
+            if redundancy(graph, start, split[j], weights) <= max_redundancy:
+                best = j
+            elif j - best > 3:
+                break
+        out.append(split[best])
+        start = split[best]
+        i = best + 1
+    return out

@@ -1,0 +1,125 @@
+"""One registry of planning strategies, by name. Torch-free.
+
+A strategy is a pure function ``PlanRequest -> PlanResult``: it reads the
+graph IR, the cluster, a cost model and the objective, and returns a plan. It
+never measures (profilers do) and never touches sockets or torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..cluster import Cluster
+from ..graph.ir import Graph
+from ..plan.plan import ModelRef, Plan, Stage, StrategyRef, Wire
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cost.model import CostModel
+
+OBJECTIVES = ("latency", "energy")
+
+
+class StrategyError(ValueError):
+    """Bad strategy input (exit 2): unknown name, bad parameter..."""
+
+
+class Infeasible(Exception):
+    """No configuration meets the constraint (exit 1); carries the best effort."""
+
+    def __init__(self, message: str, best: PlanResult | None = None) -> None:
+        super().__init__(message)
+        self.best = best
+
+
+@dataclass
+class PlanRequest:
+    graph: Graph
+    cluster: Cluster
+    model: str  # zoo name or import path, recorded in the plan
+    costs: CostModel | None = None
+    objective: str = "latency"
+    deadline_ms: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise StrategyError(f"objective {self.objective!r} is unknown; use latency or energy")
+        if self.deadline_ms is not None and not self.deadline_ms > 0:
+            raise StrategyError(f"--deadline-ms must be > 0 (got {self.deadline_ms})")
+
+    @property
+    def devices(self) -> list[str]:
+        return self.cluster.names
+
+    @property
+    def source(self) -> str:
+        return self.cluster.source
+
+    def param(self, key: str, default: Any = None) -> Any:
+        return self.params.get(key, default)
+
+    def make_plan(self, stages: list[Stage], strategy: str, params: dict[str, Any] | None = None,
+                  exit: str | None = None, wire: Wire | None = None) -> Plan:
+        g = self.graph
+        return Plan(
+            model=ModelRef(self.model, tuple(g.input_shape), g.fingerprint()),
+            devices=list(self.devices), source=self.source, stages=stages,
+            strategy=StrategyRef(strategy, dict(params or {})), exit=exit, wire=wire or Wire(),
+        )
+
+
+@dataclass
+class PlanResult:
+    plan: Plan
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+StrategyFn = Callable[[PlanRequest], PlanResult]
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    name: str
+    fn: StrategyFn
+    summary: str
+    paper: str
+    exact: bool  # plans equal the unpartitioned model (halo exact, lossless wire)
+    needs_costs: bool
+
+
+_REGISTRY: dict[str, StrategyInfo] = {}
+
+
+def register(name: str, *, summary: str, paper: str = "", exact: bool = True,
+             needs_costs: bool = False) -> Callable[[StrategyFn], StrategyFn]:
+    def deco(fn: StrategyFn) -> StrategyFn:
+        if name in _REGISTRY:
+            raise RuntimeError(f"strategy {name!r} registered twice")
+        _REGISTRY[name] = StrategyInfo(name, fn, summary, paper, exact, needs_costs)
+        return fn
+    return deco
+
+
+def _load_all() -> None:
+    from . import catalog  # noqa: F401  (imports every strategy module)
+
+
+def names() -> list[str]:
+    _load_all()
+    return list(_REGISTRY)
+
+
+def info(name: str) -> StrategyInfo:
+    _load_all()
+    if name not in _REGISTRY:
+        raise StrategyError(f"unknown strategy {name!r}; known: {', '.join(_REGISTRY)} (coinfer strategies)")
+    return _REGISTRY[name]
+
+
+def run(name: str, req: PlanRequest) -> PlanResult:
+    """Plan with strategy ``name``; the plan is validated against the graph."""
+    s = info(name)
+    res = s.fn(req)
+    res.plan.validate(req.graph)
+    return res
