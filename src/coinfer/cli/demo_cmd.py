@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+COMMAND = "demo"
+
 import typer
 
 from .common import console, user_errors

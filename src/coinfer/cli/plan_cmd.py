@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+COMMAND = "plan"
+
 from pathlib import Path
 
 import typer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+COMMAND = "verify"
+
 import typer
 
 from .common import CheckFailed, emit_json, user_errors

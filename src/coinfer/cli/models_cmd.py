@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+COMMAND = "models"
+
 import typer
 
 from .common import console, emit_json, user_errors

@@ -1,0 +1,122 @@
+"""One trace format for the simulator and the runtime (torch-free).
+
+Events are per device and per lane (``compute``, ``send``, ``recv``), times
+in milliseconds from the request's start. Saved as Chrome/Perfetto trace JSON
+(open in ui.perfetto.dev or chrome://tracing), so a prediction and a
+measurement of the same plan can be viewed side by side; ``gantt()`` draws a
+PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LANES = ("compute", "send", "recv")
+
+
+@dataclass
+class Event:
+    device: str
+    lane: str  # compute | send | recv
+    name: str  # the lowered instruction's text, e.g. "compute s2.p1" or "send s1 rows[0,4) to d2"
+    start_ms: float
+    end_ms: float
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dur_ms(self) -> float:
+        return self.end_ms - self.start_ms
+
+
+@dataclass
+class Trace:
+    events: list[Event] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # kind (measured|simulated), latency_ms, plan...
+
+    def add(self, device: str, lane: str, name: str, start_ms: float, end_ms: float, **args: Any) -> None:
+        self.events.append(Event(device, lane, name, start_ms, end_ms, dict(args)))
+
+    @property
+    def devices(self) -> list[str]:
+        return list(dict.fromkeys(e.device for e in self.events))
+
+    @property
+    def span_ms(self) -> float:
+        return max((e.end_ms for e in self.events), default=0.0)
+
+    def busy_ms(self, device: str, lane: str = "compute") -> float:
+        """Union length of ``lane`` intervals on ``device`` (overlaps counted once)."""
+        iv = sorted((e.start_ms, e.end_ms) for e in self.events if e.device == device and e.lane == lane)
+        total, cur_s, cur_e = 0.0, None, None
+        for s, e in iv:
+            if cur_e is None or s > cur_e:
+                if cur_e is not None and cur_s is not None:
+                    total += cur_e - cur_s
+                cur_s, cur_e = s, e
+            else:
+                cur_e = max(cur_e, e)
+        if cur_e is not None and cur_s is not None:
+            total += cur_e - cur_s
+        return total
+
+    # -- Chrome trace JSON ----------------------------------------------------
+    def to_chrome(self) -> dict[str, Any]:
+        devs = self.devices
+        ev: list[dict[str, Any]] = []
+        for pid, d in enumerate(devs):
+            ev.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": d}})
+            for tid, lane in enumerate(LANES):
+                ev.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": lane}})
+        for e in self.events:
+            ev.append({"name": e.name, "ph": "X", "pid": devs.index(e.device),
+                       "tid": LANES.index(e.lane) if e.lane in LANES else len(LANES),
+                       "ts": round(e.start_ms * 1000.0, 3), "dur": round(max(e.dur_ms, 0.0) * 1000.0, 3),
+                       "args": {"device": e.device, "lane": e.lane, **e.args}})
+        return {"traceEvents": ev, "displayTimeUnit": "ms", "coinfer": self.meta}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_chrome()))
+
+    @classmethod
+    def from_chrome(cls, d: dict[str, Any]) -> Trace:
+        t = cls(meta=dict(d.get("coinfer", {})))
+        for e in d.get("traceEvents", []):
+            if e.get("ph") != "X":
+                continue
+            a = dict(e.get("args", {}))
+            dev, lane = a.pop("device"), a.pop("lane")
+            s = e["ts"] / 1000.0
+            t.events.append(Event(dev, lane, e["name"], s, s + e["dur"] / 1000.0, a))
+        return t
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        return cls.from_chrome(json.loads(Path(path).read_text()))
+
+    # -- picture -------------------------------------------------------------
+    def gantt(self, path: str | Path, title: str | None = None) -> None:
+        """A Gantt chart PNG: one row per device and lane."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        devs = self.devices
+        colors = {"compute": "tab:blue", "send": "tab:orange", "recv": "tab:green"}
+        rows = [(d, lane) for d in devs for lane in LANES
+                if any(e.device == d and e.lane == lane for e in self.events)]
+        fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.2))
+        for y, (d, lane) in enumerate(rows):
+            spans = [(e.start_ms, e.dur_ms) for e in self.events if e.device == d and e.lane == lane]
+            ax.broken_barh(spans, (y - 0.4, 0.8), color=colors.get(lane, "grey"))
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{d} {lane}" for d, lane in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("time (ms)")
+        ax.set_title(title or f"{self.meta.get('kind', 'trace')}: {self.span_ms:.1f} ms")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
