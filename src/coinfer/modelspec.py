@@ -55,8 +55,8 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
     if spec.endswith(".onnx"):
         from .onnx_import import load_onnx
 
-        mod, onnx_shape = load_onnx(spec)
-        return ModelSource(spec, mod.eval(), shape or onnx_shape, Path(spec).name)
+        mod, onnx_shape = load_onnx(spec, shape)
+        return ModelSource(spec, mod.eval(), onnx_shape, Path(spec).name)
     if is_import_path(spec):
         mod_name, _, attr = spec.partition(":")
         try:
