@@ -21,12 +21,13 @@ def plan_result(model: str, cluster: Cluster | str, strategy: str = "proportiona
                 objective: str = "latency", deadline_ms: float | None = None,
                 profiles: str | None = None, input_shape: Any = None, **params: Any) -> PlanResult:
     """Plan ``model`` over ``cluster`` with a registered strategy; returns plan and report."""
+    from .cost.model import load_cost_model
     from .modelspec import capture_model
     from .strategies import PlanRequest, run
 
     cl = _cluster(cluster)
     cm = capture_model(model, input_shape)
-    costs = None  # the cost model arrives with the profiler/simulator issue
+    costs = load_cost_model(cm.graph, cl, profiles)
     req = PlanRequest(cm.graph, cl, model, costs, objective, deadline_ms, params)
     return run(strategy, req)
 

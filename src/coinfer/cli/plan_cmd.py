@@ -26,29 +26,34 @@ def cmd(
     show_programs: bool = typer.Option(False, "--show-programs", help="print the lowered per-device programs"),
 ) -> None:
     """Plan a model over a cluster with a strategy and write the plan file."""
-    from ..api import plan_result
+    from ..api import _cluster, plan_result
+    from ..cost.model import load_cost_model
+    from ..modelspec import capture_model
     from ..plan.lower import lower
+    from ..sim import simulate
+    from ..sim.run import predicted
 
     res = plan_result(model, cluster, strategy, objective=objective, deadline_ms=deadline_ms,
                       profiles=profiles, input_shape=input_shape, **parse_params(param))
     plan = res.plan
+    graph = capture_model(model, input_shape).graph
+    lowered = lower(plan, graph)
+    sim = simulate(lowered, load_cost_model(graph, _cluster(cluster), profiles))
+    plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
-    from ..modelspec import capture_model
-
-    lowered = lower(plan, capture_model(model, input_shape).graph)
     summary = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
-               "devices": plan.devices_used(lowered.graph), "bytes_moved": lowered.bytes_moved(),
-               "predicted": plan.predicted, "info": res.info}
-    if plan.predicted:
-        summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
+               "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted, "info": res.info}
+    summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
     if json_out:
         emit_json(summary)
     else:
         c = console()
+        p = plan.predicted
         c.print(f"wrote [bold]{out}[/]: {strategy}, {len(plan.stages)} stages over "
-                f"{', '.join(summary['devices'])}; {summary['bytes_moved'] / 1e6:.2f} MB moved per inference")
-        if plan.predicted:
-            c.print("predicted: " + ", ".join(f"{k}={v}" for k, v in plan.predicted.items()
-                                              if isinstance(v, (int, float))))
+                f"{', '.join(summary['devices'])}; {p['raw_bytes'] / 1e6:.2f} MB moved per inference")
+        c.print(f"predicted: latency {p['latency_ms']:.2f} ms, energy {p['energy_j']:.3f} J "
+                f"(dynamic {p['dynamic_energy_j']:.3f} J), {p['bytes_moved'] / 1e6:.2f} MB on the wire "
+                f"({p['costs']} costs; coinfer simulate {out} --cluster {cluster} for the timeline)")
+        c.print("busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in p["busy_ms"].items()))
     if show_programs:
         (console(stderr=True) if json_out else console()).print(lowered.text(), markup=False)

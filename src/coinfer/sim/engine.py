@@ -1,0 +1,301 @@
+"""Discrete-event simulation of the lowered per-device programs (torch-free).
+
+:func:`simulate` executes exactly the programs of a
+:class:`~coinfer.plan.lower.Lowered` — the ones the runtime runs — with
+costs from a :class:`~coinfer.cost.model.CostModel`:
+
+* **Programs run in order on each device.** ``compute`` occupies the device's
+  single compute queue (its ``threads`` only change its speed, through the
+  cost model) from the moment the preceding instructions are done for its
+  part's :meth:`~coinfer.cost.model.CostModel.part_ms`; ``recv`` waits until
+  the matching ``send`` has arrived; ``send`` is asynchronous: it is queued
+  on the link and the program goes on, so communication overlaps compute.
+* **Links.** Each direction of each device pair is a FIFO with the link's
+  bandwidth and latency: a transfer starts when it is issued and the link is
+  free, holds the link for ``wire bytes × 8 / bandwidth`` (integrated over a
+  bandwidth trace), and arrives one latency after its last bit. By default a
+  device's outgoing links do **not** share a NIC (``nic="per_link"``): the
+  cluster file gives each pair its own bandwidth, as a switched full-duplex
+  network does, and the runtime's emulation shapes each link with its own
+  token bucket — the testbed the simulator is validated against.
+  ``nic="shared"`` serialises all of a device's outgoing transfers on one
+  queue instead (a single radio, e.g. a Pi on WiFi scattering to many peers).
+* **Dynamic stages** (``dyn_master`` / ``dyn_worker``: DeepThings' work
+  stealing, ADCNN's dynamic scheduling) run as the runtime's master does: a
+  tile pool at the source with the runtime's tile scheduler
+  (:mod:`coinfer.runtime.schedulers`, pure policy; ``steal`` by default —
+  each device first takes the tiles the plan assigns it, then steals from
+  the longest queue). When the source reaches ``dyn_master`` it pushes every
+  pool device up to the scheduler's depth (1) of tiles: the tile's input
+  region goes over the link, the device computes it once it has reached
+  ``dyn_worker`` and is free, and sends the output region back; the arrival
+  of an output frees the device for its next tile. The source computes its
+  own tiles when it is in the pool. The stage ends at the source when the
+  last output has arrived; a worker leaves it when the master's "done"
+  message reaches it (one latency later).
+
+Transfers and computations become events of a :class:`~coinfer.trace.Trace`
+(kind ``simulated``) named by the instruction texts, the format the runtime
+writes, so one viewer shows prediction and measurement side by side. A send
+event spans the bytes on the wire, a recv event the bytes arriving.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..cluster import ClusterError
+from ..cost.bandwidth import BandwidthTrace
+from ..cost.model import CostModel
+from ..graph.geometry import PartGeom, Region, part_geometry
+from ..plan.lower import Lowered
+from ..trace import Trace
+from .result import SimResult
+
+NIC_MODES = ("per_link", "shared")
+
+
+class SimulationError(RuntimeError):
+    """The programs cannot complete (a lowering bug: a recv without its send, a deadlock)."""
+
+
+@dataclass(frozen=True)
+class _Xfer:
+    sender: str
+    start: float  # first bit on the wire
+    end: float  # last bit on the wire
+    lat: float
+    wire: float  # expected on-wire bytes
+
+    @property
+    def arrival(self) -> float:
+        return self.end + self.lat
+
+
+MailKey = tuple[str, str, int, Region | None]
+
+
+class _Engine:
+    def __init__(self, lowered: Lowered, costs: CostModel, nic: str) -> None:
+        if nic not in NIC_MODES:
+            raise ValueError(f"nic must be one of {NIC_MODES}, got {nic!r}")
+        self.L = lowered
+        self.costs = costs
+        self.nic = nic
+        plan = lowered.plan
+        self.src = plan.source
+        self.codec, self.quant = plan.wire.codec, plan.wire.quant
+        self.devs = list(lowered.programs)
+        missing = [d for d in self.devs if d not in costs.cluster.names]
+        if missing:
+            raise ClusterError(
+                f"the plan uses device(s) {missing} that the cluster does not have (devices: "
+                f"{', '.join(costs.cluster.names)}); simulate with the cluster the plan was made for or "
+                f"re-plan with coinfer plan --cluster"
+            )
+        self.t = {d: 0.0 for d in self.devs}
+        self.pc = {d: 0 for d in self.devs}
+        self.busy = {d: 0.0 for d in self.devs}
+        self.tx = {d: 0.0 for d in self.devs}
+        self.rx = {d: 0.0 for d in self.devs}
+        self.egress_free: dict[Any, float] = {}
+        self.mail: dict[MailKey, deque[_Xfer]] = {}
+        self.waiting: dict[MailKey, str] = {}
+        self.work: deque[str] = deque(self.devs)
+        self.reach: dict[int, dict[str, float]] = {}
+        self.trace = Trace(meta={"kind": "simulated"})
+        self.wire_total = 0.0
+        self.raw_total = 0
+        self.output_ms: float | None = None
+
+    # -- links ----------------------------------------------------------------
+    def _transfer(self, a: str, b: str, nbytes: int, issue: float, name: str, **args: Any) -> _Xfer:
+        res: Any = (a, b) if self.nic == "per_link" else a
+        start = max(issue, self.egress_free.get(res, 0.0))
+        ser = self.costs.serialize_ms(a, b, nbytes, self.codec, self.quant, start)
+        end = start + ser
+        self.egress_free[res] = end
+        lat = self.costs.link(a, b)[1]
+        wire = self.costs.wire_bytes(nbytes, self.codec, self.quant)
+        self.tx[a] += ser
+        self.wire_total += wire
+        self.raw_total += nbytes
+        self.trace.add(a, "send", name, start, end, peer=b, bytes=nbytes, wire_bytes=round(wire), **args)
+        return _Xfer(a, start, end, lat, wire)
+
+    def _received(self, d: str, x: _Xfer, name: str, **args: Any) -> None:
+        s = x.start + x.lat
+        self.rx[d] += x.arrival - s
+        self.trace.add(d, "recv", name, s, x.arrival, peer=x.sender, **args)
+
+    def _geom(self, stage: int, part: int) -> PartGeom:
+        """The part's geometry (rebuilt when the Lowered came without it, e.g. from data)."""
+        geom = self.L.geoms.get((stage, part))
+        if geom is None:
+            st, info = self.L.stages[stage], self.L.parts[(stage, part)]
+            geom = part_geometry(self.L.graph, st.start, st.end, info.out_region, st.halo)
+            self.L.geoms[(stage, part)] = geom
+        return geom
+
+    def _compute(self, d: str, start: float, stage: int, part: int, name: str, **args: Any) -> float:
+        geom = self._geom(stage, part)
+        ms = self.costs.part_ms(d, geom)
+        self.busy[d] += ms
+        self.trace.add(d, "compute", name, start, start + ms, flops=geom.flops, **args)
+        return start + ms
+
+    # -- programs ---------------------------------------------------------------
+    def run(self) -> None:
+        while self.work:
+            d = self.work.popleft()
+            self._advance(d)
+        stuck = [d for d in self.devs if self.pc[d] < len(self.L.programs[d])]
+        if stuck:
+            where = "; ".join(f"{d} at #{self.pc[d]} {self.L.programs[d][self.pc[d]].text()}" for d in stuck)
+            raise SimulationError(f"the programs deadlock: {where} (a lowering bug; please report it)")
+        left = [k for k, q in self.mail.items() if q]
+        if left:
+            raise SimulationError(f"sends never received: {left[:3]} (a lowering bug; please report it)")
+        if self.output_ms is None:
+            raise SimulationError("the source program has no output instruction (a lowering bug)")
+
+    def _advance(self, d: str) -> None:
+        prog = self.L.programs[d]
+        while self.pc[d] < len(prog):
+            i = self.pc[d]
+            ins = prog[i]
+            op = ins.op
+            if op == "send":
+                assert ins.peer is not None
+                x = self._transfer(d, ins.peer, ins.nbytes, self.t[d], ins.text(), instr=i)
+                key = (d, ins.peer, ins.tensor, ins.region)
+                self.mail.setdefault(key, deque()).append(x)
+                w = self.waiting.pop(key, None)
+                if w is not None:
+                    self.work.append(w)
+            elif op == "recv":
+                assert ins.peer is not None
+                key = (ins.peer, d, ins.tensor, ins.region)
+                q = self.mail.get(key)
+                if not q:
+                    self.waiting[key] = d
+                    return
+                x = q.popleft()
+                self._received(d, x, ins.text(), instr=i, bytes=ins.nbytes)
+                self.t[d] = max(self.t[d], x.arrival)
+            elif op == "compute":
+                assert ins.part is not None
+                self.t[d] = self._compute(d, self.t[d], ins.tensor, ins.part, ins.text(), instr=i)
+            elif op in ("dyn_master", "dyn_worker"):
+                reach = self.reach.setdefault(ins.tensor, {})
+                reach.setdefault(d, self.t[d])
+                pool = set(self.L.stages[ins.tensor].devices) | {self.src}
+                if not pool <= set(reach):
+                    return  # wait for the rest of the pool; the last to arrive runs the stage
+                self._run_pool(ins.tensor, reach)
+                continue  # _run_pool advanced every member's pc, including ours
+            elif op == "output":
+                self.output_ms = self.t[d]
+            self.pc[d] = i + 1
+
+    def _run_pool(self, s: int, reach: dict[str, float]) -> None:
+        """A dynamic stage, as the runtime's master runs it (``runtime.engine._dyn_master``).
+
+        The tile policy is the runtime's own scheduler (DeepThings' work
+        stealing by default): the master fills every pool device up to the
+        scheduler's depth at once, then gives a device its next tile when one
+        of its outputs arrives.
+        """
+        from ..runtime.schedulers import make_scheduler  # pure policy, torch-free
+
+        src = self.src
+        members = list(self.L.stages[s].devices)
+        m0 = reach[src]
+        infos = {p: info for (st, p), info in self.L.parts.items() if st == s}
+        tiles = sorted(infos)
+        sched = make_scheduler(self.L.plan.strategy.params, tiles, members,
+                               {p: infos[p].device for p in tiles})
+        free = {d: reach.get(d, m0) for d in members}
+        inflight = {d: 0 for d in members}
+        done_at: list[tuple[float, int, str]] = []  # heap of (output at the master, seq, device)
+        seq = 0
+        done = m0
+
+        def dispatch(now: float) -> None:
+            nonlocal seq
+            for d in members:
+                while inflight[d] < sched.depth:
+                    p = sched.next_tile(d)
+                    if p is None:
+                        break
+                    info = infos[p]
+                    inflight[d] += 1
+                    name = f"compute s{s}.p{p} (tile)"
+                    if d == src:
+                        end = self._compute(d, max(now, free[d]), s, p, name, tile=True)
+                        free[d] = end
+                        arrive = end
+                    else:
+                        x = self._transfer(src, d, info.in_bytes, now, f"send tile s{s}.p{p} to {d}", tile=True)
+                        self._received(d, x, f"recv tile s{s}.p{p} from {src}", tile=True)
+                        end = self._compute(d, max(x.arrival, free[d]), s, p, name, tile=True)
+                        free[d] = end
+                        y = self._transfer(d, src, info.out_bytes, end, f"send tile_out s{s}.p{p} to {src}",
+                                           tile=True)
+                        self._received(src, y, f"recv tile_out s{s}.p{p} from {d}", tile=True)
+                        arrive = y.arrival
+                    heapq.heappush(done_at, (arrive, seq, d))
+                    seq += 1
+
+        dispatch(m0)
+        while done_at:
+            t, _, d = heapq.heappop(done_at)
+            inflight[d] -= 1
+            done = max(done, t)
+            dispatch(t)
+        for d in set(members) | {src}:
+            if d == src:
+                self.t[d] = max(self.t[d], done)
+            else:  # a worker leaves the stage when the master's "tiles done" reaches it
+                self.t[d] = max(self.t[d], free[d], done + self.costs.link(src, d)[1])
+            self.pc[d] += 1
+            if d not in self.work:
+                self.work.append(d)
+
+    # -- result ------------------------------------------------------------------
+    def result(self) -> SimResult:
+        assert self.output_ms is not None
+        T = self.output_ms
+        idle = {d: max(0.0, T - self.busy[d]) for d in self.devs}
+        dev_e = {d: self.costs.energy_j(d, self.busy[d], idle[d], self.tx[d], self.rx[d]) for d in self.devs}
+        dyn_e = sum(self.costs.dynamic_energy_j(d, self.busy[d], self.tx[d], self.rx[d]) for d in self.devs)
+        plan = self.L.plan
+        costs = self.costs.describe()
+        self.trace.meta.update({
+            "kind": "simulated", "latency_ms": T, "model": plan.model.name, "strategy": plan.strategy.name,
+            "devices": self.devs, "nic": self.nic, "costs": costs,
+        })
+        return SimResult(
+            latency_ms=T, busy_ms=dict(self.busy), idle_ms=idle, tx_ms=dict(self.tx), rx_ms=dict(self.rx),
+            bytes_moved=round(self.wire_total), raw_bytes=self.raw_total,
+            energy_j=sum(dev_e.values()), dynamic_energy_j=dyn_e, device_energy_j=dev_e,
+            trace=self.trace, costs=costs,
+        )
+
+
+def simulate(lowered: Lowered, costs: CostModel, *, bandwidth_trace: BandwidthTrace | None = None,
+             trace_start_s: float = 0.0, nic: str = "per_link") -> SimResult:
+    """Simulate one request of ``lowered`` with ``costs`` (see the module docstring for the model).
+
+    ``bandwidth_trace`` (with the request starting at ``trace_start_s`` into
+    it) overrides the cost model's trace. ``nic``: ``per_link`` (default) or
+    ``shared`` — whether a device's outgoing transfers share one queue.
+    """
+    if bandwidth_trace is not None:
+        costs = costs.with_trace(bandwidth_trace, trace_start_s)
+    eng = _Engine(lowered, costs, nic)
+    eng.run()
+    return eng.result()
