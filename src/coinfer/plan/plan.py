@@ -242,6 +242,10 @@ class Plan:
         pred = d.get("predicted")
         if pred is not None and not isinstance(pred, dict):
             raise PlanError("plan.predicted must be an object or null")
+        if not isinstance(st.get("params") or {}, dict):
+            raise PlanError("strategy.params must be an object of strategy parameters (or omitted)")
+        if d.get("exit") is not None and not isinstance(d["exit"], str):
+            raise PlanError("plan.exit must be null (the final output) or the name of an early exit")
         return cls(
             model=ModelRef.from_dict(d["model"]),
             devices=list(devs),
@@ -304,6 +308,19 @@ class Plan:
     def all_parts(self, graph: Graph) -> Iterator[Part]:
         for i in range(len(self.stages)):
             yield from self.parts(graph, i)
+
+    def devices_used_names(self) -> list[str]:
+        """Devices with work in some stage, plus the source (no graph needed)."""
+        used = {self.source}
+        for s in self.stages:
+            p = s.partition
+            if isinstance(p, Whole):
+                used.add(p.device)
+            elif isinstance(p, Rows):
+                used.update(rp.device for rp in p.parts)
+            else:
+                used.update(d for row in p.devices for d in row)
+        return [d for d in self.devices if d in used]
 
     def devices_used(self, graph: Graph) -> list[str]:
         used = {p.device for p in self.all_parts(graph)} | {self.source}

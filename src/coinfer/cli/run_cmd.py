@@ -1,0 +1,85 @@
+"""``coinfer run PLAN --cluster C``: execute a plan on real workers."""
+
+from __future__ import annotations
+
+COMMAND = "run"
+
+import statistics
+import time
+
+import typer
+
+from .common import CheckFailed, console, emit_json, user_errors
+
+
+@user_errors
+def cmd(
+    plan_path: str = typer.Argument(..., metavar="PLAN", help="plan JSON file"),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="cluster YAML or built-in name"),
+    input: str = typer.Option(None, "--input", help="image file, chelsea|coffee|astronaut, or random (default)"),
+    repeat: int = typer.Option(1, "--repeat", "-n", min=1, help="run the request N times"),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="untimed runs first"),
+    verify: bool = typer.Option(False, "--verify", help="compare with the unpartitioned model here"),
+    trace: str = typer.Option(None, "--trace", help="write the last run's Chrome/Perfetto trace JSON"),
+    gantt: str = typer.Option(None, "--gantt", help="write the last run's Gantt chart PNG"),
+    keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
+) -> None:
+    """Run a plan on the cluster's workers (local devices are started if coinfer up is not running)."""
+    from ..cluster import resolve_cluster
+    from ..execute.local import TOLERANCE, compare, reference_output
+    from ..inputs import make_input
+    from ..modelspec import capture_model
+    from ..plan.plan import Plan, PlanError
+    from ..runtime import upstate
+    from ..runtime.coordinator import deploy
+    from ..runtime.report import summarize
+
+    plan = Plan.load(plan_path)
+    cl = resolve_cluster(cluster)
+    missing = [d for d in plan.devices if d not in cl.names]
+    if missing:
+        raise PlanError(f"plan devices {missing} are not in the cluster {cl.names}; re-plan for this cluster")
+    if plan.source != cl.source:
+        raise PlanError(f"plan source {plan.source!r} differs from the cluster source {cl.source!r}")
+    cm = capture_model(plan.model.name, plan.model.input_shape)
+    plan.validate(cm.graph)
+    x = make_input(input, tuple(plan.model.input_shape))
+    up = upstate.read(cluster)
+    c = console(stderr=json_out)
+    with c.status("deploying…"):
+        session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys)
+    lat: list[float] = []
+    with session:
+        for _ in range(warmup):
+            session(x)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            y = session(x)
+            lat.append((time.perf_counter() - t0) * 1e3)
+        tr = session.last_trace
+    assert tr is not None
+    s = summarize(tr, cl)
+    s.update(latency_ms=round(statistics.median(lat), 3), latencies_ms=[round(v, 3) for v in lat],
+             plan_path=plan_path, strategy=plan.strategy.name, cpu_modes=session.cpu_modes,
+             predicted=plan.predicted)
+    if trace:
+        tr.save(trace)
+    if gantt:
+        tr.gantt(gantt, f"{plan.model.name} · {plan.strategy.name} · measured {s['latency_ms']:.1f} ms")
+    ok = True
+    if verify:
+        diff, rel = compare(y, reference_output(cm, x, plan.exit))
+        exact = all(st.halo == "exact" for st in plan.stages) and plan.wire.lossless
+        s.update(max_abs_diff=diff, rel=rel, exact_plan=exact)
+        ok = rel <= TOLERANCE or not exact
+    if json_out:
+        emit_json(s)
+    else:
+        c.print(f"{plan.model.name} · {plan.strategy.name}: median {s['latency_ms']:.1f} ms over {repeat} run(s); "
+                f"{s['bytes_moved'] / 1e6:.2f} MB moved; energy {s['energy_j']:.3f} J")
+        c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in s["busy_ms"].items()))
+        if verify:
+            c.print(f"  max_abs_diff={s['max_abs_diff']:.3g} rel={s['rel']:.3g}")
+    if not ok:
+        raise CheckFailed(f"rel={s['rel']:.3g} exceeds the tolerance {TOLERANCE} of an exact plan")

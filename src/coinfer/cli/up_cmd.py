@@ -1,0 +1,45 @@
+"""``coinfer up CLUSTER``: start every local device of a cluster as a worker process."""
+
+from __future__ import annotations
+
+COMMAND = "up"
+
+import time
+
+import typer
+
+from .common import console, user_errors
+
+
+@user_errors
+def cmd(
+    cluster: str = typer.Argument(..., help="cluster YAML or built-in name"),
+    keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
+    log_dir: str = typer.Option(None, "--log-dir", help="write each worker's log here"),
+) -> None:
+    """Run the cluster's local devices until Ctrl-C (coinfer run uses them)."""
+    from ..cluster import resolve_cluster
+    from ..runtime import upstate
+    from ..runtime.launcher import LocalCluster
+
+    cl = resolve_cluster(cluster)
+    c = console()
+    lc = LocalCluster(cl, keys=keys, log_dir=log_dir)
+    with c.status(f"starting {sum(d.is_local for d in cl.devices)} local workers…"):
+        lc.start()
+    for n, w in lc.workers.items():
+        d = cl.device(n)
+        c.print(f"  {n:<10} {w.address:<24} pid {w.proc.pid:<7} cpu_share {d.cpu_share} ({w.cpu_mode})")
+    upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
+    c.print("[bold]up[/]: Ctrl-C stops them. Links are shaped by each sender "
+            f"({cl.network.bandwidth_mbps} Mbit/s, {cl.network.latency_ms} ms by default).")
+    try:
+        while all(w.alive() for w in lc.workers.values()):
+            time.sleep(0.5)
+        dead = [n for n, w in lc.workers.items() if not w.alive()]
+        c.print(f"worker(s) {dead} exited; stopping")
+    except KeyboardInterrupt:
+        c.print("stopping")
+    finally:
+        upstate.clear(cluster)
+        lc.stop()

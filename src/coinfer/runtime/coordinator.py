@@ -1,0 +1,454 @@
+"""The coordinator: ``coinfer.deploy(plan, cluster) -> Session``.
+
+It runs on the device that holds the input (the plan's source). It connects
+to every worker, deploys the plan (each worker lowers it and builds only its
+parts), and per request sends the input to the source's worker and a ``run``
+to every other device of the plan; the source worker scatters, peers exchange
+halos directly, and the output comes back. Heartbeats (default every 0.5 s)
+detect a dead device within ``dead_after_s``; a request that depended on it
+is cancelled everywhere, the plan is re-made over the live devices (same
+strategy, the dead device removed; ``proportional`` if that strategy cannot
+plan) and the request re-runs from its input — each call returns exactly one
+result. A device that answers pings again is used after the next re-plan.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..cluster import Cluster
+from ..plan.plan import Plan
+from ..trace import Trace
+from . import wire
+from .launcher import LocalCluster
+from .security import KeyStore
+from .transport import BadMessage, Message, zmq_endpoint
+
+log = logging.getLogger("coinfer.coordinator")
+
+
+class RuntimeFailure(RuntimeError):
+    """A request could not be completed (after re-planning attempts)."""
+
+
+class DeviceUnreachable(RuntimeFailure):
+    pass
+
+
+@dataclass
+class _Pending:
+    dep: str
+    req: int
+    devices: set[str]
+    fut: Future[torch.Tensor] = field(default_factory=Future)
+    traces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    t_send_ms: float = 0.0
+    t_result_ms: float = 0.0
+
+
+@dataclass
+class RecoveryEvent:
+    t: float
+    dead: list[str]
+    replan_ms: float
+    recovery_ms: float
+    devices: list[str]
+
+
+def _advertise_host(addresses: list[str]) -> str:
+    """The local IP by which remote workers reach this machine (loopback if all are local)."""
+    hosts = [a[len("tcp://"):].rsplit(":", 1)[0] for a in addresses]
+    remote = [h for h in hosts if not (h.startswith("127.") or h in ("localhost", "::1"))]
+    if not remote:
+        return "127.0.0.1"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect((remote[0], 9))
+        return str(s.getsockname()[0])
+    finally:
+        s.close()
+
+
+class Session:
+    """A deployed plan. ``session(x)`` runs one inference; ``last_trace`` has its timeline."""
+
+    def __init__(self, plan: Plan, cluster: Cluster, addresses: dict[str, str], *,
+                 keys: str | None = None, seed: int = 0, timeout_s: float = 300.0,
+                 heartbeat_s: float = 0.5, dead_after_s: float = 1.5, replan: bool = True,
+                 local: LocalCluster | None = None, replan_fn: Callable[[Cluster], Plan] | None = None,
+                 cpu_modes: dict[str, str] | None = None) -> None:
+        self.plan = plan
+        self.cluster = cluster
+        self.addresses = dict(addresses)
+        self.seed = seed
+        self.timeout_s = timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.replan_enabled = replan
+        self.local = local
+        self.replan_fn = replan_fn
+        self.cpu_modes = dict(cpu_modes or {})
+        self.keys = KeyStore(keys) if keys else None
+        host = _advertise_host(list(self.addresses.values()))
+        self.name = f"coord-{os.getpid()}-{secrets.token_hex(3)}"
+        bind = f"tcp://{host}:0"
+        self.ep = zmq_endpoint(self.name, bind, keys=self.keys, insecure=self.keys is None)
+        self.lock = threading.RLock()
+        self.pending: dict[tuple[str, int], _Pending] = {}
+        self.waiters: dict[tuple[str, str], Future[dict[str, Any]]] = {}
+        self.last_seen: dict[str, float] = {}
+        self.alive: set[str] = set()
+        self.dead: set[str] = set()
+        self.info: dict[str, dict[str, Any]] = {}
+        self.req_ids = itertools.count(1)
+        self.dep: str | None = None
+        self.deployed_on: list[str] = []
+        self.last_trace: Trace | None = None
+        self.recoveries: list[RecoveryEvent] = []
+        self.stop = threading.Event()
+        self._membership_changed = threading.Event()
+        self.io = threading.Thread(target=self._loop, daemon=True, name="coord-io")
+        self.io.start()
+        try:
+            for dev in self.plan.devices_used_names():
+                self._connect(dev)
+            self._hello(self.plan.devices_used_names())
+            self._deploy(self.plan)
+        except BaseException:
+            self.close()
+            raise
+        self.hb = threading.Thread(target=self._heartbeat, daemon=True, name="coord-hb")
+        self.hb.start()
+
+    # -- plumbing -----------------------------------------------------------------
+    def _connect(self, dev: str) -> None:
+        if dev not in self.addresses:
+            raise DeviceUnreachable(f"device {dev!r} has no address; is it in the cluster file?")
+        self.ep.connect(dev, self.addresses[dev])
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            m = self.ep.recv(50)
+            if m is None:
+                continue
+            if isinstance(m, BadMessage):
+                log.warning("malformed message from %s: %s", m.sender, m.error)
+                continue
+            try:
+                self._dispatch(m)
+            except Exception:  # noqa: BLE001
+                log.exception("coordinator failed to handle %s", m.header.get("kind"))
+
+    def _dispatch(self, m: Message) -> None:
+        h = m.header
+        kind = h["kind"]
+        self.last_seen[m.sender] = time.monotonic()
+        if kind == "pong":
+            with self.lock:
+                if m.sender in self.dead:
+                    self.dead.discard(m.sender)
+                    self._membership_changed.set()
+                self.alive.add(m.sender)
+            return
+        if kind in ("hello_ok", "deploy_ok"):
+            key = (kind, m.sender if kind == "hello_ok" else f"{h['dep']}/{m.sender}")
+            if kind == "hello_ok":
+                self.info[m.sender] = dict(h)
+            f = self.waiters.pop(key, None)
+            if f is not None:
+                f.set_result(dict(h))
+            return
+        if kind == "result":
+            with self.lock:
+                p = self.pending.get((h["dep"], int(h["req"])))
+            if p is None:
+                return  # a late result of a cancelled attempt
+            arr = np.array(wire.decode_tensor(h, m.frames))  # copy out of the zmq frame
+            p.t_result_ms = time.time() * 1e3
+            if not p.fut.done():
+                p.fut.set_result(torch.from_numpy(arr))
+            return
+        if kind == "trace":
+            with self.lock:
+                p = self.pending.get((h["dep"], int(h["req"])))
+            if p is not None:
+                p.traces[h["device"]] = dict(h)
+            return
+        if kind == "error":
+            dep, req = h.get("dep"), h.get("req")
+            if req is not None and dep is not None:
+                with self.lock:
+                    p = self.pending.get((dep, int(req)))
+                if p is not None and not p.fut.done():
+                    p.fut.set_exception(RuntimeFailure(f"{m.sender}: {h['msg']}"))
+                    return
+            for key in list(self.waiters):
+                if key[1] in (m.sender, f"{dep}/{m.sender}"):
+                    f = self.waiters.pop(key)
+                    f.set_exception(RuntimeFailure(f"{m.sender}: {h['msg']}"))
+                    return
+            log.warning("error from %s: %s", m.sender, h["msg"])
+
+    def _wait(self, kind: str, key: str, send: Callable[[], None], timeout_s: float) -> dict[str, Any]:
+        f: Future[dict[str, Any]] = Future()
+        self.waiters[(kind, key)] = f
+        send()
+        try:
+            return f.result(timeout=timeout_s)
+        finally:
+            self.waiters.pop((kind, key), None)
+
+    def _hello(self, devices: list[str], timeout_s: float = 30.0) -> None:
+        futs = {}
+        for dev in devices:
+            f: Future[dict[str, Any]] = Future()
+            self.waiters[("hello_ok", dev)] = f
+            futs[dev] = f
+            self.ep.send(dev, {"kind": "hello", "coord": self.ep.address})
+        missing = []
+        for dev, f in futs.items():
+            try:
+                f.result(timeout=timeout_s)
+                self.alive.add(dev)
+                self.last_seen[dev] = time.monotonic()
+            except Exception:  # noqa: BLE001
+                missing.append(dev)
+        if missing:
+            raise DeviceUnreachable(
+                "no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in missing)
+                + "; is `coinfer worker` running there (or `coinfer up`)?")
+
+    def _links(self, dev: str, peers: list[str]) -> dict[str, list[float]]:
+        if not self.cluster.network.shape:
+            return {}
+        out = {}
+        for p in peers:
+            if p != dev:
+                bw, lat = self.cluster.link(dev, p)
+                out[p] = [bw, lat]
+        return out
+
+    def _deploy(self, plan: Plan, timeout_s: float = 180.0) -> None:
+        dep = secrets.token_hex(6)
+        devs = plan.devices_used_names()
+        text = plan.to_json()
+        peers = {d: self.addresses[d] for d in devs}
+        futs = {}
+        for dev in devs:
+            f: Future[dict[str, Any]] = Future()
+            self.waiters[("deploy_ok", f"{dep}/{dev}")] = f
+            futs[dev] = f
+            self.ep.send(dev, {"kind": "deploy", "dep": dep, "plan": text, "device": dev, "peers": peers,
+                               "coord": self.ep.address, "seed": self.seed, "links": self._links(dev, devs)})
+        for dev, f in futs.items():
+            try:
+                f.result(timeout=timeout_s)
+            except RuntimeFailure as e:
+                raise RuntimeFailure(f"deploying on {dev} failed: {e}") from None
+            except Exception:  # noqa: BLE001
+                raise DeviceUnreachable(f"deploying on {dev} timed out after {timeout_s:.0f} s") from None
+        old = self.dep
+        self.plan, self.dep, self.deployed_on = plan, dep, devs
+        if old:
+            for d in self.alive:
+                self.ep.send(d, {"kind": "undeploy", "dep": old})
+
+    def _heartbeat(self) -> None:
+        seq = itertools.count()
+        while not self.stop.wait(self.heartbeat_s):
+            now = time.monotonic()
+            known = set(self.addresses) & ({d for d in self.plan.devices} | self.alive | self.dead)
+            for dev in known:
+                try:
+                    self.ep.send(dev, {"kind": "ping", "seq": next(seq), "t": time.time()})
+                except Exception:  # noqa: BLE001
+                    pass
+            with self.lock:
+                for dev in list(self.alive):
+                    if now - self.last_seen.get(dev, now) > self.dead_after_s:
+                        self.alive.discard(dev)
+                        self.dead.add(dev)
+                        self._membership_changed.set()
+                        log.warning("device %s declared dead (no heartbeat for %.1f s)", dev,
+                                    now - self.last_seen.get(dev, now))
+                        for p in self.pending.values():
+                            if dev in p.devices and not p.fut.done():
+                                p.fut.set_exception(DeviceUnreachable(f"device {dev} died"))
+
+    # -- requests ---------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, *, attempts: int = 4) -> torch.Tensor:
+        x = x.detach().to(torch.float32).contiguous()
+        if tuple(x.shape) != tuple(self.plan.model.input_shape):
+            raise ValueError(f"input shape {list(x.shape)} != plan input {list(self.plan.model.input_shape)}")
+        t_first = time.monotonic()
+        failure: BaseException | None = None
+        for attempt in range(attempts):
+            if self._membership_changed.is_set() and self.replan_enabled:
+                self._replan(t_first if failure else None)
+            try:
+                y = self._attempt(x)
+                if failure is not None and self.recoveries:
+                    self.recoveries[-1].recovery_ms = (time.monotonic() - t_first) * 1e3
+                return y
+            except DeviceUnreachable as e:
+                failure = e
+                if not self.replan_enabled:
+                    raise
+                self._wait_dead_detected()
+                continue
+        raise RuntimeFailure(f"request failed after {attempts} attempts: {failure}")
+
+    def _wait_dead_detected(self) -> None:
+        deadline = time.monotonic() + self.dead_after_s + 2 * self.heartbeat_s
+        while time.monotonic() < deadline and not self._membership_changed.is_set():
+            time.sleep(0.02)
+
+    def _attempt(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.dep is not None
+        req = next(self.req_ids)
+        devs = set(self.deployed_on)
+        dead = devs & self.dead
+        if dead:
+            raise DeviceUnreachable(f"devices {sorted(dead)} are dead")
+        p = _Pending(self.dep, req, devs)
+        with self.lock:
+            self.pending[(self.dep, req)] = p
+        try:
+            meta, frames = wire.encode_tensor(x.numpy(), "raw", None)
+            p.t_send_ms = time.time() * 1e3
+            src = self.plan.source
+            self.ep.send(src, {"kind": "run", "dep": self.dep, "req": req, **meta}, frames)
+            for d in devs - {src}:
+                self.ep.send(d, {"kind": "run", "dep": self.dep, "req": req})
+            try:
+                y = p.fut.result(timeout=self.timeout_s)
+            except DeviceUnreachable:
+                self._cancel(p)
+                raise
+            except TimeoutError:
+                self._cancel(p)
+                raise RuntimeFailure(f"request {req} timed out after {self.timeout_s:.0f} s") from None
+            except RuntimeFailure:
+                self._cancel(p)
+                if self._membership_changed.is_set() or (devs & self.dead):
+                    raise DeviceUnreachable("a device failed during the request") from None
+                raise
+            # traces follow the result closely; wait a moment for all of them
+            deadline = time.monotonic() + 2.0
+            while len(p.traces) < len(devs) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            self.last_trace = self._trace(p)
+            return y
+        finally:
+            with self.lock:
+                self.pending.pop((p.dep, req), None)
+
+    def _cancel(self, p: _Pending) -> None:
+        for d in p.devices & self.alive:
+            try:
+                self.ep.send(d, {"kind": "cancel", "dep": p.dep, "req": p.req})
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _trace(self, p: _Pending) -> Trace:
+        t = Trace(meta={"kind": "measured", "strategy": self.plan.strategy.name, "req": p.req,
+                        "latency_ms": p.t_result_ms - p.t_send_ms, "devices": sorted(p.devices),
+                        "cpu_modes": self.cpu_modes})
+        for dev, tr in p.traces.items():
+            for lane, name, s, e, args in tr["events"]:
+                t.add(dev, lane, name, s - p.t_send_ms, e - p.t_send_ms, **args)
+        return t
+
+    # -- re-planning ---------------------------------------------------------------------
+    def _replan(self, t_fail: float | None) -> None:
+        self._membership_changed.clear()
+        t0 = time.monotonic()
+        live = [d.name for d in self.cluster.devices if d.name not in self.dead]
+        if self.plan.source not in live:
+            raise RuntimeFailure(f"the source device {self.plan.source} is dead; nothing can run")
+        sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
+        new = self.replan_fn(sub) if self.replan_fn else default_replan(self.plan, sub)
+        for d in new.devices_used_names():
+            if d not in self.alive:
+                self._connect(d)
+                self._hello([d])
+        self._deploy(new)
+        self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
+                                             0.0, new.devices_used_names()))
+        log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
+
+    def close(self) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            if self.dep:
+                for d in list(self.alive):
+                    self.ep.send(d, {"kind": "undeploy", "dep": self.dep})
+                time.sleep(0.02)
+        finally:
+            self.stop.set()
+            self.io.join(timeout=2)
+            self.ep.close()
+            if self.local is not None:
+                self.local.stop()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def default_replan(plan: Plan, cluster: Cluster) -> Plan:
+    """The same strategy over ``cluster``; ``proportional`` when it cannot plan there."""
+    from ..modelspec import capture_model
+    from ..strategies import PlanRequest, run
+
+    cm = capture_model(plan.model.name, plan.model.input_shape)
+    params = dict(plan.strategy.params)
+    objective = params.pop("objective", "latency")
+    deadline = params.pop("deadline_ms", None)
+    try:
+        req = PlanRequest(cm.graph, cluster, plan.model.name, None, objective, deadline, params)
+        return run(plan.strategy.name, req).plan
+    except Exception as e:  # noqa: BLE001 - any failure falls back to the simple planner
+        log.warning("re-planning with %s failed (%s); using proportional", plan.strategy.name, e)
+        return run("proportional", PlanRequest(cm.graph, cluster, plan.model.name)).plan
+
+
+def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = None,
+           keys: str | None = None, start_local: bool = True, **kw: Any) -> Session:
+    """Deploy ``plan`` on ``cluster``. Local devices are started as worker processes unless
+    ``addresses`` gives where they already run (``coinfer up``)."""
+    local = None
+    if addresses is None:
+        addresses = {d.name: d.address for d in cluster.devices if not d.is_local}
+        if any(d.is_local for d in cluster.devices):
+            if not start_local:
+                raise DeviceUnreachable("the cluster has local devices; start them with coinfer up")
+            from ..cluster import Cluster as _C  # noqa: F401
+
+            used = set(plan.devices)
+            sub = cluster.without(*[d.name for d in cluster.devices if d.name not in used
+                                    and d.name != cluster.source])
+            local = LocalCluster(sub, keys=keys).start()
+            addresses.update(local.addresses)
+    try:
+        return Session(plan, cluster, addresses, keys=keys, local=local,
+                       cpu_modes=local.cpu_modes() if local else None, **kw)
+    except BaseException:
+        if local is not None:
+            local.stop()
+        raise

@@ -1,0 +1,196 @@
+"""Start every ``address: local`` device of a cluster as its own worker process.
+
+Each worker binds loopback, prints ``READY <name> <address> <pid>`` and is
+then limited to its ``cpu_share`` (cgroup quota when the machine allows,
+otherwise a duty-cycle throttle — :func:`coinfer.runtime.emulation.limit_cpu`
+says which). Links are shaped inside the transport by each sender, from the
+cluster's bandwidth and latency. ``stop()`` (also on context exit, Ctrl-C
+and interpreter exit) terminates every process it started.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ..cluster import Cluster
+from .emulation import CpuLimiter, limit_cpu
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class LocalWorker:
+    name: str
+    address: str
+    proc: subprocess.Popen[bytes]
+    limiter: CpuLimiter | None
+    log_path: Path | None = None
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_mode(self) -> str:
+        return self.limiter.mode if self.limiter is not None else "none"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def _worker_cmd(name: str, bind: str, threads: int, keys: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "coinfer.runtime.worker_main", "--bind", bind, "--name", name,
+           "--threads", str(threads)]
+    cmd += ["--keys", keys] if keys else ["--insecure"]
+    return cmd
+
+
+class LocalCluster:
+    """The local devices of a cluster as worker processes on 127.0.0.1."""
+
+    def __init__(self, cluster: Cluster, *, keys: str | None = None, emulate_cpu: bool = True,
+                 log_dir: str | Path | None = None, start_timeout_s: float = 90.0) -> None:
+        self.cluster = cluster
+        self.keys = keys
+        self.emulate_cpu = emulate_cpu
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.timeout = start_timeout_s
+        self.workers: dict[str, LocalWorker] = {}
+        self._atexit = False
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Every device's address: local workers started here, remote ones from the cluster file."""
+        out = {d.name: d.address for d in self.cluster.devices if not d.is_local}
+        out.update({n: w.address for n, w in self.workers.items()})
+        return out
+
+    def cpu_modes(self) -> dict[str, str]:
+        return {n: w.cpu_mode for n, w in self.workers.items()}
+
+    def start(self) -> LocalCluster:
+        pending = [d for d in self.cluster.devices if d.is_local and d.name not in self.workers]
+        procs = {d.name: self._spawn(d.name, "tcp://127.0.0.1:0", d.threads) for d in pending}
+        try:
+            for d in pending:
+                self.workers[d.name] = self._ready(d.name, procs[d.name], d.cpu_share)
+        except BaseException:
+            for p in procs.values():
+                p.kill()
+            self.stop()
+            raise
+        if not self._atexit:
+            atexit.register(self.stop)
+            self._atexit = True
+        return self
+
+    def _spawn(self, name: str, bind: str, threads: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env["PYTHONUNBUFFERED"] = "1"
+        return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+
+    def _ready(self, name: str, proc: subprocess.Popen[bytes], share: float) -> LocalWorker:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + self.timeout
+        lines: list[str] = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline().decode(errors="replace").strip()
+            if not line:
+                if proc.poll() is not None:
+                    break
+                continue
+            lines.append(line)
+            if line.startswith("READY "):
+                _, wname, address, _pid = line.split()[:4]
+                limiter = limit_cpu(proc.pid, share, name) if self.emulate_cpu else None
+                w = LocalWorker(name, address, proc, limiter)
+                self._drain(w, proc.stdout)
+                return w
+        tail = " | ".join(lines[-3:]) or "no output"
+        raise LaunchError(f"worker {name!r} did not start ({tail})")
+
+    def _drain(self, w: LocalWorker, stream: IO[bytes]) -> None:
+        path = None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            path = self.log_dir / f"{w.name}.log"
+            w.log_path = path
+
+        def pump() -> None:
+            f = open(path, "ab") if path else None
+            try:
+                for raw in iter(stream.readline, b""):
+                    if f:
+                        f.write(raw)
+                        f.flush()
+                    w.log.append(raw.decode(errors="replace").rstrip())
+                    del w.log[:-50]
+            finally:
+                if f:
+                    f.close()
+
+        threading.Thread(target=pump, daemon=True, name=f"log-{w.name}").start()
+
+    # -- fault injection and recovery ------------------------------------------------
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        w = self.workers[name]
+        if w.limiter is not None:
+            w.limiter.close()
+        try:
+            w.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        w.proc.wait(timeout=10)
+
+    def restart(self, name: str) -> LocalWorker:
+        """Start ``name`` again on the same address (a device that comes back)."""
+        old = self.workers[name]
+        if old.alive():
+            self.kill(name)
+        d = self.cluster.device(name)
+        deadline = time.monotonic() + 10
+        while True:
+            proc = self._spawn(name, old.address, d.threads)
+            try:
+                w = self._ready(name, proc, d.cpu_share)
+                break
+            except LaunchError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # the port may still be held for a moment
+        self.workers[name] = w
+        return w
+
+    def stop(self) -> None:
+        for w in list(self.workers.values()):
+            if w.alive():
+                try:
+                    w.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for w in list(self.workers.values()):
+            try:
+                w.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait(timeout=5)
+            if w.limiter is not None:
+                w.limiter.close()
+        self.workers.clear()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

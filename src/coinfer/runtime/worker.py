@@ -1,0 +1,317 @@
+"""The worker daemon: ``coinfer worker --bind tcp://HOST:PORT --name NAME``.
+
+One I/O loop owns the endpoint's inbound side and dispatches messages:
+deployments are built in a background thread (heartbeats keep flowing), each
+request's program runs in a thread pool (requests are keyed by deployment and
+request id, so many deployments and concurrent requests never mix), and data
+from peers lands in the request's mailbox. Anything malformed is answered
+with an ``error`` and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from . import wire
+from .deployment import DeployError, Deployment, build
+from .engine import run_program
+from .shaping import LinkShaper
+from .store import RequestAborted, RequestState
+from .transport import BadMessage, Endpoint, Message
+
+log = logging.getLogger("coinfer.worker")
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
+
+class Worker:
+    def __init__(self, name: str, ep: Endpoint, *, threads: int = 1, cpu_mode: str = "none",
+                 request_timeout_s: float = 300.0, max_requests: int = 8) -> None:
+        self.name = name
+        self.ep = ep
+        self.cpu_mode = cpu_mode
+        self.timeout_s = request_timeout_s
+        torch.set_num_threads(max(1, threads))
+        self.deployments: dict[str, Deployment] = {}
+        self.requests: dict[tuple[str, int], RequestState] = {}
+        self.finished: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self.peers: dict[str, tuple[str, Any]] = {}  # name -> (address, shaping key)
+        self.pool = ThreadPoolExecutor(max_requests, thread_name_prefix=f"{name}-req")
+        self.tile_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-tile")
+        self.build_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-deploy")
+        self.lock = threading.RLock()
+        self.stop = threading.Event()
+        self.errors = 0
+        self.served = 0
+
+    # -- sending (WorkerIO) -----------------------------------------------------
+    def send_tensor(self, peer: str, header: dict[str, Any], value: torch.Tensor, *, shaped: bool) -> None:
+        d = self.deployments.get(str(header.get("dep")))
+        codec, quant = ("raw", None) if d is None else (d.plan.wire.codec, d.plan.wire.quant)
+        if header["kind"] == "result":
+            codec, quant = "raw", None
+        arr = value.detach().contiguous().numpy()
+        meta, frames = wire.encode_tensor(arr, codec, quant)
+        if header["kind"] == "data":
+            header = {**header, "ts": time.time() * 1e3}
+        self.ep.send(peer, {**header, **meta}, frames, shaped=shaped)
+
+    def send_control(self, peer: str, header: dict[str, Any]) -> None:
+        self.ep.send(peer, header)
+
+    def _error(self, peer: str, msg: str, code: str, dep: str | None = None, req: int | None = None) -> None:
+        self.errors += 1
+        log.warning("%s: %s (%s)", self.name, msg, code)
+        try:
+            self.ep.send(peer, {"kind": "error", "msg": msg[:250], "code": code, "dep": dep, "req": req})
+        except Exception:  # noqa: BLE001 - an unknown sender cannot be answered
+            pass
+
+    # -- loop -------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        while not self.stop.is_set():
+            m = self.ep.recv(100)
+            if m is None:
+                self._expire()
+                continue
+            try:
+                self.handle(m)
+            except Exception as e:  # noqa: BLE001 - the worker must stay up
+                log.exception("%s: handling a message failed", self.name)
+                sender = m.sender if isinstance(m, (Message, BadMessage)) else ""
+                self._error(sender, f"internal error: {type(e).__name__}: {e}", "internal")
+        self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        with self.lock:
+            for st in self.requests.values():
+                st.abort("worker shutting down")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.tile_pool.shutdown(wait=False, cancel_futures=True)
+        self.build_pool.shutdown(wait=False, cancel_futures=True)
+        self.ep.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for key, st in list(self.requests.items()):
+                if not st.started and now - st.created > self.timeout_s:
+                    st.abort("never started")
+                    self.requests.pop(key, None)
+                    self._finish(key)
+
+    def _finish(self, key: tuple[str, int]) -> None:
+        self.finished[key] = time.monotonic()
+        while len(self.finished) > 4096:
+            self.finished.popitem(last=False)
+
+    def _state(self, dep: str, req: int) -> RequestState | None:
+        key = (dep, req)
+        with self.lock:
+            if key in self.finished:
+                return None  # late message for a finished / cancelled request
+            st = self.requests.get(key)
+            if st is None:
+                st = RequestState(dep, req)
+                self.requests[key] = st
+            return st
+
+    def handle(self, m: Message | BadMessage) -> None:
+        if isinstance(m, BadMessage):
+            self._error(m.sender, f"malformed message: {m.error}", "bad_message")
+            return
+        h = m.header
+        kind = h["kind"]
+        fn = getattr(self, f"on_{kind}", None)
+        if fn is None:
+            self._error(m.sender, f"a worker does not accept {kind!r} messages", "bad_kind")
+            return
+        fn(m)
+
+    # -- handlers -----------------------------------------------------------------
+    def on_hello(self, m: Message) -> None:
+        coord = m.header.get("coord")
+        if coord:
+            self._connect(m.sender, coord, None)
+        self.ep.send(m.sender, {"kind": "hello_ok", "name": self.name, "pid": os.getpid(),
+                                "version": __version__, "cpu_mode": self.cpu_mode,
+                                "backends": ["torch"]})
+
+    def on_ping(self, m: Message) -> None:
+        self.ep.send(m.sender, {"kind": "pong", "seq": m.header["seq"], "t": m.header["t"], "name": self.name})
+
+    def on_shutdown(self, m: Message) -> None:
+        self.stop.set()
+
+    def _connect(self, peer: str, address: str, link: tuple[float, float] | None) -> None:
+        key = (address, None if link is None else tuple(link))
+        if self.peers.get(peer) == key:
+            return
+        if peer in self.peers:
+            self.ep.disconnect(peer)
+        shaper = None if link is None else LinkShaper(link[0], link[1])
+        self.ep.connect(peer, address, shaper=shaper)
+        self.peers[peer] = key
+
+    def on_deploy(self, m: Message) -> None:
+        h = m.header
+        dep, device = h["dep"], h["device"]
+        if device != self.name:
+            self._error(m.sender, f"deployment for {device!r} sent to worker {self.name!r}", "wrong_device", dep)
+            return
+        self._connect(m.sender, h["coord"], None)
+        links = h.get("links") or {}
+        for peer, addr in h["peers"].items():
+            if peer != self.name:
+                link = links.get(peer)
+                self._connect(peer, addr, None if link is None else (float(link[0]), float(link[1])))
+        sender = m.sender
+
+        def work() -> None:
+            try:
+                d = build(dep, h["plan"], device, sender, int(h.get("seed", 0)))
+            except DeployError as e:
+                self._error(sender, str(e), "deploy_failed", dep)
+                return
+            except Exception as e:  # noqa: BLE001
+                log.exception("deploy failed")
+                self._error(sender, f"deploy failed: {type(e).__name__}: {e}", "deploy_failed", dep)
+                return
+            with self.lock:
+                self.deployments[dep] = d
+            self.ep.send(sender, {"kind": "deploy_ok", "dep": dep, "device": self.name, "build_ms": d.build_ms})
+
+        self.build_pool.submit(work)
+
+    def on_undeploy(self, m: Message) -> None:
+        with self.lock:
+            self.deployments.pop(m.header["dep"], None)
+            for key, st in list(self.requests.items()):
+                if key[0] == m.header["dep"]:
+                    st.abort("undeployed")
+
+    def on_cancel(self, m: Message) -> None:
+        key = (m.header["dep"], int(m.header["req"]))
+        with self.lock:
+            st = self.requests.pop(key, None)
+            self._finish(key)
+        if st is not None:
+            st.abort("cancelled by the coordinator")
+
+    def _tensor(self, m: Message) -> torch.Tensor:
+        arr = wire.decode_tensor(m.header, m.frames)
+        return torch.from_numpy(np.asarray(arr))
+
+    def on_run(self, m: Message) -> None:
+        h = m.header
+        dep, req = h["dep"], int(h["req"])
+        d = self.deployments.get(dep)
+        if d is None:
+            self._error(m.sender, f"unknown deployment {dep!r} on {self.name}; deploy first", "no_deployment",
+                        dep, req)
+            return
+        st = self._state(dep, req)
+        if st is None:
+            return
+        if m.frames:
+            x = self._tensor(m)
+            if tuple(x.shape) != tuple(d.plan.model.input_shape):
+                self._error(m.sender, f"input shape {list(x.shape)} != model input "
+                                      f"{list(d.plan.model.input_shape)}", "bad_input", dep, req)
+                return
+            with st.cv:
+                st.input = x
+                st.cv.notify_all()
+        with self.lock:
+            if st.started:
+                return
+            st.started = True
+        self.pool.submit(self._run, d, st, m.sender)
+
+    def _run(self, d: Deployment, st: RequestState, coord: str) -> None:
+        key = (d.dep, st.req)
+        t0 = time.time() * 1e3
+        ok = True
+        try:
+            run_program(d, st, self, self.timeout_s, self.tile_pool)
+            self.served += 1
+        except RequestAborted as e:
+            ok = False
+            if "cancelled" not in str(e):
+                self._error(d.coord, f"request {st.req} aborted on {self.name}: {e}", "aborted", d.dep, st.req)
+        except Exception as e:  # noqa: BLE001
+            ok = False
+            log.exception("request failed")
+            self._error(d.coord, f"request {st.req} failed on {self.name}: {type(e).__name__}: {e}",
+                        "request_failed", d.dep, st.req)
+        finally:
+            with self.lock:
+                self.requests.pop(key, None)
+                self._finish(key)
+        if ok:
+            events = [[e[0], e[1], round(e[2], 3), round(e[3], 3), e[4] if len(e) > 4 else {}]
+                      for e in st.events]
+            self.ep.send(d.coord, {"kind": "trace", "dep": d.dep, "req": st.req, "device": self.name,
+                                   "events": [[x[0], x[1], x[2], x[3], _args(x[4])] for x in events],
+                                   "t0": t0})
+
+    def on_data(self, m: Message) -> None:
+        h = m.header
+        st = self._state(h["dep"], int(h["req"]))
+        if st is None:
+            return
+        region = None if h["region"] is None else tuple(int(v) for v in h["region"])
+        st.put((int(h["tensor"]), region, h["src"]), self._tensor(m), h.get("ts"))
+
+    def on_tile(self, m: Message) -> None:
+        h = m.header
+        st = self._state(h["dep"], int(h["req"]))
+        if st is None:
+            return
+        d = self.deployments.get(h["dep"])
+        if d is None:
+            self._error(m.sender, f"unknown deployment {h['dep']!r}", "no_deployment", h["dep"], int(h["req"]))
+            return
+        x = self._tensor(m)
+        with st.cv:
+            st.tiles.append((int(h["stage"]), int(h["part"]), x, m.sender))
+            st.cv.notify_all()
+        with self.lock:
+            if not st.started:  # a dyn_worker may get tiles before its own run message
+                pass
+
+    def on_tile_out(self, m: Message) -> None:
+        h = m.header
+        st = self._state(h["dep"], int(h["req"]))
+        if st is None:
+            return
+        y = self._tensor(m)
+        with st.cv:
+            st.tile_outs.append((int(h["stage"]), int(h["part"]), h["device"], float(h["ms"]), y))
+            st.cv.notify_all()
+
+    def on_tiles_done(self, m: Message) -> None:
+        h = m.header
+        st = self._state(h["dep"], int(h["req"]))
+        if st is None:
+            return
+        with st.cv:
+            st.tiles_done.add(int(h["stage"]))
+            st.cv.notify_all()
+
+
+def _args(a: Any) -> dict[str, Any]:
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in dict(a).items()
+            if isinstance(v, (int, float, str, bool))}
