@@ -1,12 +1,17 @@
-"""``coinfer demo``: classify a real image with a model split over a heterogeneous cluster."""
+"""``coinfer demo``: classify a real image with a model split over an emulated heterogeneous cluster."""
 
 from __future__ import annotations
 
 COMMAND = "demo"
 
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
 import typer
 
-from .common import console, user_errors
+from .common import console, emit_json, user_errors
 
 
 def default_model() -> str:
@@ -19,49 +24,118 @@ def default_model() -> str:
         return "resnet18"
 
 
+def demo_cluster(n: int) -> Any:
+    """``n`` local devices with CPU shares spread like demo4 (0.15 … 0.7) on 100 Mbit/s."""
+    from ..cluster import builtin_cluster, parse_cluster
+
+    if n == 4:
+        return builtin_cluster("demo4")
+    if n < 1 or n > 16:
+        from ..errors import UserError
+
+        raise UserError(f"--devices must be 1..16, got {n}")
+    shares = [round(0.15 + (0.7 - 0.15) * i / max(1, n - 1), 2) for i in range(n)]
+    return parse_cluster({"source": "d0", "devices": [
+        {"name": f"d{i}", "cpu_share": s, "power": {"busy_w": round(2 + 8 * s, 2), "idle_w": 1.5, "tx_w": 1.0}}
+        for i, s in enumerate(shares)], "network": {"bandwidth_mbps": 100, "latency_ms": 0.5}}, f"demo{n}")
+
+
+def _measure(session: Any, x: Any, repeat: int) -> tuple[Any, list[float]]:
+    y = session(x)  # warm-up
+    lat = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        y = session(x)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return y, lat
+
+
 @user_errors
 def cmd(
     model: str = typer.Option(None, "--model", "-m", help="default: efficientnet_lite0 (real weights) else resnet18"),
-    cluster: str = typer.Option("demo4", "--cluster", "-c", help="cluster YAML or built-in name"),
-    strategy: str = typer.Option("proportional", "--strategy", "-s"),
+    devices: int = typer.Option(4, "--devices", "-n", help="number of emulated devices (ignored with --cluster)"),
+    cluster: str = typer.Option(None, "--cluster", "-c", help="cluster YAML or built-in name (default: demo4)"),
+    strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies"),
     image: str = typer.Option("chelsea", "--input", help="image file or skimage sample name"),
-    in_process: bool = typer.Option(True, "--in-process/--distributed",
-                                    help="in-process parts (the runtime issue adds real workers)"),
+    repeat: int = typer.Option(5, "--repeat", min=1, help="timed runs of each configuration"),
+    out: Path = typer.Option(Path("coinfer-demo"), "--out", help="directory for the Gantt PNG and trace JSON"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
-    """Split a model over a cluster, classify an image, show it equals the single-device result."""
+    """Split a model over local worker processes, classify an image, compare with one device."""
     import torch
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .. import zoo
     from ..api import plan_result
-    from ..execute.local import InProcessExecutor, compare, reference_output
+    from ..cluster import resolve_cluster
+    from ..execute.local import compare
     from ..inputs import make_input
-    from ..modelspec import capture_model
+    from ..runtime.coordinator import Session
+    from ..runtime.launcher import LocalCluster
+    from ..runtime.report import summarize
 
-    c = console()
+    c = console(stderr=json_out)
+    t_start = time.perf_counter()
     model = model or default_model()
-    res = plan_result(model, cluster, strategy)
-    plan = res.plan
-    cm = capture_model(model)
-    x = make_input(image, tuple(plan.model.input_shape))
-    single = reference_output(cm, x)
-    run = InProcessExecutor(cm, plan).run(x, timed=True)
-    diff, rel = compare(run.output, single)
-    labels = zoo.imagenet_labels() if single.shape[-1] == 1000 else None
+    cl = resolve_cluster(cluster) if cluster else demo_cluster(devices)
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=c,
+                  transient=True) as prog:
+        task = prog.add_task(f"starting {len(cl.devices)} worker processes…")
+        local = LocalCluster(cl, log_dir=out / "logs").start()
+        try:
+            prog.update(task, description=f"planning {model} with {strategy}…")
+            split = plan_result(model, cl, strategy).plan
+            single = plan_result(model, cl, "local").plan
+            x = make_input(image, tuple(split.model.input_shape))
+            prog.update(task, description="running on the source device alone…")
+            with Session(single, cl, local.addresses, cpu_modes=local.cpu_modes()) as s1:
+                y1, lat1 = _measure(s1, x, repeat)
+            prog.update(task, description=f"running split over {len(split.devices_used_names())} devices…")
+            with Session(split, cl, local.addresses, cpu_modes=local.cpu_modes()) as s2:
+                y2, lat2 = _measure(s2, x, repeat)
+                tr = s2.last_trace
+            modes = local.cpu_modes()
+        finally:
+            local.stop()
+    assert tr is not None
+    diff, rel = compare(y2, y1)
+    labels = zoo.imagenet_labels() if y1.shape[-1] == 1000 else None
 
-    def top5(y: torch.Tensor) -> list[str]:
+    def top5(y: torch.Tensor) -> list[tuple[str, float]]:
         p = torch.softmax(y.flatten(), 0)
         v, i = p.topk(5)
-        return [f"{(labels[j] if labels else j)} ({pv:.1%})" for pv, j in zip(v.tolist(), i.tolist())]
+        return [(labels[j] if labels else str(j), float(pv)) for pv, j in zip(v.tolist(), i.tolist())]
 
-    c.print(f"[bold]{model}[/] on {image}, {strategy} plan over {', '.join(plan.devices)} "
-            f"({len(plan.stages)} stages), in-process parts")
-    for name, y in (("single device", single), ("split", run.output)):
-        c.print(f"  {name:>13}: " + "; ".join(top5(y)))
-    same = top5(single) == top5(run.output)
-    c.print(f"  identical top-5: {'yes' if same else 'NO'}; max abs diff {diff:.3g} (rel {rel:.3g})")
-    per: dict[str, int] = {}
-    for t in run.timings:
-        per[t.device] = per.get(t.device, 0) + t.flops
-    c.print("  FLOPs per device: " + ", ".join(f"{d} {f / 1e6:.0f} M" for d, f in per.items()))
-    if not same:
+    t1, t2 = top5(y1), top5(y2)
+    m1, m2 = statistics.median(lat1), statistics.median(lat2)
+    summ = summarize(tr, cl)
+    tr.save(out / "trace.json")
+    tr.gantt(out / "gantt.png", f"{model} · {strategy} over {len(cl.devices)} devices · {m2:.1f} ms")
+    result = {
+        "model": model, "strategy": strategy, "devices": {d.name: d.cpu_share for d in cl.devices},
+        "cpu_modes": modes, "top5_single": t1, "top5_distributed": t2,
+        "identical_top5": [a for a, _ in t1] == [b for b, _ in t2], "max_abs_diff": diff, "rel": rel,
+        "latency_single_ms": round(m1, 2), "latency_ms": round(m2, 2), "speedup": round(m1 / m2, 3),
+        "busy_ms": summ["busy_ms"], "bytes_moved": summ["bytes_moved"], "energy_j": summ["energy_j"],
+        "gantt": str(out / "gantt.png"), "trace": str(out / "trace.json"),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    if json_out:
+        emit_json(result)
+    else:
+        c.print(f"[bold]{model}[/] on [bold]{image}[/]: {strategy} plan, {len(split.stages)} stages over "
+                + ", ".join(f"{d.name} ({d.cpu_share} cpu)" for d in cl.devices)
+                + f"; {cl.network.bandwidth_mbps:g} Mbit/s links; cpu limits: {sorted(set(modes.values()))}")
+        c.print("  top-5 on the source device alone : " + "; ".join(f"{n} {p:.1%}" for n, p in t1))
+        c.print("  top-5 distributed                 : " + "; ".join(f"{n} {p:.1%}" for n, p in t2))
+        c.print(f"  identical: [bold]{'yes' if result['identical_top5'] else 'NO'}[/]; "
+                f"max abs diff {diff:.3g} (rel {rel:.2g})")
+        c.print(f"  latency (median of {repeat}): single {m1:.1f} ms → distributed {m2:.1f} ms "
+                f"([bold]{m1 / m2:.2f}×[/])")
+        c.print("  busy ms per device: " + ", ".join(f"{d} {v:.1f}" for d, v in summ["busy_ms"].items())
+                + f"; {summ['bytes_moved'] / 1e6:.2f} MB moved per inference")
+        c.print(f"  wrote {out / 'gantt.png'} and {out / 'trace.json'} (open in ui.perfetto.dev) "
+                f"in {result['seconds']:.0f} s")
+    if not result["identical_top5"]:
         raise typer.Exit(1)

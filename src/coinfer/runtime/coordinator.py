@@ -4,7 +4,7 @@ It runs on the device that holds the input (the plan's source). It connects
 to every worker, deploys the plan (each worker lowers it and builds only its
 parts), and per request sends the input to the source's worker and a ``run``
 to every other device of the plan; the source worker scatters, peers exchange
-halos directly, and the output comes back. Heartbeats (default every 0.5 s)
+halos directly, and the output comes back. Heartbeats (default every 0.25 s)
 detect a dead device within ``dead_after_s``; a request that depended on it
 is cancelled everywhere, the plan is re-made over the live devices (same
 strategy, the dead device removed; ``proportional`` if that strategy cannot
@@ -86,7 +86,7 @@ class Session:
 
     def __init__(self, plan: Plan, cluster: Cluster, addresses: dict[str, str], *,
                  keys: str | None = None, seed: int = 0, timeout_s: float = 300.0,
-                 heartbeat_s: float = 0.5, dead_after_s: float = 1.5, replan: bool = True,
+                 heartbeat_s: float = 0.25, dead_after_s: float = 1.2, replan: bool = True,
                  local: LocalCluster | None = None, replan_fn: Callable[[Cluster], Plan] | None = None,
                  cpu_modes: dict[str, str] | None = None) -> None:
         self.plan = plan
@@ -111,6 +111,7 @@ class Session:
         self.last_seen: dict[str, float] = {}
         self.alive: set[str] = set()
         self.dead: set[str] = set()
+        self.dead_at: dict[str, float] = {}  # device -> time.monotonic() it was declared dead
         self.info: dict[str, dict[str, Any]] = {}
         self.req_ids = itertools.count(1)
         self.dep: str | None = None
@@ -280,6 +281,7 @@ class Session:
                     if now - self.last_seen.get(dev, now) > self.dead_after_s:
                         self.alive.discard(dev)
                         self.dead.add(dev)
+                        self.dead_at[dev] = now
                         self._membership_changed.set()
                         log.warning("device %s declared dead (no heartbeat for %.1f s)", dev,
                                     now - self.last_seen.get(dev, now))
