@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import statistics
+from collections import deque
 import os
 import secrets
 import socket
@@ -23,7 +25,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -67,6 +69,31 @@ class RecoveryEvent:
     devices: list[str]
 
 
+class Adapter(Protocol):
+    """Adapts a running session between requests (Edgent's configuration map, CoEdge's re-solve).
+
+    ``before_request`` may return a new plan: the session deploys it and the
+    request runs on it. ``after_request`` sees each finished request's trace.
+    """
+
+    def before_request(self, session: Session) -> Plan | None: ...
+
+    def after_request(self, session: Session, trace: Trace) -> None: ...
+
+
+@dataclass(frozen=True)
+class LinkSample:
+    t: float  # time.time() of arrival
+    src: str
+    dst: str
+    nbytes: int
+    ms: float  # sent -> fully arrived
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes * 8 / 1e3 / max(self.ms, 1e-3)
+
+
 def _advertise_host(addresses: list[str]) -> str:
     """The local IP by which remote workers reach this machine (loopback if all are local)."""
     hosts = [a[len("tcp://"):].rsplit(":", 1)[0] for a in addresses]
@@ -88,7 +115,7 @@ class Session:
                  keys: str | None = None, seed: int = 0, timeout_s: float = 300.0,
                  heartbeat_s: float = 0.25, dead_after_s: float = 1.2, replan: bool = True,
                  local: LocalCluster | None = None, replan_fn: Callable[[Cluster], Plan] | None = None,
-                 cpu_modes: dict[str, str] | None = None) -> None:
+                 cpu_modes: dict[str, str] | None = None, adapter: Adapter | None = None) -> None:
         self.plan = plan
         self.cluster = cluster
         self.addresses = dict(addresses)
@@ -100,6 +127,9 @@ class Session:
         self.local = local
         self.replan_fn = replan_fn
         self.cpu_modes = dict(cpu_modes or {})
+        self.adapter = adapter
+        self.link_samples: deque[LinkSample] = deque(maxlen=2000)
+        self.switches: list[tuple[float, str]] = []  # (time, strategy/config) each time the plan changed
         self.keys = KeyStore(keys) if keys else None
         host = _advertise_host(list(self.addresses.values()))
         self.name = f"coord-{os.getpid()}-{secrets.token_hex(3)}"
@@ -299,8 +329,14 @@ class Session:
         for attempt in range(attempts):
             if self._membership_changed.is_set() and self.replan_enabled:
                 self._replan(t_first if failure else None)
+            if self.adapter is not None and failure is None:
+                new = self.adapter.before_request(self)
+                if new is not None and new.to_dict() != self.plan.to_dict():
+                    self.switch(new)
             try:
                 y = self._attempt(x)
+                if self.adapter is not None and self.last_trace is not None:
+                    self.adapter.after_request(self, self.last_trace)
                 if failure is not None and self.recoveries:
                     self.recoveries[-1].recovery_ms = (time.monotonic() - t_first) * 1e3
                 return y
@@ -352,6 +388,7 @@ class Session:
             while len(p.traces) < len(devs) and time.monotonic() < deadline:
                 time.sleep(0.002)
             self.last_trace = self._trace(p)
+            self._observe(self.last_trace)
             return y
         finally:
             with self.lock:
@@ -372,6 +409,38 @@ class Session:
             for lane, name, s, e, args in tr["events"]:
                 t.add(dev, lane, name, s - p.t_send_ms, e - p.t_send_ms, **args)
         return t
+
+    def _observe(self, tr: Trace, min_bytes: int = 8192) -> None:
+        """Record the transfer rate of every sizeable piece that crossed a link."""
+        now = time.time()
+        for e in tr.events:
+            peer = e.args.get("peer")
+            nb = int(e.args.get("bytes", 0))
+            if e.lane == "recv" and peer and nb >= min_bytes and e.dur_ms > 0:
+                self.link_samples.append(LinkSample(now, str(peer), e.device, nb, e.dur_ms))
+
+    def observed_mbps(self, a: str | None = None, b: str | None = None, last: int = 8) -> float | None:
+        """Median transfer rate (Mbit/s) of the ``last`` samples on link a–b (any link if None).
+
+        The rate includes the link latency and any queueing, as a planner sees it.
+        """
+        xs = [s.mbps for s in self.link_samples
+              if a is None or {s.src, s.dst} == {a, b} or (b is None and a in (s.src, s.dst))]
+        return statistics.median(xs[-last:]) if xs else None
+
+    def switch(self, plan: Plan) -> None:
+        """Deploy ``plan`` now; the next request runs on it (between requests only)."""
+        with self.lock:
+            busy = bool(self.pending)
+        if busy:
+            raise RuntimeFailure("switch() between requests only")
+        for d in plan.devices_used_names():
+            if d not in self.alive:
+                self._connect(d)
+                self._hello([d])
+        self._deploy(plan)
+        label = str(plan.strategy.params.get("config", plan.strategy.name))
+        self.switches.append((time.time(), label))
 
     # -- re-planning ---------------------------------------------------------------------
     def _replan(self, t_fail: float | None) -> None:

@@ -72,7 +72,8 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
             v = st.take(key, timeout_s)
             st.store.add(ins.tensor, ins.region, v)
             sent, arrived = st.arrivals.get(key, (t0, _now_ms()))
-            ev.append(["recv", ins.text(), sent, arrived, {"bytes": ins.nbytes, "waited_ms": _now_ms() - t0}])
+            ev.append(["recv", ins.text(), sent, arrived, {"bytes": ins.nbytes, "waited_ms": _now_ms() - t0,
+                                                          "peer": ins.peer or ""}])
             t0 = -1.0
         elif op == "compute":
             info = d.lowered.parts[(ins.tensor, ins.part)]  # type: ignore[index]
