@@ -425,6 +425,8 @@ class _Builder:
         dims = args[1] if len(args) > 1 else kw.get("dim")
         keep = bool(args[2] if len(args) > 2 else kw.get("keepdim", False))
         rank = len(self.node_shape(x))
+        if isinstance(dims, int):
+            dims = (dims,)
         if dims is None or rank != 4 or sorted(int(d) % 4 for d in dims) != [2, 3]:
             raise UnsupportedOpError(n.name, f"mean over dims {dims}", "only global (H, W) mean")
         self.global_pool(n, x, "avg", keep)

@@ -221,6 +221,8 @@ def part_geometry(graph: Graph, start: str, end: str, out_region: Region | None,
     nodes = stage_nodes(graph, start, end)
     end_node = graph[end]
     spatial = graph.segment_is_spatial(start, end)
+    if out_region is not None and not spatial and end_node.is_feature_map and out_region == full(end_node):
+        out_region = None  # a whole partition of a non-spatial stage ending at a feature map
     if out_region is not None and not spatial:
         raise GraphError(
             f"stage ({start}, {end}] is not splittable (it contains global pooling, flatten, "

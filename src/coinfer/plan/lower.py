@@ -210,8 +210,10 @@ def lower(plan: Plan, graph: Graph, geoms: dict[tuple[int, int], PartGeom] | Non
     def recvs_before_compute(s: int, dev: str, in_r: Region | None, done: set[Any]) -> list[Instr]:
         t = s - 1
         out = []
-        if plan.stages[s].exchange == "via_source" and t != INPUT:
-            if dev != src:
+        if plan.stages[s].exchange == "via_source":
+            # the source sends each device each distinct input region once (see the stage loop)
+            if dev != src and (src, in_r) not in done:
+                done.add((src, in_r))
                 out.append(Instr("recv", t, in_r, src, None, nbytes(t, in_r)))
             return out
         for d, out_r in producers(t):
