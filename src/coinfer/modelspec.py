@@ -84,8 +84,8 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
         raise ModelError(str(err).strip("'\"")) from None
     if shape is not None and tuple(shape) != tuple(e.input_shape):
         raise ModelError(
-            f"{spec} is defined for input shape {list(e.input_shape)}, not {list(shape)}; "
-            f"drop --input-shape for zoo models"
+            f"{spec} takes input shape {list(e.input_shape)}, not {list(shape)} (zoo models have a fixed "
+            f"input shape): drop --input-shape, or re-plan with coinfer plan if a plan says otherwise"
         )
     try:
         mod = zoo.get(spec, seed=seed)

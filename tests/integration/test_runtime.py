@@ -173,7 +173,8 @@ def test_early_exit_over_workers(cluster4):
     x = random_input(tuple(cm.graph.input_shape), 6)
     with Session(plan, cl, lc.addresses) as s:
         y = s(x)
-    ref = cm.module.forward_exits(x)["exit2"]
+    with torch.no_grad():
+        ref = cm.module.forward_exits(x)["exit2"]
     assert compare(y, ref)[1] <= TOLERANCE
     assert y.shape == ref.shape
 
