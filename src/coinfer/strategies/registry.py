@@ -56,6 +56,14 @@ class PlanRequest:
     def source(self) -> str:
         return self.cluster.source
 
+    def cost_model(self) -> CostModel:
+        """The request's cost model, or the analytic one for this graph and cluster (no profiles)."""
+        if self.costs is None:
+            from ..cost.model import CostModel as _CostModel
+
+            self.costs = _CostModel(self.graph, self.cluster)
+        return self.costs
+
     def param(self, key: str, default: Any = None) -> Any:
         return self.params.get(key, default)
 
@@ -120,6 +128,8 @@ def info(name: str) -> StrategyInfo:
 def run(name: str, req: PlanRequest) -> PlanResult:
     """Plan with strategy ``name``; the plan is validated against the graph."""
     s = info(name)
+    if s.needs_costs:
+        req.cost_model()
     res = s.fn(req)
     res.plan.validate(req.graph)
     return res
