@@ -1,0 +1,191 @@
+"""``auto``: the best plan coinfer can find — every strategy, then a refinement search.
+
+The papers each search one family of plans (one cut, one share vector, one
+tile grid, …). ``auto`` asks every registered exact strategy for its plan,
+scores each with the simulator on the same cost model (latency; or energy
+subject to the deadline), then improves the best few by hill climbing over
+moves no single paper makes together:
+
+* shift a row boundary between neighbouring parts of a stage;
+* fuse two consecutive row stages (fewer exchanges, more halo compute) or
+  split a fused stage at an inner cut point (the reverse);
+* drop the slowest device from a stage (its rows go to the others);
+* run a whole stage on another device;
+* switch an exact plan's wire codec to lz4 (lossless) when links are slow.
+
+Every move keeps the plan exact, so the result verifies like the rest. By
+construction its predicted objective is no worse than any strategy it
+consulted; ``PlanResult.info`` lists every candidate's prediction and how
+much the refinement gained.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from ..graph.ir import Graph
+from ..plan.plan import Plan, RowPart, Rows, Stage, Whole, Wire
+from .common import split_rows
+from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, info, names, register
+
+SKIP_BY_DEFAULT = {"auto", "distredge"}  # distredge trains a policy: opt in with include=[...]
+
+
+def _score(req: PlanRequest, plan: Plan, cache: dict[str, tuple[float, float, float]]) -> tuple[float, float, float]:
+    """(objective, latency_ms, energy_j) of ``plan`` predicted by the simulator; memoised."""
+    key = plan.to_json()
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    from ..sim.run import simulate_lowered
+
+    res = simulate_lowered(plan, req.graph, req.cost_model())
+    lat, energy = res.latency_ms, res.energy_j
+    if req.objective == "energy":
+        obj = energy if req.deadline_ms is None or lat <= req.deadline_ms else 1e9 + lat
+    else:
+        obj = lat
+    cache[key] = (obj, lat, energy)
+    return cache[key]
+
+
+def _rows_variants(g: Graph, plan: Plan, speeds: dict[str, float]) -> list[Plan]:
+    out: list[Plan] = []
+    st = plan.stages
+    for i, s in enumerate(st):
+        p = s.partition
+        if isinstance(p, Rows) and p.schedule == "static":
+            parts = sorted(p.parts, key=lambda rp: rp.rows[0])
+            h = g[s.until].height
+            for j in range(len(parts) - 1):
+                a, b = parts[j], parts[j + 1]
+                for d in sorted({1, max(1, h // 16)}):
+                    for sign in (-1, 1):
+                        cut = a.rows[1] + sign * d
+                        if a.rows[0] < cut < b.rows[1]:
+                            new = list(parts)
+                            new[j] = RowPart(a.device, (a.rows[0], cut))
+                            new[j + 1] = RowPart(b.device, (cut, b.rows[1]))
+                            out.append(_with_stage(plan, i, replace(s, partition=Rows(tuple(new), p.schedule))))
+            if len(parts) > 1:  # drop the slowest device of this stage
+                slow = min(parts, key=lambda rp: speeds.get(rp.device, 0.0)).device
+                keep = {rp.device: speeds.get(rp.device, 1.0) for rp in parts if rp.device != slow}
+                out.append(_with_stage(plan, i, _rows_stage(g, s, keep)))
+        elif isinstance(p, Whole):
+            for d in plan.devices:
+                if d != p.device:
+                    out.append(_with_stage(plan, i, replace(s, partition=Whole(d))))
+    # fuse consecutive row stages with the same device set
+    for i in range(len(st) - 1):
+        a, b = st[i], st[i + 1]
+        if isinstance(a.partition, Rows) and isinstance(b.partition, Rows) and a.halo == b.halo == "exact" \
+                and b.exchange == "direct":
+            w = {rp.device: max(1, rp.rows[1] - rp.rows[0]) for rp in b.partition.parts}
+            fused = _rows_stage(g, b, {d: float(v) for d, v in w.items()})
+            out.append(replace(plan, stages=st[:i] + [fused] + st[i + 2:]))
+    return out
+
+
+def _rows_stage(g: Graph, s: Stage, weights: dict[str, float]) -> Stage:
+    parts = split_rows(g[s.until].height, weights)
+    if len(parts) == 1:
+        return Stage(s.until, Whole(parts[0][0]))
+    return Stage(s.until, Rows(tuple(RowPart(d, r) for d, r in parts)), s.halo, s.exchange)
+
+
+def _with_stage(plan: Plan, i: int, stage: Stage) -> Plan:
+    return replace(plan, stages=plan.stages[:i] + [stage] + plan.stages[i + 1:])
+
+
+def _wire_variants(plan: Plan) -> list[Plan]:
+    if plan.wire.codec == "raw" and plan.wire.quant is None:
+        return [replace(plan, wire=Wire("lz4", None))]
+    return []
+
+
+def _refine(req: PlanRequest, start: Plan, deadline: float, score: Callable[[Plan], float],
+            speeds: dict[str, float]) -> tuple[Plan, int]:
+    best, best_s, steps = start, score(start), 0
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        for cand in _rows_variants(req.graph, best, speeds) + _wire_variants(best):
+            if time.monotonic() >= deadline:
+                break
+            try:
+                cand.validate(req.graph)
+                s = score(cand)
+            except (ValueError, KeyError):
+                continue
+            if s < best_s * (1 - 1e-4):
+                best, best_s, improved = cand, s, True
+                steps += 1
+                break
+    return best, steps
+
+
+@register("auto", summary="every exact strategy scored by the simulator, then refined by local search",
+          paper="coinfer (this project)", needs_costs=True)
+def plan_auto(req: PlanRequest) -> PlanResult:
+    budget = float(req.param("budget_s", 4.0))
+    include = req.param("include")
+    exclude = set(req.param("exclude") or [])
+    if budget <= 0:
+        raise StrategyError("budget_s must be > 0 (seconds of planning)")
+    t_end = time.monotonic() + budget
+    cache: dict[str, tuple[float, float, float]] = {}
+    pool = [n for n in names() if (include and n in include) or (not include and n not in SKIP_BY_DEFAULT)]
+    cands: list[tuple[float, str, Plan]] = []
+    report: dict[str, Any] = {}
+    for name in pool:
+        if name in exclude or name == "auto" or not info(name).exact:
+            continue
+        sub = PlanRequest(req.graph, req.cluster, req.model, req.cost_model(), req.objective, req.deadline_ms, {})
+        try:
+            res = info(name).fn(sub)
+            res.plan.validate(req.graph)
+            obj, lat, en = _score(req, res.plan, cache)
+        except Infeasible as e:
+            report[name] = {"infeasible": str(e).splitlines()[0][:200]}
+            continue
+        except Exception as e:  # noqa: BLE001 - a strategy that cannot plan here is skipped, not fatal
+            report[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+            continue
+        report[name] = {"latency_ms": round(lat, 3), "energy_j": round(en, 5)}
+        cands.append((obj, name, res.plan))
+    if not cands:
+        raise Infeasible("no strategy produced a plan for this model and cluster: "
+                         + "; ".join(f"{k}: {v}" for k, v in report.items()))
+    cands.sort(key=lambda c: c[0])
+    speeds = {d: req.cost_model().speed(d) for d in req.devices}
+
+    def score(p: Plan) -> float:
+        return _score(req, p, cache)[0]
+
+    best_obj, best_from, best_plan, steps = cands[0][0], cands[0][1], cands[0][2], 0
+    for i, (obj, name, plan) in enumerate(cands[:3]):
+        remaining = t_end - time.monotonic()
+        if remaining <= 0:
+            break
+        refined, n = _refine(req, plan, time.monotonic() + remaining / (3 - i), score, speeds)
+        s = score(refined)
+        if s < best_obj:
+            best_obj, best_from, best_plan, steps = s, name, refined, n
+    _, lat, en = _score(req, best_plan, cache)
+    if req.objective == "energy" and req.deadline_ms is not None and lat > req.deadline_ms:
+        fastest = min(cands, key=lambda c: _score(req, c[2], cache)[1])
+        raise Infeasible(f"no plan meets {req.deadline_ms:g} ms; the fastest found ({fastest[1]}) takes "
+                         f"{_score(req, fastest[2], cache)[1]:.1f} ms")
+    params = {"objective": req.objective, "base": best_from, "refine_steps": steps}
+    if req.deadline_ms is not None:
+        params["deadline_ms"] = req.deadline_ms
+    plan = replace(best_plan, strategy=replace(best_plan.strategy, name="auto", params=params), predicted=None)
+    first = next(c for c in cands if c[1] == best_from)
+    return PlanResult(plan, {
+        "candidates": report, "chosen_from": best_from, "refine_steps": steps,
+        "predicted_latency_ms": round(lat, 3), "predicted_energy_j": round(en, 5),
+        "gain_over_base": round(1 - best_obj / first[0], 4) if first[0] else 0.0,
+        "evaluations": len(cache),
+    })
