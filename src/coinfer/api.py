@@ -37,8 +37,11 @@ def plan(model: str, cluster: Cluster | str, strategy: str = "proportional", **k
     return plan_result(model, cluster, strategy, **kw).plan
 
 
-def verify(plan: Plan, model: Any = None, x: torch.Tensor | None = None, seed: int = 0) -> float:
-    """Max abs difference between the plan's in-process execution and the plain model."""
+def verify(plan: Plan, model: Any = None, x: torch.Tensor | None = None, seed: int = 0,
+           backend: str = "torch", precision: str = "fp32") -> float:
+    """Max abs difference between the plan's in-process execution and the plain model.
+
+    ``backend``/``precision``: the execution backend of every part (:mod:`coinfer.execute.backends`)."""
     from .execute.local import InProcessExecutor, compare, reference_output
     from .graph.capture import capture
     from .inputs import random_input
@@ -50,7 +53,7 @@ def verify(plan: Plan, model: Any = None, x: torch.Tensor | None = None, seed: i
         cm = capture(model, plan.model.input_shape, plan.model.name)
     if x is None:
         x = random_input(tuple(plan.model.input_shape), seed)
-    y = InProcessExecutor(cm, plan)(x)
+    y = InProcessExecutor(cm, plan, backend=backend, precision=precision)(x)
     return compare(y, reference_output(cm, x, plan.exit))[0]
 
 

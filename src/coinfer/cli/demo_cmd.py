@@ -95,6 +95,7 @@ def cmd(
             with Session(split, cl, local.addresses, cpu_modes=local.cpu_modes()) as s2:
                 y2, lat2 = _measure(s2, x, repeat)
                 tr = s2.last_trace
+                backends = dict(s2.backends)
             modes = local.cpu_modes()
         finally:
             local.stop()
@@ -118,6 +119,7 @@ def cmd(
         "identical_top5": [a for a, _ in t1] == [b for b, _ in t2], "max_abs_diff": diff, "rel": rel,
         "latency_single_ms": round(m1, 2), "latency_ms": round(m2, 2), "speedup": round(m1 / m2, 3),
         "busy_ms": summ["busy_ms"], "bytes_moved": summ["bytes_moved"], "energy_j": summ["energy_j"],
+        "backends": backends,
         "gantt": str(out / "gantt.png"), "trace": str(out / "trace.json"),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -133,6 +135,7 @@ def cmd(
                 f"max abs diff {diff:.3g} (rel {rel:.2g})")
         c.print(f"  latency (median of {repeat}): single {m1:.1f} ms → distributed {m2:.1f} ms "
                 f"([bold]{m1 / m2:.2f}×[/])")
+        c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in backends.items()))
         c.print("  busy ms per device: " + ", ".join(f"{d} {v:.1f}" for d, v in summ["busy_ms"].items())
                 + f"; {summ['bytes_moved'] / 1e6:.2f} MB moved per inference")
         c.print(f"  wrote {out / 'gantt.png'} and {out / 'trace.json'} (open in ui.perfetto.dev) "

@@ -62,6 +62,7 @@ def cmd(
     s = summarize(tr, cl)
     s.update(latency_ms=round(statistics.median(lat), 3), latencies_ms=[round(v, 3) for v in lat],
              plan_path=plan_path, strategy=plan.strategy.name, cpu_modes=session.cpu_modes,
+             backends=session.backends,
              predicted=plan.predicted)
     if trace:
         tr.save(trace)
@@ -79,6 +80,7 @@ def cmd(
         c.print(f"{plan.model.name} · {plan.strategy.name}: median {s['latency_ms']:.1f} ms over {repeat} run(s); "
                 f"{s['bytes_moved'] / 1e6:.2f} MB moved; energy {s['energy_j']:.3f} J")
         c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in s["busy_ms"].items()))
+        c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))
         if verify:
             c.print(f"  max_abs_diff={s['max_abs_diff']:.3g} rel={s['rel']:.3g}")
     if not ok:

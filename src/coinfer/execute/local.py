@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -50,15 +51,40 @@ class LocalRun:
 class InProcessExecutor:
     """Runs a validated plan in this process; ``executor(x)`` returns the model output."""
 
-    def __init__(self, cm: CapturedModel, plan: Plan) -> None:
+    def __init__(self, cm: CapturedModel, plan: Plan, *, backend: str = "torch", precision: str = "fp32",
+                 cluster: Any = None, threads: int | None = None) -> None:
+        """``backend``/``precision`` for every part (see :mod:`coinfer.execute.backends`), or per
+        device from ``cluster`` (a :class:`~coinfer.cluster.Cluster`: each device's ``backend`` and
+        ``precision``; devices it lacks use the arguments)."""
+        from .backends import PartCache
+
         self.graph = plan.validate(cm.graph)
         self.cm = cm.for_exit(plan.exit)
         self.plan = plan
         self.geoms = plan_geometries(self.graph, plan)
+        self.cache = PartCache(threads)
+        devs = {d.name: d for d in cluster.devices} if cluster is not None else {}
+
+        def choice(dev: str) -> tuple[str, str]:
+            d = devs.get(dev)
+            return (d.backend, d.precision) if d is not None else (backend, precision)
+
         self.parts: list[list[tuple[Part, PartRunner]]] = []
         for si in range(len(plan.stages)):
-            self.parts.append([(p, PartRunner(self.cm, self.geoms[(si, p.index)]))
+            self.parts.append([(p, PartRunner(self.cm, self.geoms[(si, p.index)], *choice(p.device),
+                                              cache=self.cache))
                                for p in plan.parts(self.graph, si)])
+
+    @property
+    def backends(self) -> dict[str, list[str]]:
+        """device -> the backends computing its parts (``auto`` resolved, fallbacks applied)."""
+        out: dict[str, list[str]] = {}
+        for parts in self.parts:
+            for p, r in parts:
+                tag = r.backend if r.precision == "fp32" else f"{r.backend}/{r.precision}"
+                if tag not in out.setdefault(p.device, []):
+                    out[p.device].append(tag)
+        return out
 
     @torch.no_grad()
     def run(self, x: Tensor, timed: bool = False) -> LocalRun:

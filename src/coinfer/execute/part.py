@@ -5,6 +5,12 @@ stage input its part needs (with halo for ``exact``, its own tile for
 ``zero``), pads only at true image borders (or tile borders for ``zero``), and
 returns its output region. The in-process executor, the workers and
 ``verify`` all call it unchanged.
+
+The computation itself is delegated to an execution backend
+(:mod:`coinfer.execute.backends`): ``torch`` (default; eager over the
+optimised part program), ``onnxruntime``, ``openvino`` or ``auto`` (the
+fastest measured on the part), in ``fp32`` (exact) or an explicitly requested
+reduced precision (approximate).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 
 from ..graph.capture import CapturedModel
 from ..graph.geometry import PartGeom, region_shape
-from .kernels import run_node
+from .backends import CompiledPart, PartCache, build_part
 
 Tensor = torch.Tensor
 
@@ -23,41 +29,57 @@ class PartInputError(ValueError):
 
 
 class PartRunner:
-    """A compiled part: geometry resolved once, called per request."""
+    """A compiled part: geometry resolved and the backend built once, called per request.
 
-    def __init__(self, cm: CapturedModel, geom: PartGeom) -> None:
+    ``backend``/``precision``: see :mod:`coinfer.execute.backends`; ``threads``
+    defaults to torch's thread count; ``cache`` shares compiled parts that are
+    identical up to translation (one per deployment).
+    """
+
+    def __init__(self, cm: CapturedModel, geom: PartGeom, backend: str = "torch", precision: str = "fp32",
+                 threads: int | None = None, cache: PartCache | None = None) -> None:
         self.cm = cm
         self.geom = geom
         g = cm.graph
         self.nodes = [g[ng.name] for ng in geom.nodes]
         self.in_shape = region_shape(g[geom.start], geom.in_region)
         self.out_shape = region_shape(g[geom.end], geom.out_region)
-        self._cache: dict[object, Tensor] = {}
+        self._cache: dict[object, Tensor] = {}  # kernels.run_node's avgpool divisors (profiler's time_nodes)
+        if cache is not None:
+            self.part: CompiledPart = cache.get(cm, geom, backend, precision)
+        else:
+            self.part = build_part(cm, geom, backend, precision, threads)
 
-    @torch.no_grad()
+    def drop_model_state(self) -> None:
+        """Forget the captured model's tensors (the compiled part keeps what it needs): a worker
+        calls this after building its parts so that only one copy of the weights stays resident."""
+        self.cm = self.cm.restrict(set())
+        self._cache.clear()
+
+    @property
+    def backend(self) -> str:
+        """The backend that computes this part (``auto`` resolved, fallbacks applied)."""
+        return self.part.backend
+
+    @property
+    def precision(self) -> str:
+        return self.part.precision
+
+    @property
+    def exact(self) -> bool:
+        return self.part.exact
+
     def __call__(self, x: Tensor) -> Tensor:
         if tuple(x.shape) != self.in_shape:
             raise PartInputError(
                 f"part input has shape {list(x.shape)}, expected {list(self.in_shape)} "
                 f"(region {self.geom.in_region} of {self.geom.start})"
             )
-        g = self.geom
-        bufs: dict[str, Tensor] = {g.start: x}
-        for idx, (ng, node) in enumerate(zip(g.nodes, self.nodes)):
-            ins = []
-            for e in ng.edges:
-                t = bufs[e.src]
-                if e.slice is not None:
-                    r0, r1, c0, c1 = e.slice
-                    if (r0, c0) != (0, 0) or r1 != t.shape[2] or c1 != t.shape[3]:
-                        t = t[:, :, r0:r1, c0:c1]
-                ins.append(t)
-            bufs[ng.name] = run_node(self.cm, node, ins, ng, self._cache)
-            for name in g.free_after.get(idx, ()):
-                bufs.pop(name, None)
-        return bufs[g.end]
+        with torch.no_grad():
+            return self.part(x)
 
 
-def run_part(cm: CapturedModel, geom: PartGeom, x: Tensor) -> Tensor:
+def run_part(cm: CapturedModel, geom: PartGeom, x: Tensor, backend: str = "torch",
+             precision: str = "fp32") -> Tensor:
     """One-shot convenience over :class:`PartRunner`."""
-    return PartRunner(cm, geom)(x)
+    return PartRunner(cm, geom, backend, precision)(x)
