@@ -68,8 +68,16 @@ def test_profile_device_feeds_the_cost_model(cm) -> None:  # type: ignore[no-unt
     costs = CostModel(g, cl, {"d0": again})
     assert costs.source_of("d0") == "profile"
     whole = costs.stage_ms("d0", g.input.name, g.output.name)
-    table_sum = sum(pts[-1][1] for pts in prof.stages.values()) + sum(prof.whole.values())
+    full = {k: pts[-1][1] for k, pts in prof.stages.items()} | dict(prof.whole)
+    first = (segs[0][0], segs[0][1])
+    assert set(prof.chained) == {(s, e) for s, e, _ in segs[1:]}  # every segment after the first, in pairs
+    # a whole-model part: the first segment alone, then what each later one adds in one part after its
+    # predecessor (its chained cost), scaled so that the whole model costs what it measured as one part
+    table_sum = full[first] + prof.chain_scale * sum(prof.chained[k] for k in full if k != first)
     assert whole == pytest.approx(table_sum)
+    assert prof.whole_model_ms is not None and 0.5 <= prof.chain_scale <= 1.5
+    if 0.5 < prof.chain_scale < 1.5 and prof.chain_scale != 1.0:
+        assert whole == pytest.approx(prof.whole_model_ms, rel=1e-3)
     # resume: measured segments are kept, not measured again
     resumed = profile_device(cm, "d0", rows_points=3, reps=1, warmup=0, layer_reps=0, calibrate=False,
                              resume=prof)

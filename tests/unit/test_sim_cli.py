@@ -55,7 +55,8 @@ def test_simulate_json_trace_gantt(plan_file: Path, tmp_path: Path) -> None:
     for k in ("latency_ms", "energy_j", "dynamic_energy_j", "bytes_moved", "busy_ms", "idle_ms", "tx_ms", "rx_ms"):
         assert k in s, k
     t = Trace.load(tr)
-    assert t.meta["kind"] == "simulated" and t.span_ms == pytest.approx(s["latency_ms"], abs=1e-3)
+    assert t.meta["kind"] == "simulated" and t.meta["latency_ms"] == pytest.approx(s["latency_ms"], abs=1e-3)
+    assert t.span_ms <= s["latency_ms"] + 1e-3  # the result's return to the coordinator has no event
     assert png.stat().st_size > 1000
     text = invoke("simulate", plan_file, "-c", "het4", "--nic", "shared")
     assert text.exit_code == 0 and "predicted latency" in text.stdout

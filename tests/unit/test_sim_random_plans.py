@@ -2,7 +2,8 @@
 
 Random plans (whole / rows / grid stages, zero halo, dynamic schedules,
 via-source exchanges, early exits) over captured models are lowered and
-simulated with the analytic cost model. Static plans must also be monotone:
+simulated with the analytic cost model, with and without the runtime's
+overheads. On the ideal machine, static plans must also be monotone:
 faster links or faster devices never make them slower (every event time is a
 max-plus function of the costs and each link keeps its program order).
 """
@@ -73,7 +74,10 @@ def test_random_plans_simulate_consistently(name: str, graphs) -> None:  # type:
         plan: Plan = data.draw(random_plan(g.for_exit(ex), model_name=name, allow_zero=True))
         plan = dataclasses.replace(plan, exit=ex, model=dataclasses.replace(plan.model, fingerprint=g.fingerprint()))
         low = lower(plan, g)
-        res = simulate(low, base)
+        real = simulate(low, base)  # with the runtime's overheads (and the CPU quotas' bursts)
+        assert real.latency_ms > 0 and real.trace.span_ms <= real.latency_ms + 1e-9
+        assert real.energy_j == pytest.approx(sum(real.device_energy_j.values()))
+        res = simulate(low, base, overheads=False)
         assert res.latency_ms > 0
         for d in res.devices:
             assert res.busy_ms[d] + res.idle_ms[d] == pytest.approx(res.latency_ms)
@@ -87,9 +91,9 @@ def test_random_plans_simulate_consistently(name: str, graphs) -> None:  # type:
             want = Counter((d, i.text()) for d, p in low.programs.items() for i in p
                            if i.op in ("send", "recv", "compute"))
             assert Counter((e.device, e.name) for e in res.trace.events) == want
-            assert simulate(low, fast_net).latency_ms <= res.latency_ms + 1e-6
-            assert simulate(low, fast_cpu).latency_ms <= res.latency_ms + 1e-6
-            shared = simulate(low, base, nic="shared")
+            assert simulate(low, fast_net, overheads=False).latency_ms <= res.latency_ms + 1e-6
+            assert simulate(low, fast_cpu, overheads=False).latency_ms <= res.latency_ms + 1e-6
+            shared = simulate(low, base, nic="shared", overheads=False)
             assert shared.latency_ms >= res.latency_ms - 1e-6
 
     check()

@@ -22,6 +22,9 @@ def cmd(
                                         help="CSV t_s,mbps replacing the cluster's network.trace"),
     nic: str = typer.Option("per_link", "--nic", help="per_link (default) or shared: do a device's sends share one queue"),
     calibrate: bool = typer.Option(False, "--calibrate", help="measure this host's calibration first (cached)"),
+    links: str = typer.Option("cluster", "--links", help="cluster (the file's figures, default) or probed "
+                              "(bandwidth and RTT/2 from --profiles)"),
+    ideal: bool = typer.Option(False, "--ideal", help="leave out the runtime's own costs (messages, CPU quotas)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
     """Simulate a plan on a cluster: latency, per-device busy/idle, bytes moved, energy, timeline."""
@@ -33,6 +36,8 @@ def cmd(
 
     if nic not in NIC_MODES:
         raise UserError(f"--nic {nic!r} is unknown; use {' or '.join(NIC_MODES)}")
+    if links not in ("cluster", "probed"):
+        raise UserError(f"--links {links!r} is unknown; use cluster or probed")
     plan = Plan.load(plan_path)
     cl = _cluster(cluster)
     cal = None
@@ -40,7 +45,8 @@ def cmd(
         from ..cost.calibrate import ensure_calibration
 
         cal = ensure_calibration(remeasure=True)
-    res = simulate_plan(plan, cl, profiles, calibration=cal, bandwidth_trace=bandwidth_trace, nic=nic)
+    res = simulate_plan(plan, cl, profiles, calibration=cal, bandwidth_trace=bandwidth_trace, nic=nic,
+                        overheads=not ideal, probed_links=links == "probed")
     res.trace.meta["plan"] = str(plan_path)
     if trace is not None:
         res.trace.save(trace)

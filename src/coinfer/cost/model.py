@@ -12,6 +12,9 @@
        stage; a part that is not a top-anchored full-width slab (a grid tile, a
        slab with halo on both sides, a zero-halo tile) is corrected by the
        ratio of the analytic costs of its actual and of the table's geometry;
+       a segment that follows another in the same part costs its
+       ``chained`` figure instead (what it adds after its predecessor: the
+       backend fuses across the boundary and converts layouts once per part);
     2. the device's measured **whole-stage** latency for parts computed whole;
     3. the device's **per-layer-type regressions** (Edgent / Neurosurgeon)
        for nodes of segments that were not profiled;
@@ -48,6 +51,7 @@ from .calibration import HostCalibration, load_calibration
 from .energy import dynamic_energy_j, energy_j
 from .profile import DeviceProfile, ProfileSet
 from .regression import features
+from .runtime import BUILTIN_RUNTIME, CpuQuota, RuntimeCosts
 from .wire import wire_bytes
 
 ITEMSIZE = 4  # fp32 activations
@@ -119,7 +123,8 @@ class CostModel:
             pset = profiles
         else:
             pset = ProfileSet(dict(profiles))
-        pset.check(graph, cluster.names)
+        pset = pset.select(cluster)  # the chosen execution backend's tables per device (issue 10)
+        pset.check(graph, cluster.names, {d.name: d.cpu_share for d in cluster.devices})
         self.profiles = pset
         if bandwidth_trace is None and cluster.network.trace:
             bandwidth_trace = BandwidthTrace.load(cluster.network.trace)
@@ -159,11 +164,39 @@ class CostModel:
     def power(self, device: str) -> Power:
         return self.device(device).power
 
+    def emulated_share(self, device: str) -> float:
+        """The share of one core the runtime's emulation gives ``device`` (1.0: not emulated).
+
+        Local devices with ``cpu_share`` < 1 run under a cgroup quota
+        (:mod:`coinfer.runtime.emulation`); remote devices are what they are.
+        """
+        d = self.device(device)
+        return min(1.0, d.cpu_share) if d.is_local else 1.0
+
+    def quota(self, device: str) -> CpuQuota | None:
+        """The device's emulated CPU quota (None when it is not emulated)."""
+        s = self.emulated_share(device)
+        return CpuQuota.for_share(s) if s < 1.0 else None
+
+    def runtime_costs(self, device: str) -> RuntimeCosts:
+        """The runtime's per-message CPU costs on ``device``: probed by coinfer profile, else the built-in ones."""
+        prof = self.profiles.get(device)
+        if prof is not None and prof.runtime is not None:
+            return prof.runtime
+        return BUILTIN_RUNTIME
+
+    def _unit(self, prof: DeviceProfile) -> float:
+        """Factor from a profile's figures to wall ms: 1, or 1/share for CPU-time profiles of emulated devices."""
+        if prof.timing == "cpu":
+            return 1.0 / self.emulated_share(prof.device)
+        return 1.0
+
     def analytic_basis(self, device: str) -> tuple[HostCalibration, float]:
         """(calibration, scale) of the analytic model for ``device``."""
         prof = self.profiles.get(device)
         if prof is not None and prof.calibration is not None:
-            return prof.calibration, 1.0  # measured on the device itself
+            # measured on the device itself (in CPU time when the profile is: then the quota scales it)
+            return prof.calibration, 1.0 / self._unit(prof)
         d = self.device(device)
         if d.speed_gflops:
             return self.calibration, d.speed_gflops / self.calibration.gemm_gflops
@@ -240,7 +273,7 @@ class CostModel:
             fam, x = features(node, i, o, ng.flops)
             reg = prof.regressions.get(fam)
             if reg is not None:
-                return reg.predict(x)
+                return reg.predict(x) * self._unit(prof)
         cal, scale = self.analytic_basis(device)
         return self.analytic_node_ms(cal, scale, node, ng.flops, i, o)
 
@@ -283,6 +316,14 @@ class CostModel:
         self._part_cache[key] = v
         return v
 
+    def cpu_ms(self, device: str, geom: PartGeom) -> float:
+        """CPU time (ms of one full core) of one part: what the device's quota is charged.
+
+        ``part_ms`` is the steady-state wall time at the device's emulated
+        share; the simulator runs ``cpu_ms`` through the quota instead.
+        """
+        return self.part_ms(device, geom) * self.emulated_share(device)
+
     def stage_ms(self, device: str, start: str, end: str, region: Region | None = None,
                  halo: str = "exact") -> float:
         """Latency of computing ``region`` of stage (start, end]'s output on ``device``."""
@@ -293,9 +334,14 @@ class CostModel:
         for ng in geom.nodes:
             groups.setdefault(self._segment.get(ng.name), []).append(ng)
         total = 0.0
-        for seg, ngs in groups.items():
+        unit = self._unit(prof)
+        for i, (seg, ngs) in enumerate(groups.items()):
             t = None if seg is None else self._segment_from_tables(prof, seg, ngs)
-            if t is None:
+            if t is not None:
+                t *= unit
+                if i > 0 and seg in prof.chained:  # runs in one part after its predecessor: what it adds there
+                    t = self._chained_ms(prof, seg, t / unit) * unit
+            else:
                 t = sum(self._node_geom_ms(device, ng, prof) for ng in ngs)
             total += t
         return total
@@ -319,6 +365,20 @@ class CostModel:
         ref = self._reference_ms(seg, rows)
         actual = self._analytic_ngs(self.calibration, 1.0, ngs)
         return base * (actual / ref) if ref > 0 else base
+
+    def _chained_ms(self, prof: DeviceProfile, seg: tuple[str, str], alone: float) -> float:
+        """A segment's cost after its predecessor in one part, from its cost ``alone`` (profile units).
+
+        ``chained`` is measured at full height; other regions scale it by
+        their share of the segment's full cost (conversions and fusion grow
+        with the region like the segment does).
+        """
+        table = prof.stages.get(seg)
+        full = table[-1][1] if table else prof.whole.get(seg)
+        delta = prof.chained[seg] * prof.chain_scale
+        if not full or full <= 0:
+            return delta
+        return delta * (alone / full)
 
     def _is_full(self, ng: NodeGeom) -> bool:
         n = self._nodes[ng.name]
@@ -352,6 +412,12 @@ class CostModel:
                         p = prof.links[y]
                         v = (p.bandwidth_mbps, p.rtt_ms / 2.0)
                         break
+                else:
+                    from .profile import ProfileError
+
+                    raise ProfileError(
+                        f"no probe of link {a}-{b} in the profiles ({self.profiles.where}); re-run coinfer profile "
+                        f"on this cluster (it probes every link) or use the cluster file's links")
             if not (v[0] > 0 and v[1] >= 0):
                 raise ClusterError(f"link {a}-{b}: bandwidth must be > 0 and latency >= 0 (got {v}); fix the cluster file")
             self._link_cache[key] = v
@@ -406,8 +472,13 @@ class CostModel:
 
 def load_cost_model(graph: Graph, cluster: Cluster, profiles_dir: str | None = None, *,
                     calibration: HostCalibration | None = None,
-                    bandwidth_trace: str | BandwidthTrace | None = None) -> CostModel:
+                    bandwidth_trace: str | BandwidthTrace | None = None, prefer_probes: bool = False) -> CostModel:
     """A :class:`CostModel` from files: profiles directory, bandwidth trace CSV (both optional)."""
     profiles = ProfileSet.load_dir(profiles_dir) if profiles_dir else None
+    if prefer_probes and profiles is None:
+        from .profile import ProfileError
+
+        raise ProfileError("probed links need profiles; pass --profiles DIR (from coinfer profile)")
     trace = BandwidthTrace.load(bandwidth_trace) if isinstance(bandwidth_trace, str) else bandwidth_trace
-    return CostModel(graph, cluster, profiles, calibration=calibration, bandwidth_trace=trace)
+    return CostModel(graph, cluster, profiles, calibration=calibration, bandwidth_trace=trace,
+                     prefer_probes=prefer_probes)

@@ -9,10 +9,28 @@ for one device and one model (name + structural fingerprint):
   latency is step-like, not linear, in the rows a device computes; the cost
   model interpolates them piecewise-linearly;
 * ``whole``: latencies of stages run whole (non-splittable stages, the tail);
+* ``chained``: per segment, what it adds (ms, full height; may be
+  negative) when it runs in one part right after the segment before it:
+  ``pair - previous alone``. A part's cost is not the sum of its segments':
+  the per-part backend fuses across segment boundaries (a BN or ReLU folded
+  into the conv before it) and converts a part's input and output between
+  memory layouts once per part — the stem of ResNet-18 costs 3.8 ms as one
+  part and 10.8 ms as four, VGG-16's first conv 25 ms alone and 9 ms with
+  its ReLU. Chained costs telescope: first segment alone + the later ones'
+  chained costs = the part, boundary conversions included. ``chain_scale``
+  scales the chained costs so that the whole model as one part costs what
+  was measured (``whole_model_ms``);
 * ``regressions``: per-layer-type models (:mod:`coinfer.cost.regression`)
   for shapes not profiled;
 * ``links``: probes from this device to its peers (bandwidth, round trip);
-* ``calibration``: the device's own :class:`HostCalibration` (optional).
+* ``calibration``: the device's own :class:`HostCalibration` (optional);
+* ``timing``: ``wall`` (latencies as measured) or ``cpu`` (the thread's CPU
+  time: what the device computes at full speed; used for devices emulated
+  with a cgroup quota, whose wall time the simulator derives from the quota —
+  ``emulation`` records the mode and share the profile ran under);
+* ``runtime``: the runtime's own per-message / per-instruction CPU costs on
+  this device (:class:`~coinfer.cost.runtime.RuntimeCosts`), probed through
+  the real transport.
 
 A directory of profiles holds one ``<device>.json`` per device
 (``coinfer profile CLUSTER --model M -o DIR``). :meth:`ProfileSet.check`
@@ -24,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +51,14 @@ from typing import Any
 from ..errors import UserError
 from ..graph.ir import Graph
 from .calibration import HostCalibration
-from .regression import LayerRegression
+from .regression import LayerRegression, LayerSample
+from .runtime import RuntimeCosts, RuntimeCostsError
 
 FORMAT = "coinfer.profile/1"
 
 StageKey = tuple[str, str]
+TIMINGS = ("wall", "cpu")
+_LIST_OF_NUMBERS = re.compile(r"\[(?:\s*(?:-?[\d.eE+-]+|\[[^\[\]]*\]|\"[^\"]*\")\s*,?)+\s*\]")
 
 
 class ProfileError(UserError):
@@ -52,6 +74,16 @@ def _check_keys(d: Any, allowed: set[str], where: str, required: set[str] = froz
     missing = required - set(d)
     if missing:
         raise ProfileError(f"{where}: missing field(s) {sorted(missing)}")
+
+
+def _chain(v: Any, where: str) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not (math.isfinite(x) and -1e6 <= x <= 1e6):
+        raise ProfileError(f"{where}: chained costs are numbers in [-1e6, 1e6] (got {v!r}); re-run coinfer profile")
+    return x
 
 
 @dataclass(frozen=True)
@@ -98,10 +130,20 @@ class DeviceProfile:
     regressions: dict[str, LayerRegression] = field(default_factory=dict)
     links: dict[str, LinkProbe] = field(default_factory=dict)
     calibration: HostCalibration | None = None
+    timing: str = "wall"  # wall | cpu
+    emulation: dict[str, Any] | None = None  # {"mode": "cgroup-v1", "cpu_share": 0.15} when emulated
+    runtime: RuntimeCosts | None = None
+    complete: bool = True  # False: a checkpoint of an interrupted coinfer profile (resumable)
+    chained: dict[StageKey, float] = field(default_factory=dict)
+    chain_scale: float = 1.0
+    whole_model_ms: float | None = None  # the whole model as one part, full height (what chain_scale matches)
+    samples: list[LayerSample] = field(default_factory=list)  # regression samples of a partial profile
 
     def __post_init__(self) -> None:
         for key, pts in self.stages.items():
             self.stages[key] = sorted((int(r), float(ms)) for r, ms in pts)
+        if self.timing not in TIMINGS:
+            raise ProfileError(f"profile of {self.device}: timing {self.timing!r} is not one of {TIMINGS}")
 
     @property
     def empty(self) -> bool:
@@ -116,36 +158,54 @@ class DeviceProfile:
             "date": self.date,
             "machine": dict(self.machine),
             "backend": self.backend,
-            "stages": [{"start": s, "end": e, "rows": [[r, ms] for r, ms in pts]}
+            "stages": [{"start": s, "end": e, "rows": [[r, ms] for r, ms in pts],
+                        **({"chained": self.chained[(s, e)]} if (s, e) in self.chained else {})}
                        for (s, e), pts in self.stages.items()],
-            "whole": [{"start": s, "end": e, "ms": ms} for (s, e), ms in self.whole.items()],
+            "whole": [{"start": s, "end": e, "ms": ms,
+                       **({"chained": self.chained[(s, e)]} if (s, e) in self.chained else {})}
+                      for (s, e), ms in self.whole.items()],
             "regressions": {k: v.to_dict() for k, v in self.regressions.items()},
             "links": {k: v.to_dict() for k, v in self.links.items()},
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "timing": self.timing,
+            "emulation": self.emulation,
+            "runtime": None if self.runtime is None else self.runtime.to_dict(),
+            **({"chain_scale": self.chain_scale} if self.chain_scale != 1.0 else {}),
+            **({"whole_model_ms": self.whole_model_ms} if self.whole_model_ms is not None else {}),
+            **({} if self.complete else {"complete": False,
+                                         "samples": [[x.family, list(x.x), x.ms] for x in self.samples]}),
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        """Indented JSON with each table, sample and list of numbers on one line."""
+        text = json.dumps(self.to_dict(), indent=1)
+        return _LIST_OF_NUMBERS.sub(lambda m: re.sub(r"\s+", "", m.group(0)).replace(",", ", "), text)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "profile") -> DeviceProfile:
         _check_keys(d, {"format", "device", "model", "date", "machine", "backend", "stages", "whole",
-                        "regressions", "links", "calibration"}, where, {"format", "device", "model"})
+                        "regressions", "links", "calibration", "timing", "emulation", "runtime", "complete", "samples", "chain_scale", "whole_model_ms"}, where,
+                    {"format", "device", "model"})
         if d["format"] != FORMAT:
             raise ProfileError(f"{where}: format {d['format']!r} is not {FORMAT!r}; re-run coinfer profile")
         _check_keys(d["model"], {"name", "fingerprint"}, f"{where}.model", {"name", "fingerprint"})
         try:
+            chained: dict[StageKey, float] = {}
             stages: dict[StageKey, list[tuple[int, float]]] = {}
             for i, s in enumerate(d.get("stages") or []):
-                _check_keys(s, {"start", "end", "rows"}, f"{where}.stages[{i}]", {"start", "end", "rows"})
+                _check_keys(s, {"start", "end", "rows", "chained"}, f"{where}.stages[{i}]", {"start", "end", "rows"})
                 pts = [(int(r), float(ms)) for r, ms in s["rows"]]
                 if not pts or any(r < 1 or not (math.isfinite(ms) and ms >= 0) for r, ms in pts):
                     raise ProfileError(f"{where}.stages[{i}]: rows must be [rows >= 1, ms >= 0] pairs")
                 stages[(str(s["start"]), str(s["end"]))] = pts
+                if "chained" in s:
+                    chained[(str(s["start"]), str(s["end"]))] = _chain(s["chained"], f"{where}.stages[{i}]")
             whole: dict[StageKey, float] = {}
             for i, s in enumerate(d.get("whole") or []):
-                _check_keys(s, {"start", "end", "ms"}, f"{where}.whole[{i}]", {"start", "end", "ms"})
+                _check_keys(s, {"start", "end", "ms", "chained"}, f"{where}.whole[{i}]", {"start", "end", "ms"})
                 whole[(str(s["start"]), str(s["end"]))] = float(s["ms"])
+                if "chained" in s:
+                    chained[(str(s["start"]), str(s["end"]))] = _chain(s["chained"], f"{where}.whole[{i}]")
             regs = {str(k): LayerRegression.from_dict(str(k), v) for k, v in (d.get("regressions") or {}).items()}
             links = {}
             for k, v in (d.get("links") or {}).items():
@@ -158,11 +218,30 @@ class DeviceProfile:
                 raise
             raise ProfileError(f"{where}: malformed profile ({e}); re-run coinfer profile") from None
         cal = d.get("calibration")
+        timing = d.get("timing", "wall")
+        if timing not in TIMINGS:
+            raise ProfileError(f"{where}.timing: {timing!r} is not one of {TIMINGS}; re-run coinfer profile")
+        emu = d.get("emulation")
+        if emu is not None and not isinstance(emu, dict):
+            raise ProfileError(f"{where}.emulation must be null or an object; re-run coinfer profile")
+        try:
+            samples = [LayerSample(str(f), tuple(float(v) for v in x), float(ms))
+                       for f, x, ms in (d.get("samples") or [])]
+        except (TypeError, ValueError):
+            raise ProfileError(f"{where}.samples: malformed; delete the file and re-run coinfer profile") from None
+        try:
+            rt = None if d.get("runtime") is None else RuntimeCosts.from_dict(d["runtime"], f"{where}.runtime")
+        except RuntimeCostsError as e:
+            raise ProfileError(str(e)) from None
         return cls(
             device=str(d["device"]), model=str(d["model"]["name"]), fingerprint=str(d["model"]["fingerprint"]),
             date=str(d.get("date", "")), machine=dict(d.get("machine") or {}), backend=str(d.get("backend", "torch")),
             stages=stages, whole=whole, regressions=regs, links=links,
             calibration=None if cal is None else HostCalibration.from_dict(cal, f"{where}.calibration"),
+            timing=timing, emulation=None if emu is None else dict(emu), runtime=rt,
+            complete=bool(d.get("complete", True)), samples=samples, chained=chained,
+            chain_scale=_chain(d.get("chain_scale", 1.0), f"{where}.chain_scale"),
+            whole_model_ms=None if d.get("whole_model_ms") is None else float(d["whole_model_ms"]),
         )
 
     @classmethod
@@ -183,10 +262,37 @@ class DeviceProfile:
 
 @dataclass
 class ProfileSet:
-    """The profiles of one model on the devices of one cluster (``DIR/<device>.json``)."""
+    """The profiles of one model on the devices of one cluster (``DIR/<device>.json``).
+
+    A device profiled on several execution backends has one file per backend,
+    ``DIR/<device>@<backend>.json`` (``<backend>`` = the profile's ``backend``
+    field, ``/`` written as ``-``: ``d0@onnxruntime.json``, ``d0@openvino-bf16.json``);
+    :meth:`select` keeps, per device, the profile of the backend the cluster
+    file chooses (``auto``: the fastest profiled one at the device's precision).
+    """
 
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
     where: str = "profiles"
+    alternatives: dict[str, dict[str, DeviceProfile]] = field(default_factory=dict)  # device -> backend -> profile
+
+    def select(self, cluster: Any) -> ProfileSet:
+        """One profile per device: the cluster's ``backend``/``precision`` for it (issue 10)."""
+        if not any(len(a) > 1 for a in self.alternatives.values()):
+            return self
+        devs = {d.name: d for d in cluster.devices}
+        chosen: dict[str, DeviceProfile] = {}
+        for dev, prof in self.profiles.items():
+            alts = self.alternatives.get(dev) or {prof.backend: prof}
+            spec = devs.get(dev)
+            prec = spec.precision if spec is not None else "fp32"
+            want = None if spec is None or spec.backend == "auto" else (
+                spec.backend if prec == "fp32" else f"{spec.backend}/{prec}")
+            if want in alts:
+                chosen[dev] = alts[want]  # type: ignore[index]
+                continue
+            same = {k: v for k, v in alts.items() if (k.split("/", 1)[1] if "/" in k else "fp32") == prec}
+            chosen[dev] = min((same or alts).values(), key=_profile_total_ms)
+        return ProfileSet(chosen, self.where, self.alternatives)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.profiles)
@@ -207,10 +313,24 @@ class ProfileSet:
             raise ProfileError(f"profiles directory {str(p)!r} does not exist; create it with "
                                f"coinfer profile CLUSTER --model MODEL -o {p}")
         out: dict[str, DeviceProfile] = {}
+        alts: dict[str, dict[str, DeviceProfile]] = {}
         for f in sorted(p.glob("*.json")):
             prof = DeviceProfile.load(f)
+            if "@" in f.stem:  # <device>@<backend>.json: one of several backends of a device
+                dev, tag = f.stem.split("@", 1)
+                if dev != prof.device or tag != prof.backend.replace("/", "-"):
+                    raise ProfileError(f"{f} holds device {prof.device!r} on backend {prof.backend!r}; name it "
+                                       f"{prof.device}@{prof.backend.replace('/', '-')}.json")
+                if prof.backend in alts.get(dev, {}):
+                    raise ProfileError(f"{f}: a second profile of {dev!r} on {prof.backend!r}; keep one")
+                alts.setdefault(dev, {})[prof.backend] = prof
+                out.setdefault(dev, prof)
+                continue
             if prof.device in out:
                 raise ProfileError(f"{f}: a second profile for device {prof.device!r}; keep one file per device")
+            if not prof.complete:
+                raise ProfileError(f"{f} is an unfinished profile (coinfer profile was interrupted); finish it "
+                                   f"with the same coinfer profile command (it resumes) or delete the file")
             if f.stem != prof.device:
                 raise ProfileError(f"{f} holds the profile of device {prof.device!r}; name it "
                                    f"{prof.device}.json (one file per device)")
@@ -218,7 +338,7 @@ class ProfileSet:
         if not out:
             raise ProfileError(f"no profiles (*.json) in {str(p)!r}; create them with "
                                f"coinfer profile CLUSTER --model MODEL -o {p}")
-        return cls(out, str(p))
+        return cls(out, str(p), alts)
 
     def save_dir(self, path: str | Path) -> None:
         p = Path(path)
@@ -226,8 +346,9 @@ class ProfileSet:
         for dev, prof in self.profiles.items():
             prof.save(p / f"{dev}.json")
 
-    def check(self, graph: Graph, devices: list[str]) -> None:
-        """Refuse profiles of another model (fingerprint) or of devices not in ``devices``."""
+    def check(self, graph: Graph, devices: list[str], shares: dict[str, float] | None = None) -> None:
+        """Refuse profiles of another model (fingerprint), of devices not in ``devices``, or — for
+        wall-clock profiles of emulated devices — measured at another ``cpu_share`` than ``shares`` gives."""
         fp = graph.fingerprint()
         for dev, prof in self.profiles.items():
             if prof.fingerprint != fp:
@@ -243,3 +364,15 @@ class ProfileSet:
                     f"{self.where}/{dev}.json is for device {dev!r}, which the cluster does not have "
                     f"(devices: {', '.join(devices)}); use the profiles of this cluster or remove that file"
                 )
+            emu = prof.emulation or {}
+            if shares and prof.timing == "wall" and "cpu_share" in emu and dev in shares \
+                    and abs(float(emu["cpu_share"]) - shares[dev]) > 1e-9:
+                raise ProfileError(
+                    f"{self.where}/{dev}.json was measured with cpu_share {emu['cpu_share']}, but the cluster gives "
+                    f"{dev} cpu_share {shares[dev]}; re-profile this cluster with coinfer profile"
+                )
+
+
+def _profile_total_ms(prof: DeviceProfile) -> float:
+    """The whole model's latency as profiled: whole stages plus each table's full-height point."""
+    return sum(prof.whole.values()) + sum(max(ms for _, ms in pts) for pts in prof.stages.values() if pts)

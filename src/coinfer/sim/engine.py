@@ -34,6 +34,25 @@ costs from a :class:`~coinfer.cost.model.CostModel`:
   last output has arrived; a worker leaves it when the master's "done"
   message reaches it (one latency later).
 
+* **The runtime's own costs** (``overheads=True``, the default): every
+  device's CPU (:class:`~coinfer.cost.runtime.CpuBucket`: the cgroup quota
+  of an emulated device, a plain core otherwise) is drawn on by its program
+  thread and its transport threads alike: a compute costs the part's CPU
+  time (:meth:`CostModel.cpu_ms`) plus the input assembly; a send costs its
+  program-thread part before the bytes leave; when the link delivers, the
+  sender's transport wakes up and hands the bytes over, then the receiver's
+  transport takes them — each on its device's quota, concurrently with the
+  program (a period the program used up delays them). The request starts with the coordinator's input
+  reaching the source (an unshaped loopback hop, then a receive) and ends
+  when the output reaches the coordinator — what the runtime measures.
+  Per-message costs come from the device's profile (probed through the
+  runtime) or :data:`~coinfer.cost.runtime.BUILTIN_RUNTIME`.
+  ``overheads=False`` gives the ideal machine: free messages, devices at
+  their steady share. Emulated devices are processes of one host: when
+  more of them take part than it has cores, a running device gets
+  ``cores / running`` of a core (a second pass, over the first pass's
+  concurrency).
+
 Transfers and computations become events of a :class:`~coinfer.trace.Trace`
 (kind ``simulated``) named by the instruction texts, the format the runtime
 writes, so one viewer shows prediction and measurement side by side. A send
@@ -50,6 +69,7 @@ from typing import Any
 from ..cluster import ClusterError
 from ..cost.bandwidth import BandwidthTrace
 from ..cost.model import CostModel
+from ..cost.runtime import CpuBucket, RuntimeCosts
 from ..graph.geometry import PartGeom, Region, part_geometry
 from ..plan.lower import Lowered
 from ..trace import Trace
@@ -79,12 +99,16 @@ MailKey = tuple[str, str, int, Region | None]
 
 
 class _Engine:
-    def __init__(self, lowered: Lowered, costs: CostModel, nic: str) -> None:
+    def __init__(self, lowered: Lowered, costs: CostModel, nic: str, overheads: bool = True,
+                 speed: tuple[list[float], list[float]] | None = None, record: bool = False,
+                 tracing: bool = True) -> None:
         if nic not in NIC_MODES:
             raise ValueError(f"nic must be one of {NIC_MODES}, got {nic!r}")
         self.L = lowered
         self.costs = costs
         self.nic = nic
+        self.overheads = overheads
+        self.tracing = tracing
         plan = lowered.plan
         self.src = plan.source
         self.codec, self.quant = plan.wire.codec, plan.wire.quant
@@ -110,6 +134,26 @@ class _Engine:
         self.wire_total = 0.0
         self.raw_total = 0
         self.output_ms: float | None = None
+        self.latency: float | None = None
+        self.rt: dict[str, RuntimeCosts] = {}
+        self.cpu: dict[str, CpuBucket] = {}
+        if overheads:
+            for d in self.devs:
+                self.rt[d] = costs.runtime_costs(d)
+                local = costs.device(d).is_local
+                self.cpu[d] = CpuBucket(costs.quota(d), speed if local else None, record and local)
+            self._start()
+
+    # -- the runtime's request start ---------------------------------------------
+    def _start(self) -> None:
+        """The coordinator sends the input to the source and ``run`` to the others (unshaped, loopback)."""
+        import math
+
+        in_bytes = 4 * math.prod(self.L.stages[0].in_shape) if self.L.stages else 0
+        for d in self.devs:
+            rt = self.rt[d]
+            nb = in_bytes if d == self.src else 64
+            self.t[d] = self.cpu[d].run(rt.loopback_ms(nb), rt.recv_ms(nb))
 
     # -- links ----------------------------------------------------------------
     def _transfer(self, a: str, b: str, nbytes: int, issue: float, name: str, **args: Any) -> _Xfer:
@@ -123,13 +167,34 @@ class _Engine:
         self.tx[a] += ser
         self.wire_total += wire
         self.raw_total += nbytes
-        self.trace.add(a, "send", name, start, end, peer=b, bytes=nbytes, wire_bytes=round(wire), **args)
+        if self.tracing:
+            self.trace.add(a, "send", name, start, end, peer=b, bytes=nbytes, wire_bytes=round(wire), **args)
         return _Xfer(a, start, end, lat, wire)
 
-    def _received(self, d: str, x: _Xfer, name: str, **args: Any) -> None:
+    def _arrive(self, d: str, x: _Xfer, nbytes: int, now: float) -> float:
+        """When the program on ``d`` (at ``now``) has message ``x``: its arrival plus the receiver's handling."""
+        if not self.overheads:
+            return x.arrival
+        # the link delivers at x.arrival: the sender's transport wakes up (whole-ms polls) and hands the
+        # bytes over — on the sender's quota — then the receiver's transport takes them — on its quota
+        # (all the device's threads share it: a period the program used up delays them, and vice versa)
+        rs, rr = self.rt[x.sender], self.rt[d]
+        sent = self.cpu[x.sender].side(x.arrival + rs.delivery_ms, rs.send_io_ms(nbytes))
+        got = self.cpu[d].side(sent + rr.loopback_ms(nbytes), rr.recv_ms(nbytes))
+        return max(got, now)
+
+    def _received(self, d: str, x: _Xfer, name: str, ready: float | None = None, **args: Any) -> None:
         s = x.start + x.lat
         self.rx[d] += x.arrival - s
-        self.trace.add(d, "recv", name, s, x.arrival, peer=x.sender, **args)
+        if self.tracing:
+            self.trace.add(d, "recv", name, s, x.arrival if ready is None else max(ready, x.arrival),
+                           peer=x.sender, **args)
+
+    def _send_cpu(self, d: str, t: float, nbytes: int) -> float:
+        """The sender's program-thread part of a send (its transport's part runs at delivery: ``_arrive``)."""
+        if not self.overheads:
+            return t
+        return self.cpu[d].run(t, self.rt[d].send_ms(nbytes))
 
     def _geom(self, stage: int, part: int) -> PartGeom:
         """The part's geometry (rebuilt when the Lowered came without it, e.g. from data)."""
@@ -142,10 +207,17 @@ class _Engine:
 
     def _compute(self, d: str, start: float, stage: int, part: int, name: str, **args: Any) -> float:
         geom = self._geom(stage, part)
-        ms = self.costs.part_ms(d, geom)
-        self.busy[d] += ms
-        self.trace.add(d, "compute", name, start, start + ms, flops=geom.flops, **args)
-        return start + ms
+        if self.overheads:
+            info = self.L.parts[(stage, part)]
+            c = self.costs.cpu_ms(d, geom) + self.rt[d].compute_ms(info.in_bytes)
+            start = max(start, self.cpu[d].free)
+            end = self.cpu[d].run(start, c)
+        else:
+            end = start + self.costs.part_ms(d, geom)
+        self.busy[d] += end - start
+        if self.tracing:
+            self.trace.add(d, "compute", name, start, end, flops=geom.flops, **args)
+        return end
 
     # -- programs ---------------------------------------------------------------
     def run(self) -> None:
@@ -170,7 +242,8 @@ class _Engine:
             op = ins.op
             if op == "send":
                 assert ins.peer is not None
-                x = self._transfer(d, ins.peer, ins.nbytes, self.t[d], ins.text(), instr=i)
+                self.t[d] = self._send_cpu(d, self.t[d], ins.nbytes)
+                x = self._transfer(d, ins.peer, ins.nbytes, self.t[d], ins.text() if self.tracing else "", instr=i)
                 key = (d, ins.peer, ins.tensor, ins.region)
                 self.mail.setdefault(key, deque()).append(x)
                 w = self.waiting.pop(key, None)
@@ -184,11 +257,13 @@ class _Engine:
                     self.waiting[key] = d
                     return
                 x = q.popleft()
-                self._received(d, x, ins.text(), instr=i, bytes=ins.nbytes)
-                self.t[d] = max(self.t[d], x.arrival)
+                ready = self._arrive(d, x, ins.nbytes, self.t[d])
+                self._received(d, x, ins.text() if self.tracing else "", ready, instr=i, bytes=ins.nbytes)
+                self.t[d] = max(self.t[d], ready)
             elif op == "compute":
                 assert ins.part is not None
-                self.t[d] = self._compute(d, self.t[d], ins.tensor, ins.part, ins.text(), instr=i)
+                self.t[d] = self._compute(d, self.t[d], ins.tensor, ins.part, ins.text() if self.tracing else "",
+                                          instr=i)
             elif op in ("dyn_master", "dyn_worker"):
                 reach = self.reach.setdefault(ins.tensor, {})
                 reach.setdefault(d, self.t[d])
@@ -199,6 +274,16 @@ class _Engine:
                 continue  # _run_pool advanced every member's pc, including ours
             elif op == "output":
                 self.output_ms = self.t[d]
+                self.latency = self.t[d]
+                if self.overheads:  # the result goes back to the coordinator (unshaped), which decodes it
+                    st = self.L.stages[-1]
+                    import math
+
+                    nb = 4 * math.prod(st.out_shape)
+                    rt = self.rt[d]
+                    t = self._send_cpu(d, self.t[d], nb)
+                    t = self.cpu[d].side(t, rt.send_io_ms(nb))  # unshaped: the transport sends at once
+                    self.latency = t + rt.loopback_ms(nb) + rt.recv_ms(nb)
             self.pc[d] = i + 1
 
     def _run_pool(self, s: int, reach: dict[str, float]) -> None:
@@ -217,10 +302,11 @@ class _Engine:
         infos = {p: info for (st, p), info in self.L.parts.items() if st == s}
         tiles = sorted(infos)
         sched = make_scheduler(self.L.plan.strategy.params, tiles, members,
-                               {p: infos[p].device for p in tiles})
+                               {p: infos[p].device for p in tiles}, now_ms=m0)
         free = {d: reach.get(d, m0) for d in members}
         inflight = {d: 0 for d in members}
-        done_at: list[tuple[float, int, str]] = []  # heap of (output at the master, seq, device)
+        # heap of (output reaches the master, seq, device, tile, compute ms, transfer or None)
+        done_at: list[tuple[float, int, str, int, float, Any]] = []
         seq = 0
         done = m0
 
@@ -235,25 +321,44 @@ class _Engine:
                     inflight[d] += 1
                     name = f"compute s{s}.p{p} (tile)"
                     if d == src:
-                        end = self._compute(d, max(now, free[d]), s, p, name, tile=True)
+                        begin = max(now, free[d])
+                        end = self._compute(d, begin, s, p, name, tile=True)
                         free[d] = end
                         arrive = end
                     else:
-                        x = self._transfer(src, d, info.in_bytes, now, f"send tile s{s}.p{p} to {d}", tile=True)
-                        self._received(d, x, f"recv tile s{s}.p{p} from {src}", tile=True)
-                        end = self._compute(d, max(x.arrival, free[d]), s, p, name, tile=True)
-                        free[d] = end
-                        y = self._transfer(d, src, info.out_bytes, end, f"send tile_out s{s}.p{p} to {src}",
+                        issue = self._send_cpu(src, now, info.in_bytes)
+                        x = self._transfer(src, d, info.in_bytes, issue, f"send tile s{s}.p{p} to {d}", tile=True)
+                        got = self._arrive(d, x, info.in_bytes, free[d])
+                        self._received(d, x, f"recv tile s{s}.p{p} from {src}", got, tile=True)
+                        begin = max(got, free[d])
+                        end = self._compute(d, begin, s, p, name, tile=True)
+                        free[d] = self._send_cpu(d, end, info.out_bytes)
+                        y = self._transfer(d, src, info.out_bytes, free[d], f"send tile_out s{s}.p{p} to {src}",
                                            tile=True)
-                        self._received(src, y, f"recv tile_out s{s}.p{p} from {d}", tile=True)
-                        arrive = y.arrival
-                    heapq.heappush(done_at, (arrive, seq, d))
+                        # the master handles the output when it arrives (in arrival order, below), not now:
+                        # charging its CPU at dispatch would block its next sends until this tile is back
+                        heapq.heappush(done_at, (y.arrival, seq, d, p, end - begin, y))
+                        seq += 1
+                        continue
+                    heapq.heappush(done_at, (arrive, seq, d, p, end - begin, None))
                     seq += 1
 
+        dl = self.L.plan.strategy.params.get("tile_deadline_ms")  # ADCNN: late tiles are zero-filled
+        t_dl = None if dl is None else m0 + float(dl)
         dispatch(m0)
+        master = m0
         while done_at:
-            t, _, d = heapq.heappop(done_at)
+            t, _, d, p, ms, y = heapq.heappop(done_at)
             inflight[d] -= 1
+            if t_dl is not None and t > t_dl:  # late: the master has moved on (zero-filled)
+                done = max(done, t_dl)
+                continue
+            if y is not None:
+                nb = infos[p].out_bytes
+                t = self._arrive(src, y, nb, master)
+                self._received(src, y, f"recv tile_out s{s}.p{p} from {d}", t, tile=True)
+            master = max(master, t)
+            sched.done(d, p, ms, now_ms=t)
             done = max(done, t)
             dispatch(t)
         for d in set(members) | {src}:
@@ -268,7 +373,7 @@ class _Engine:
     # -- result ------------------------------------------------------------------
     def result(self) -> SimResult:
         assert self.output_ms is not None
-        T = self.output_ms
+        T = self.latency if self.latency is not None else self.output_ms
         idle = {d: max(0.0, T - self.busy[d]) for d in self.devs}
         dev_e = {d: self.costs.energy_j(d, self.busy[d], idle[d], self.tx[d], self.rx[d]) for d in self.devs}
         dyn_e = sum(self.costs.dynamic_energy_j(d, self.busy[d], self.tx[d], self.rx[d]) for d in self.devs)
@@ -276,7 +381,7 @@ class _Engine:
         costs = self.costs.describe()
         self.trace.meta.update({
             "kind": "simulated", "latency_ms": T, "model": plan.model.name, "strategy": plan.strategy.name,
-            "devices": self.devs, "nic": self.nic, "costs": costs,
+            "devices": self.devs, "nic": self.nic, "costs": costs, "overheads": self.overheads,
         })
         return SimResult(
             latency_ms=T, busy_ms=dict(self.busy), idle_ms=idle, tx_ms=dict(self.tx), rx_ms=dict(self.rx),
@@ -286,16 +391,44 @@ class _Engine:
         )
 
 
+def _host_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover
+        return os.cpu_count() or 1
+
+
 def simulate(lowered: Lowered, costs: CostModel, *, bandwidth_trace: BandwidthTrace | None = None,
-             trace_start_s: float = 0.0, nic: str = "per_link") -> SimResult:
+             trace_start_s: float = 0.0, nic: str = "per_link", overheads: bool = True,
+             host_cores: int | None = None) -> SimResult:
     """Simulate one request of ``lowered`` with ``costs`` (see the module docstring for the model).
 
     ``bandwidth_trace`` (with the request starting at ``trace_start_s`` into
     it) overrides the cost model's trace. ``nic``: ``per_link`` (default) or
     ``shared`` — whether a device's outgoing transfers share one queue.
+    ``overheads``: model the runtime's own CPU costs and the emulated
+    devices' quotas (default), or the ideal machine. When more local
+    (emulated) devices take part than this host has cores (``host_cores``,
+    default: this machine's), their processes share the cores: a first
+    pass measures how many run at every moment, the second runs each at
+    ``min(1, cores / running devices)`` of a core then
+    (:func:`~coinfer.cost.runtime.core_share`).
     """
+    from ..cost.runtime import core_share
+
     if bandwidth_trace is not None:
         costs = costs.with_trace(bandwidth_trace, trace_start_s)
-    eng = _Engine(lowered, costs, nic)
+    cores = host_cores or _host_cores()
+    local = [d for d in lowered.programs if costs.device(d).is_local] if overheads else []
+    contend = len(local) > cores
+    eng = _Engine(lowered, costs, nic, overheads, record=contend, tracing=not contend)
     eng.run()
-    return eng.result()
+    if contend:  # the first pass (every device at full speed) only measures the concurrency
+        runs = [eng.cpu[d].runs or [] for d in local]
+        eng = _Engine(lowered, costs, nic, overheads, speed=core_share(runs, cores))
+        eng.run()
+    res = eng.result()
+    res.trace.meta["host_cores"] = cores if contend else None
+    return res

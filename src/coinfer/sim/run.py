@@ -36,26 +36,33 @@ def check_devices(plan: Plan, cluster: Cluster) -> None:
 
 def simulate_lowered(plan: Plan, graph: Graph, costs: CostModel, *,
                      geoms: dict[tuple[int, int], PartGeom] | None = None,
-                     bandwidth_trace: BandwidthTrace | None = None, nic: str = "per_link") -> SimResult:
+                     bandwidth_trace: BandwidthTrace | None = None, nic: str = "per_link",
+                     overheads: bool = True) -> SimResult:
     """Lower ``plan`` over ``graph`` (the full model) and simulate it; torch-free.
 
     Planners pass the graph and cost model they already have (and, when they
-    simulate many variants, the part geometries they computed).
+    simulate many variants, the part geometries they computed). ``overheads``:
+    see :func:`coinfer.sim.engine.simulate`.
     """
-    return simulate(lower(plan, graph, geoms), costs, bandwidth_trace=bandwidth_trace, nic=nic)
+    return simulate(lower(plan, graph, geoms), costs, bandwidth_trace=bandwidth_trace, nic=nic, overheads=overheads)
 
 
 def simulate_plan(plan: Plan, cluster: Cluster, profiles_dir: str | None = None, *,
                   calibration: HostCalibration | None = None,
-                  bandwidth_trace: str | BandwidthTrace | None = None, nic: str = "per_link") -> SimResult:
-    """Simulate a plan on ``cluster``: capture its model by name, build the cost model, lower, simulate."""
+                  bandwidth_trace: str | BandwidthTrace | None = None, nic: str = "per_link",
+                  overheads: bool = True, probed_links: bool = False) -> SimResult:
+    """Simulate a plan on ``cluster``: capture its model by name, build the cost model, lower, simulate.
+
+    ``probed_links``: price links with the bandwidth and RTT/2 that ``coinfer
+    profile`` probed (every link the plan uses must have been probed).
+    """
     from ..modelspec import capture_model
 
     check_devices(plan, cluster)
     cm = capture_model(plan.model.name, plan.model.input_shape)
     costs = load_cost_model(cm.graph, cluster, profiles_dir, calibration=calibration,
-                            bandwidth_trace=bandwidth_trace)
-    return simulate(lower(plan, cm.graph), costs, nic=nic)
+                            bandwidth_trace=bandwidth_trace, prefer_probes=probed_links)
+    return simulate(lower(plan, cm.graph), costs, nic=nic, overheads=overheads)
 
 
 def predicted(res: SimResult) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""``coinfer profile CLUSTER --model M``: measure every device and link through the runtime."""
+
+from __future__ import annotations
+
+COMMAND = "profile"
+
+from typing import Any
+
+import typer
+
+from .common import CheckFailed, console, emit_json, user_errors
+
+
+@user_errors
+def cmd(
+    cluster: str = typer.Argument(..., metavar="CLUSTER", help="cluster YAML file or built-in name"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo name, package.module:callable, or file.onnx"),
+    out: str = typer.Option(None, "-o", "--out", help="profiles directory (default profiles/<model>)"),
+    reps: int = typer.Option(3, "--reps", "-k", help="timed runs per point (median), after --warmup runs"),
+    warmup: int = typer.Option(1, "--warmup", help="untimed runs before each point"),
+    points: int = typer.Option(6, "--points", help="rows-sweep points per splittable stage (geometric, then refined)"),
+    backend: str = typer.Option("torch", "--backend", help="per-part backend to measure (torch, onnxruntime, openvino)"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
+    input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
+    no_links: bool = typer.Option(False, "--no-links", help="skip the link and message-cost probes"),
+    keys: str = typer.Option(None, "--keys", help="CURVE key directory (default: the cluster's security.keys)"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
+) -> None:
+    """Profile a model on every device of a cluster (real workers) and probe every link.
+
+    Per device: each splittable stage's latency against the rows it computes
+    (a geometric sweep from 1 row to the full height, refined where the
+    table rises most), whole stages and the tail, per-layer-type
+    regressions, and the runtime's CPU cost per message; per link: round
+    trip and bandwidth over the shaped transport. Saves DIR/<device>.json
+    (coinfer.profile/1); re-running resumes.
+    """
+    from ..cluster import resolve_cluster
+    from ..cost.remote import ProfileFailed, ProgressSink, profile_cluster
+    from ..modelspec import parse_shape
+    from ..runtime import upstate
+
+    cl = resolve_cluster(cluster)
+    shape = parse_shape(input_shape) if input_shape else None
+    out_dir = out or f"profiles/{model.replace('/', '_').replace(':', '_')}"
+    up = upstate.read(cluster)
+    addresses = cpu_modes = None
+    if up:
+        addresses = {**{d.name: d.address for d in cl.devices if not d.is_local}, **up["addresses"]}
+        cpu_modes = up.get("cpu_modes")
+    c = console(stderr=json_out)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[what]}"), TimeElapsedColumn(), console=c, transient=json_out) as bar:
+        tasks: dict[str, Any] = {}
+
+        class Sink(ProgressSink):
+            def links(self, done: int, total: int) -> None:
+                if "links" not in tasks:
+                    tasks["links"] = bar.add_task("links", total=total, what="probing")
+                bar.update(tasks["links"], completed=done, what="probed" if done == total else "probing")
+
+            def device(self, dev: str, done: int, total: int, what: str) -> None:
+                if dev not in tasks:
+                    tasks[dev] = bar.add_task(dev, total=max(total, 1), what="")
+                bar.update(tasks[dev], completed=done, total=max(total, 1), what=what[:40])
+
+            def note(self, msg: str) -> None:
+                bar.console.print(msg)
+
+        try:
+            job = profile_cluster(cl, model, out_dir, input_shape=shape, addresses=addresses, cpu_modes=cpu_modes,
+                                  keys=keys, rows_points=points, reps=reps, warmup=warmup, backend=backend,
+                                  precision=precision, probe=not no_links, sink=Sink())
+        except ProfileFailed as e:  # a device failed or stopped answering: what was measured is saved
+            raise CheckFailed(f"{e}; what was measured is in {out_dir} (re-run to resume)") from None
+    summary = {"profiles": job.out_dir, "model": model, "seconds": round(job.seconds, 1),
+               "measured": job.measured, "resumed": job.resumed, "skipped": job.skipped,
+               "links_probed": job.probed, "sweep_points": job.points,
+               "devices": {d: {"timing": p.timing, "stages": len(p.stages), "whole": len(p.whole),
+                               "regressions": sorted(p.regressions), "links": {k: v.to_dict() for k, v in p.links.items()},
+                               "runtime": None if p.runtime is None else p.runtime.to_dict()}
+                           for d, p in job.profiles.items()}}
+    if json_out:
+        emit_json(summary)
+        return
+    c.print(f"wrote [bold]{job.out_dir}[/]/<device>.json for {len(job.profiles)} devices in {job.seconds:.1f} s "
+            f"({job.points} sweep points measured"
+            + (f"; kept {', '.join(job.skipped)}" if job.skipped else "")
+            + (f"; resumed {', '.join(job.resumed)}" if job.resumed else "") + ")")
+    for d, p in job.profiles.items():
+        lk = ", ".join(f"{k} {v.bandwidth_mbps:.0f} Mbit/s rtt {v.rtt_ms:.1f} ms" for k, v in sorted(p.links.items()))
+        rt = p.runtime
+        msg = "" if rt is None else f"; per message {rt.send_us + rt.send_io_us:.0f}/{rt.recv_us:.0f} µs send/recv"
+        c.print(f"  {d}: {len(p.stages)} swept + {len(p.whole)} whole stages ({p.timing} time){msg}"
+                + (f"; links {lk}" if lk else ""))
+    c.print(f"use them: coinfer plan ... --profiles {job.out_dir}; coinfer simulate PLAN --cluster {cluster} "
+            f"--profiles {job.out_dir}")

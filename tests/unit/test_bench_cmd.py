@@ -1,0 +1,164 @@
+"""coinfer bench: bad input, the validation's plans and reports, trace comparison, measured-energy reporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from coinfer.cli.main import build_app
+from coinfer.cluster import builtin_cluster, parse_cluster
+from coinfer.cost import CostModel, DeviceProfile
+from coinfer.cost.power import RaplDomain, RaplReader
+from coinfer.modelspec import capture_model
+from coinfer.plan.lower import lower
+from coinfer.runtime import report
+from coinfer.sim import simulate
+from coinfer.sim import validation as V
+from coinfer.sim.compare import compare_traces, format_pairs, summary
+from coinfer.trace import Trace
+
+runner = CliRunner()
+USER, SHAPE = "core_helpers.user_models:user_net", "1,3,37,29"
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(build_app(), [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def graph():  # type: ignore[no-untyped-def]
+    return capture_model(USER, SHAPE).graph
+
+
+def test_bench_bad_input(tmp_path: Path) -> None:
+    r = invoke("bench")
+    assert r.exit_code == 2 and "--model, --cluster and --strategies" in r.output
+    r = invoke("bench", "-m", USER, "-c", "het4", "-s", "local,nope")
+    assert r.exit_code == 2 and "unknown strategies ['nope']" in r.output
+    neg = tmp_path / "neg.yaml"
+    neg.write_text("source: a\ndevices: [{name: a}, {name: b}]\nnetwork: {bandwidth_mbps: -1}\n")
+    r = invoke("bench", "-m", USER, "-c", neg, "-s", "local")
+    assert r.exit_code == 2 and "bandwidth_mbps" in r.output
+    r = invoke("bench", "--validate", "--bandwidths", "100,-5")
+    assert r.exit_code == 2 and "must be > 0" in r.output
+    r = invoke("bench", "--validate", "--kinds", "rows,diagonal")
+    assert r.exit_code == 2 and "diagonal" in r.output
+    r = invoke("bench", "--validate", "--clusters", "edgent")
+    assert r.exit_code == 2 and "need 4" in r.output
+    r = invoke("bench", "--validate", "--models", "no_such_model")
+    assert r.exit_code == 2 and "no_such_model" in r.output
+
+
+def test_bench_refuses_profiles_of_another_model_or_device(tmp_path: Path, graph) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path / "p"
+    d.mkdir()
+    DeviceProfile("d0", "other", "sha256:x", stages={("x", "a"): [(1, 1.0)]}).save(d / "d0.json")
+    r = invoke("bench", "-m", USER, "--input-shape", SHAPE, "-c", "het4", "-s", "local", "--profiles", d)
+    assert r.exit_code == 2 and "measured for model 'other'" in r.output and "coinfer profile" in r.output
+    (d / "d0.json").unlink()
+    DeviceProfile("d9", graph.name, graph.fingerprint(), stages={("x", "a"): [(1, 1.0)]}).save(d / "d9.json")
+    r = invoke("bench", "-m", USER, "--input-shape", SHAPE, "-c", "het4", "-s", "local", "--profiles", d)
+    assert r.exit_code == 2 and "device 'd9', which the cluster does not have" in r.output
+
+
+def test_simulate_probed_links_need_probes(tmp_path: Path, graph) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path / "p"
+    d.mkdir()
+    DeviceProfile("d0", graph.name, graph.fingerprint(), stages={}, whole={}).save(d / "d0.json")
+    cl = builtin_cluster("het4")
+    plan = V.rows_plan(USER, graph, cl, CostModel(graph, cl))
+    plan.save(tmp_path / "plan.json")
+    r = invoke("simulate", tmp_path / "plan.json", "-c", "het4", "--profiles", d, "--links", "probed")
+    assert r.exit_code == 2 and "no probe of link" in r.output and "re-run coinfer profile" in r.output
+    r = invoke("simulate", tmp_path / "plan.json", "-c", "het4", "--links", "probed")
+    assert r.exit_code == 2 and "need profiles" in r.output
+    ok = invoke("simulate", tmp_path / "plan.json", "-c", "het4", "--ideal", "--json")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_validation_matrix_and_plans(graph) -> None:  # type: ignore[no-untyped-def]
+    cases = V.validation_cases()
+    assert len(cases) == 36 and len({c.name for c in cases}) == 36  # >= 20: 3 models x 3 kinds x 2 x 2
+    assert {c.model for c in cases} == set(V.DEFAULT_MODELS) and {c.kind for c in cases} == set(V.KINDS)
+    for cl_name in ("het4", "eq4"):
+        cl = builtin_cluster(cl_name)
+        costs = CostModel(graph, cl)
+        for kind, make in V.PLANNERS.items():
+            plan = make(USER, graph, cl, costs)
+            plan.validate(graph)
+            res = simulate(lower(plan, graph), costs)
+            assert res.latency_ms > 0, kind
+        whole = V.whole_plan(USER, graph, cl, costs)
+        assert len(whole.stages) == 2 and whole.stages[1].partition.device != cl.source
+        grid = V.grid_plan(USER, graph, cl, costs)
+        assert any(s.partition.type == "grid" for s in grid.stages)
+
+
+def _result(case: str, pred: float, meas: float, kind: str = "rows") -> V.CaseResult:
+    return V.CaseResult(case, "m", kind, "het4", 100.0, 3, 4, pred, meas, (pred - meas) / meas, 1.0, 1.1, 10, 10,
+                        pred * 0.8, [meas, meas * 1.1], 1.5)
+
+
+def test_error_stats_csv_and_plot(tmp_path: Path) -> None:
+    rs = [_result(f"c{i}", 100.0 + e, 100.0) for i, e in enumerate([-5, 2, 10, 20, -1])]
+    st = V.error_stats(rs)
+    assert st["n"] == 5 and st["median"] == pytest.approx(0.05) and st["max"] == pytest.approx(0.2)
+    assert st["p90"] == pytest.approx(0.16)
+    V.write_csv(rs, tmp_path / "v.csv")
+    again = V.read_csv(tmp_path / "v.csv")
+    assert [r.case for r in again] == [r.case for r in rs] and again[2].error == pytest.approx(0.1)
+    V.scatter_png(rs + [_result("g", 50, 60, "grid")], tmp_path / "v.png")
+    assert (tmp_path / "v.png").stat().st_size > 5000
+    assert V.error_stats([]) == {"n": 0}
+
+
+def test_trace_comparison_matches_instructions(graph) -> None:  # type: ignore[no-untyped-def]
+    cl = builtin_cluster("het4")
+    costs = CostModel(graph, cl)
+    low = lower(V.rows_plan(USER, graph, cl, costs), graph)
+    a = simulate(low, costs).trace
+    b = simulate(low, costs, overheads=False).trace
+    pairs = compare_traces(a, a)
+    assert pairs and all(p.end_error_ms == 0 and p.dur_error_ms == 0 for p in pairs)
+    n = sum(1 for e in a.events if e.lane in ("compute", "recv"))
+    assert len(pairs) == n
+    s = summary(a, b)
+    assert s["matched"] == n and set(s["devices"]) <= set(cl.names) and s["error"] is not None
+    assert "compute s0.p0" in format_pairs(compare_traces(a, b))
+
+
+def _trace() -> Trace:
+    t = Trace(meta={"latency_ms": 100.0})
+    t.add("d0", "compute", "compute s0.p0", 0.0, 40.0)
+    t.add("d0", "send", "send    s0 rows[0,4) cols[0,8) to d1 (125000 B)", 40.0, 41.0, bytes=125_000)
+    t.add("d1", "recv", "recv    s0 rows[0,4) cols[0,8) from d0 (125000 B)", 40.0, 52.0, bytes=125_000, peer="d0")
+    t.add("d1", "compute", "compute s1.p0", 52.0, 90.0)
+    return t
+
+
+def test_summarize_energy_source_and_link_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cl = parse_cluster({"source": "d0", "devices": [
+        {"name": "d0", "power": {"busy_w": 5, "idle_w": 1, "tx_w": 2}},
+        {"name": "d1", "power": {"busy_w": 10, "idle_w": 2, "tx_w": 1, "rx_w": 3}}],
+        "network": {"bandwidth_mbps": 100, "latency_ms": 1}})
+    s = report.summarize(_trace(), cl)
+    assert s["energy_source"] == "model" and s["tx_ms"] == {"d0": 10.0, "d1": 0.0} and s["rx_ms"]["d1"] == 10.0
+    want = (5 * 40 + 2 * 10 + 1 * 60 + 10 * 38 + 3 * 10 + 2 * 62) / 1e3
+    assert s["energy_j"] == pytest.approx(want)
+    m = report.summarize(_trace(), cl, measured_energy_j=1.25, energy_source="rapl")
+    assert m["energy_j"] == 1.25 and m["model_energy_j"] == pytest.approx(want) and m["energy_source"] == "rapl"
+    # a RAPL reader when the hardware has one (a fake powercap counter that advances 2 J per read)
+    dom = tmp_path / "intel-rapl:0"
+    dom.mkdir()
+    (dom / "energy_uj").write_text("1000000")
+    reads = iter([1_000_000, 3_000_000])
+    fake = RaplReader((RaplDomain(dom, "package-0", 2**32),))
+    monkeypatch.setattr(fake.__class__, "read_uj", lambda self: (next(reads),))
+    monkeypatch.setattr("coinfer.cost.power.find_rapl", lambda *a, **k: fake)
+    out, joules, src = report.measure_energy(lambda: 42)
+    assert (out, joules, src) == (42, pytest.approx(2.0), "rapl")
+    monkeypatch.setattr("coinfer.cost.power.find_rapl", lambda *a, **k: None)
+    monkeypatch.setattr("coinfer.cost.power.find_ina3221", lambda *a, **k: None)
+    assert report.measure_energy(lambda: 7) == (7, None, "model")
