@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..cluster import Cluster
+from ..execute.backends.base import check_backend
 from ..plan.plan import Plan
 from ..trace import Trace
 from . import wire
@@ -56,6 +57,7 @@ class _Pending:
     devices: set[str]
     fut: Future[torch.Tensor] = field(default_factory=Future)
     traces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    traced: threading.Event = field(default_factory=threading.Event)  # every device's trace is in
     t_send_ms: float = 0.0
     t_result_ms: float = 0.0
 
@@ -115,8 +117,10 @@ class Session:
                  keys: str | None = None, seed: int = 0, timeout_s: float = 300.0,
                  heartbeat_s: float = 0.25, dead_after_s: float = 1.2, replan: bool = True,
                  local: LocalCluster | None = None, replan_fn: Callable[[Cluster], Plan] | None = None,
-                 cpu_modes: dict[str, str] | None = None, adapter: Adapter | None = None) -> None:
+                 cpu_modes: dict[str, str] | None = None, adapter: Adapter | None = None,
+                 hello_timeout_s: float = 30.0) -> None:
         self.plan = plan
+        self.hello_timeout_s = hello_timeout_s  # a device that does not answer hello by then is unreachable
         self.cluster = cluster
         self.addresses = dict(addresses)
         self.seed = seed
@@ -128,6 +132,7 @@ class Session:
         self.replan_fn = replan_fn
         self.cpu_modes = dict(cpu_modes or {})
         self.adapter = adapter
+        self.link_trace = self._load_link_trace()  # network.trace, replayed by the workers' link shapers
         self.link_samples: deque[LinkSample] = deque(maxlen=2000)
         self.switches: list[tuple[float, str]] = []  # (time, strategy/config) each time the plan changed
         self.keys = KeyStore(keys) if keys else None
@@ -146,10 +151,13 @@ class Session:
         self.req_ids = itertools.count(1)
         self.dep: str | None = None
         self.deployed_on: list[str] = []
+        self.backends: dict[str, list[str]] = {}  # device -> backends of its parts (deploy_ok)
+        self.memory: dict[str, dict[str, Any]] = {}  # device -> {weights_bytes, rss_bytes} after the build
         self.last_trace: Trace | None = None
         self.recoveries: list[RecoveryEvent] = []
         self.stop = threading.Event()
         self._membership_changed = threading.Event()
+        self._loop_beat = time.monotonic()
         self.io = threading.Thread(target=self._loop, daemon=True, name="coord-io")
         self.io.start()
         try:
@@ -160,6 +168,11 @@ class Session:
         except BaseException:
             self.close()
             raise
+        # nothing was pinged while the plan deployed: a device that finished its build early
+        # has been silent since its deploy_ok, which says nothing about its health
+        now = time.monotonic()
+        for dev in self.alive:
+            self.last_seen[dev] = max(self.last_seen.get(dev, now), now)
         self.hb = threading.Thread(target=self._heartbeat, daemon=True, name="coord-hb")
         self.hb.start()
 
@@ -171,6 +184,7 @@ class Session:
 
     def _loop(self) -> None:
         while not self.stop.is_set():
+            self._loop_beat = time.monotonic()  # the heartbeat checks that pongs are being read
             m = self.ep.recv(50)
             if m is None:
                 continue
@@ -216,6 +230,8 @@ class Session:
                 p = self.pending.get((h["dep"], int(h["req"])))
             if p is not None:
                 p.traces[h["device"]] = dict(h)
+                if len(p.traces) >= len(p.devices):
+                    p.traced.set()
             return
         if kind == "error":
             dep, req = h.get("dep"), h.get("req")
@@ -241,7 +257,8 @@ class Session:
         finally:
             self.waiters.pop((kind, key), None)
 
-    def _hello(self, devices: list[str], timeout_s: float = 30.0) -> None:
+    def _hello(self, devices: list[str], timeout_s: float | None = None) -> None:
+        timeout_s = self.hello_timeout_s if timeout_s is None else timeout_s
         futs = {}
         for dev in devices:
             f: Future[dict[str, Any]] = Future()
@@ -261,12 +278,22 @@ class Session:
                 "no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in missing)
                 + "; is `coinfer worker` running there (or `coinfer up`)?")
 
+    def _load_link_trace(self) -> dict[str, Any] | None:
+        """The cluster's bandwidth trace for the workers' shapers; trace time 0 is now (issue 6)."""
+        net = self.cluster.network
+        if not (net.shape and net.trace):
+            return None
+        from .shaping import load_trace_csv
+
+        return {"t0": time.time(), "rows": [[t, r] for t, r in load_trace_csv(net.trace)]}
+
     def _links(self, dev: str, peers: list[str]) -> dict[str, list[float]]:
         if not self.cluster.network.shape:
             return {}
         out = {}
+        local = {d.name for d in self.cluster.devices if d.is_local}
         for p in peers:
-            if p != dev:
+            if p != dev and {dev, p} <= local:  # real links (tcp:// addresses) are never slowed down
                 bw, lat = self.cluster.link(dev, p)
                 out[p] = [bw, lat]
         return out
@@ -276,39 +303,60 @@ class Session:
         devs = plan.devices_used_names()
         text = plan.to_json()
         peers = {d: self.addresses[d] for d in devs}
+        # each device's execution backend / precision (cluster file), checked against what it has installed
+        choice = {}
+        for dev in devs:
+            spec = self.cluster.device(dev) if dev in self.cluster.names else None
+            be, prec = (spec.backend, spec.precision) if spec is not None else ("auto", "fp32")
+            check_backend(be, prec, installed=self.info.get(dev, {}).get("backends"), where=f"device {dev}")
+            choice[dev] = (be, prec)
         futs = {}
         for dev in devs:
             f: Future[dict[str, Any]] = Future()
             self.waiters[("deploy_ok", f"{dep}/{dev}")] = f
             futs[dev] = f
             self.ep.send(dev, {"kind": "deploy", "dep": dep, "plan": text, "device": dev, "peers": peers,
-                               "coord": self.ep.address, "seed": self.seed, "links": self._links(dev, devs)})
+                               "coord": self.ep.address, "seed": self.seed, "links": self._links(dev, devs), "link_trace": self.link_trace,
+                               "backend": choice[dev][0], "precision": choice[dev][1]})
+        built: dict[str, dict[str, Any]] = {}
         for dev, f in futs.items():
             try:
-                f.result(timeout=timeout_s)
+                built[dev] = f.result(timeout=timeout_s)
             except RuntimeFailure as e:
                 raise RuntimeFailure(f"deploying on {dev} failed: {e}") from None
             except Exception:  # noqa: BLE001
                 raise DeviceUnreachable(f"deploying on {dev} timed out after {timeout_s:.0f} s") from None
         old = self.dep
         self.plan, self.dep, self.deployed_on = plan, dep, devs
+        # device -> backends computing its parts, and its memory after the build (deploy_ok)
+        self.backends = {d: list(built[d].get("backends") or []) for d in devs}
+        self.memory = {d: dict(built[d].get("memory") or {}) for d in devs}
         if old:
             for d in self.alive:
                 self.ep.send(d, {"kind": "undeploy", "dep": old})
 
     def _heartbeat(self) -> None:
         seq = itertools.count()
+        last = time.monotonic()
         while not self.stop.wait(self.heartbeat_s):
             now = time.monotonic()
+            # this process starved (a loaded machine): its view of the devices is stale, judge nobody
+            starved = now - last > 2 * self.heartbeat_s or now - self._loop_beat > self.dead_after_s / 2
+            last = now
             known = set(self.addresses) & ({d for d in self.plan.devices} | self.alive | self.dead)
             for dev in known:
                 try:
                     self.ep.send(dev, {"kind": "ping", "seq": next(seq), "t": time.time()})
                 except Exception:  # noqa: BLE001
                     pass
+            if starved:
+                continue
+            # a device building a deployment may miss pongs (capture is CPU work in a small
+            # quota); _deploy has its own timeout for it
+            building = {k[1].split("/", 1)[1] for k in list(self.waiters) if k[0] == "deploy_ok"}
             with self.lock:
                 for dev in list(self.alive):
-                    if now - self.last_seen.get(dev, now) > self.dead_after_s:
+                    if dev not in building and now - self.last_seen.get(dev, now) > self.dead_after_s:
                         self.alive.discard(dev)
                         self.dead.add(dev)
                         self.dead_at[dev] = now
@@ -384,9 +432,7 @@ class Session:
                     raise DeviceUnreachable("a device failed during the request") from None
                 raise
             # traces follow the result closely; wait a moment for all of them
-            deadline = time.monotonic() + 2.0
-            while len(p.traces) < len(devs) and time.monotonic() < deadline:
-                time.sleep(0.002)
+            p.traced.wait(2.0)
             self.last_trace = self._trace(p)
             self._observe(self.last_trace)
             return y
@@ -502,7 +548,10 @@ def default_replan(plan: Plan, cluster: Cluster) -> Plan:
 def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = None,
            keys: str | None = None, start_local: bool = True, **kw: Any) -> Session:
     """Deploy ``plan`` on ``cluster``. Local devices are started as worker processes unless
-    ``addresses`` gives where they already run (``coinfer up``)."""
+    ``addresses`` gives where they already run (``coinfer up``). ``keys``: the CURVE key
+    directory; by default the cluster's ``security.keys`` when ``security.auth`` is ``curve``."""
+    if keys is None and cluster.security.auth == "curve":
+        keys = cluster.security.keys
     local = None
     if addresses is None:
         addresses = {d.name: d.address for d in cluster.devices if not d.is_local}

@@ -78,9 +78,11 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
         elif op == "compute":
             info = d.lowered.parts[(ins.tensor, ins.part)]  # type: ignore[index]
             x = st.store.assemble(ins.tensor - 1, info.in_region or _full(_shape(d, ins.tensor - 1)))
-            y = d.runner(ins.tensor, ins.part)(x)  # type: ignore[arg-type]
+            runner = d.runner(ins.tensor, ins.part)  # type: ignore[arg-type]
+            y = runner(x)
             st.store.add(ins.tensor, info.out_region, y)
-            ev.append(["compute", ins.text(), t0, _now_ms(), {"flops": info.flops}])
+            ev.append(["compute", ins.text(), t0, _now_ms(), {"flops": info.flops, "backend": runner.backend,
+                                                              "precision": runner.precision}])
             t0 = -1.0
         elif op == "send":
             v = st.store.assemble(ins.tensor, ins.region)
@@ -103,15 +105,24 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
 
 def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeout_s: float,
                 local_pool: ThreadPoolExecutor | None) -> None:
-    """Hand out the tiles of dynamic ``stage`` to whichever participant is free (source side)."""
+    """Hand out the tiles of dynamic ``stage`` to whichever participant is free (source side).
+
+    With ``strategy.params.tile_deadline_ms`` (ADCNN; off by default) tiles
+    whose output has not arrived that long after the stage started are
+    zero-filled, and a ``late`` trace event counts them.
+    """
     me = io.name
     lw = d.lowered
     info = lw.stages[stage]
     tiles = sorted(p for (s, p) in lw.parts if s == stage)
     sched = make_scheduler(d.plan.strategy.params, tiles, list(info.devices),
-                           {p: lw.parts[(stage, p)].device for p in tiles})
+                           {p: lw.parts[(stage, p)].device for p in tiles},
+                           state=d.sched_state.setdefault(stage, {}))
+    deadline_ms = d.plan.strategy.params.get("tile_deadline_ms")
+    t_deadline = None if deadline_ms is None else time.monotonic() + float(deadline_ms) / 1e3
     x_full = st.store.assemble(stage - 1, _full(info.in_shape))
-    out = torch.empty(info.out_shape, dtype=x_full.dtype) if len(info.out_shape) == 4 else None
+    alloc = torch.empty if t_deadline is None else torch.zeros
+    out = alloc(info.out_shape, dtype=x_full.dtype) if len(info.out_shape) == 4 else None
     inflight: dict[str, int] = {dev: 0 for dev in info.devices}
     done = 0
     pool = local_pool or ThreadPoolExecutor(1)
@@ -122,7 +133,8 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
         t0 = _now_ms()
         y = d.runner(stage, p)(x)
         ms = _now_ms() - t0
-        st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms, {"tile": True}])
+        st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms,
+                      {"tile": True, "backend": d.runner(stage, p).backend}])
         with st.cv:
             st.tile_outs.append((stage, p, me, ms, y))
             st.cv.notify_all()
@@ -148,7 +160,11 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
 
     with lock:
         dispatch()
+    late = 0
     while done < len(tiles):
+        if t_deadline is not None and not _wait_until(st, t_deadline, timeout_s, f"tiles of stage {stage}"):
+            late = len(tiles) - done
+            break
         st.wait_for(lambda: bool(st.tile_outs), timeout_s, f"tiles of stage {stage}")
         with st.cv:
             s, p, dev, ms, y = st.tile_outs.popleft()
@@ -163,8 +179,14 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
         sched.done(dev, p, ms)
         done += 1
         dispatch()
-    for f in local_futs:
-        f.result()
+    if late:
+        for f in local_futs:
+            f.cancel()
+        t = _now_ms()
+        st.events.append(["late", f"zero-filled {late} late tiles of s{stage}", t, t, {"late_tiles": late}])
+    else:
+        for f in local_futs:
+            f.result()
     for dev in info.devices:
         if dev != me:
             io.send_control(dev, {"kind": "tiles_done", "dep": d.dep, "req": st.req, "stage": stage})
@@ -174,22 +196,40 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
         pool.shutdown(wait=False)
 
 
+def _wait_until(st: RequestState, t_deadline: float, timeout_s: float, what: str) -> bool:
+    """Wait for a tile output until ``t_deadline`` (monotonic s); False when the deadline passed."""
+    with st.cv:
+        while not st.tile_outs:
+            left = t_deadline - time.monotonic()
+            if left <= 0:
+                return False
+            st.cv.wait(min(left, 0.5))
+    st.wait_for(lambda: True, timeout_s, what)  # raises if the request was aborted meanwhile
+    return True
+
+
 def _dyn_worker(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeout_s: float) -> None:
-    """Compute tiles of dynamic ``stage`` as the source hands them out, until it says done."""
+    """Compute tiles of dynamic ``stage`` as the source hands them out, until it says done.
+
+    Tiles still queued when "done" arrives (only after a tile deadline) are dropped.
+    """
     src = d.plan.source
     while True:
         st.wait_for(lambda: any(t[0] == stage for t in st.tiles) or stage in st.tiles_done,
                     timeout_s, f"tiles of stage {stage}")
         with st.cv:
             item = next((t for t in st.tiles if t[0] == stage), None)
-            if item is None:
+            if item is None or stage in st.tiles_done:
+                for t in [t for t in st.tiles if t[0] == stage]:
+                    st.tiles.remove(t)
                 return
             st.tiles.remove(item)
         _, p, x, _ = item
         t0 = _now_ms()
         y = d.runner(stage, p)(x)
         ms = _now_ms() - t0
-        st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms, {"tile": True}])
+        st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms,
+                      {"tile": True, "backend": d.runner(stage, p).backend}])
         io.send_tensor(src, {"kind": "tile_out", "dep": d.dep, "req": st.req, "stage": stage, "part": p,
                              "device": io.name, "ms": ms}, y, shaped=True)
 

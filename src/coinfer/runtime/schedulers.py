@@ -7,10 +7,25 @@ than ``depth`` tiles in flight) and reports ``done(device, tile, ms)``.
 IEEE TCAD 2018, §IV-C): each device starts with the tiles the plan's grid
 assigns it; a device whose own queue is empty takes a tile from the end of the
 longest remaining queue, so a slow or busy device ends up with fewer tiles.
+
+``adcnn`` — ADCNN's adaptive scheduling (Zhang, Lin & Zhang, ICPP 2020, §4 of
+``PAPERS.md``): the source keeps a running rate per device,
+``s_k <- (1 - gamma) s_k + gamma * (results received within T_L)``, and gives
+each tile to the device that least increases ``max_k x_k / s_k`` (``x_k``:
+tiles handed to k and not yet returned), within the device's storage
+(``depth`` tiles). See :class:`AdcnnScheduler`.
+
+``done(device, tile, ms, now_ms=None)``: ``now_ms`` is the time the output
+arrived at the source (the simulator passes its clock; the runtime leaves it
+``None`` and the scheduler reads a monotonic clock). Schedulers that keep
+state across requests (``stateful = True``) receive a ``state`` dict the
+caller keeps alive (the runtime: one per deployment and stage).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from typing import Any, Protocol
 
@@ -20,7 +35,7 @@ class TileScheduler(Protocol):
 
     def next_tile(self, device: str) -> int | None: ...
 
-    def done(self, device: str, tile: int, ms: float) -> None: ...
+    def done(self, device: str, tile: int, ms: float, now_ms: float | None = None) -> None: ...
 
 
 class StealScheduler:
@@ -44,16 +59,153 @@ class StealScheduler:
         self.taken[device].append(t)
         return t
 
-    def done(self, device: str, tile: int, ms: float) -> None:
+    def done(self, device: str, tile: int, ms: float, now_ms: float | None = None) -> None:
         pass
 
 
-SCHEDULERS: dict[str, Any] = {"steal": StealScheduler}
+class AdcnnScheduler:
+    """ADCNN's rate-based tile assignment (Zhang, Lin & Zhang, ICPP 2020, adaptive scheduling).
+
+    * **Rates.** ``s_k`` estimates how many results device k returns per
+      window of ``window_ms`` (the paper's ``T_L``, 30 ms): whenever a window
+      closes, ``s_k <- (1 - gamma) s_k + gamma * c_k`` with ``c_k`` the results
+      of k that arrived in it (paper: ``gamma = 0.9``). Our choices where the
+      paper is silent: only devices that had tiles outstanding during the
+      window are updated (an idle device gives no evidence of its speed), and
+      ``s_k`` never falls below ``min_rate`` x its initial value, so a device
+      that returned nothing for a while still gets a tile now and then.
+    * **Assignment.** Every unsent tile, in order, is planned for the device
+      whose ``x_k / s_k`` after taking it is smallest — the device that least
+      increases ``max_k x_k / s_k`` (ties: the device listed first) — where
+      ``x_k`` counts the tiles handed to k and not yet returned plus those
+      already planned for it in this pass. A planned tile is sent at once
+      when its device has storage left (fewer than ``depth`` tiles
+      outstanding, the paper's node storage), else it waits at the source
+      and is planned again, with the rates of that moment, when a result
+      comes back. *Our reading:* storage decides *when* a tile leaves, the
+      rates decide *where* — so a slow device is not handed a tile merely
+      because the fast ones are momentarily full.
+    * **Initial rates.** From ``state["rates"]`` (what the previous request of
+      this deployment learnt), else ``rates`` (the planner's prediction, in
+      results per window), else 1 for every device.
+
+    ``state`` (optional, kept by the caller across requests) receives the
+    rates after every update. The planner (``coinfer.strategies.adcnn``)
+    writes ``rates``, ``window_ms`` and ``depth`` into
+    ``strategy.params.scheduler_params``.
+    """
+
+    stateful = True
+
+    def __init__(self, tiles: list[int], devices: list[str], assignment: dict[int, str],
+                 depth: int | None = None, gamma: float = 0.9, window_ms: float = 30.0,
+                 rates: dict[str, float] | None = None, min_rate: float = 0.05,
+                 state: dict[str, Any] | None = None) -> None:
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"adcnn scheduler: gamma must be in (0, 1], got {gamma}")
+        if not window_ms > 0:
+            raise ValueError(f"adcnn scheduler: window_ms must be > 0, got {window_ms}")
+        self.devices = list(devices)
+        self.depth = int(depth) if depth else max(1, len(tiles))
+        self.gamma = float(gamma)
+        self.window_ms = float(window_ms)
+        self.state = state if state is not None else {}
+        init = dict(rates or {})
+        self.initial = {d: float(init.get(d, 1.0)) or 1.0 for d in self.devices}
+        learnt = self.state.get("rates") or {}
+        self.s = {d: float(learnt.get(d, self.initial[d])) for d in self.devices}
+        self.floor = {d: max(1e-9, min_rate * self.initial[d]) for d in self.devices}
+        self.pending: deque[int] = deque(tiles)
+        self.x = {d: 0 for d in self.devices}
+        self.outbox: dict[str, deque[int]] = {d: deque() for d in self.devices}
+        self.taken: dict[str, list[int]] = {d: [] for d in self.devices}
+        self.count = {d: 0 for d in self.devices}
+        self.busy = {d: False for d in self.devices}
+        self.t0: float | None = None  # start of the current window
+        self.windows = 0
+
+    @staticmethod
+    def _clock() -> float:
+        return time.monotonic() * 1e3
+
+    def _roll(self, now: float) -> None:
+        """Close every window that ended before ``now`` and update the rates."""
+        if self.t0 is None:
+            self.t0 = now
+            return
+        g = self.gamma
+        while now >= self.t0 + self.window_ms:
+            for d in self.devices:
+                if self.busy[d] or self.count[d]:
+                    self.s[d] = max(self.floor[d], (1 - g) * self.s[d] + g * self.count[d])
+                self.count[d] = 0
+                self.busy[d] = self.x[d] > 0
+            self.t0 += self.window_ms
+            self.windows += 1
+            if now - self.t0 > 1000 * self.window_ms:  # a long gap: skip ahead, nothing more to learn
+                self.t0 = now
+        self.state["rates"] = dict(self.s)
+
+    def _assign(self) -> None:
+        """Plan every unsent tile with the current rates; send those whose device has storage left."""
+        planned = {d: 0 for d in self.devices}
+        keep: deque[int] = deque()
+        for t in self.pending:
+            best, best_v = self.devices[0], math.inf
+            for d in self.devices:
+                v = (self.x[d] + planned[d] + 1) / self.s[d]
+                if v < best_v:
+                    best, best_v = d, v
+            if self.x[best] < self.depth:
+                self.outbox[best].append(t)
+                self.x[best] += 1
+                self.busy[best] = True
+            else:  # its device's storage is full: it waits at the source (re-planned next time)
+                planned[best] += 1
+                keep.append(t)
+        self.pending = keep
+
+    def next_tile(self, device: str) -> int | None:
+        if self.t0 is None:
+            self._roll(self._clock())
+        self._assign()
+        q = self.outbox.get(device)
+        if not q:
+            return None
+        t = q.popleft()
+        self.taken[device].append(t)
+        return t
+
+    def done(self, device: str, tile: int, ms: float, now_ms: float | None = None) -> None:
+        now = self._clock() if now_ms is None else float(now_ms)
+        self._roll(now)
+        self.count[device] = self.count.get(device, 0) + 1
+        self.x[device] = max(0, self.x[device] - 1)
+
+    def rates(self) -> dict[str, float]:
+        return dict(self.s)
+
+
+SCHEDULERS: dict[str, Any] = {"steal": StealScheduler, "adcnn": AdcnnScheduler}
 
 
 def make_scheduler(params: dict[str, Any], tiles: list[int], devices: list[str],
-                   assignment: dict[int, str]) -> TileScheduler:
+                   assignment: dict[int, str], state: dict[str, Any] | None = None,
+                   now_ms: float | None = None) -> TileScheduler:
+    """The scheduler ``params["scheduler"]`` (default ``steal``) with ``params["scheduler_params"]``.
+
+    ``state``: a dict kept by the caller across requests, handed to stateful
+    schedulers. ``now_ms``: the stage's start on the caller's clock (the
+    simulator's; default the scheduler's own monotonic clock).
+    """
     name = str(params.get("scheduler", "steal"))
     if name not in SCHEDULERS:
         raise ValueError(f"unknown tile scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](tiles, devices, assignment, **params.get("scheduler_params", {}))
+    cls = SCHEDULERS[name]
+    kw = dict(params.get("scheduler_params", {}))
+    if getattr(cls, "stateful", False) and state is not None:
+        kw["state"] = state
+    sched = cls(tiles, devices, assignment, **kw)
+    if now_ms is not None and hasattr(sched, "_roll"):
+        sched._roll(float(now_ms))
+    return sched

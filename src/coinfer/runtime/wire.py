@@ -319,8 +319,16 @@ def _initial_kinds() -> None:
     register_kind("deploy", {"dep": _DEP, "plan": "bigstr", "device": _NAME, "peers": "dict[str,str]",
                              "coord": "str", "seed": "int",
                              # links: peer -> [bandwidth_mbps, latency_ms] to shape (optional)
-                             "links": Field("dict[str,list[float]]", **opt)})
-    register_kind("deploy_ok", {"dep": _DEP, "device": _NAME, "build_ms": _MS})
+                             "links": Field("dict[str,list[float]]", **opt),
+                             # link_trace: {"t0": wall-clock s of trace time 0, "rows": [[t_s, mbps]...]}:
+                             # the cluster's network.trace replayed by every shaped link (optional; issue 6)
+                             "link_trace": Field("dict", nullable=True, **opt),
+                             # the device's execution backend and precision (cluster file; issue 10)
+                             "backend": Field("str", max_len=32, **opt), "precision": Field("str", max_len=16, **opt)})
+    register_kind("deploy_ok", {"dep": _DEP, "device": _NAME, "build_ms": _MS,
+                                # backends that compute this device's parts ("onnxruntime", "torch/bf16"...)
+                                # and memory figures {weights_bytes, rss_bytes} after the build (optional)
+                                "backends": Field("list[str]", max_len=64, **opt), "memory": Field("dict", **opt)})
     register_kind("undeploy", {"dep": _DEP})
     register_kind("run", {"dep": _DEP, "req": _REQ}, "tensor?")
     register_kind("data", {"dep": _DEP, "req": _REQ, "tensor": Field("int", lo=-1, hi=2**31 - 1),
@@ -342,6 +350,12 @@ def _initial_kinds() -> None:
     register_kind("shutdown", {})
     register_kind("profile", {"dep": _DEP, "spec": "dict"})
     register_kind("profile_result", {"dep": _DEP, "result": "dict"})
+    # coinfer profile (coinfer.cost.remote): per-segment progress, and link probes between workers
+    register_kind("profile_progress", {"dep": _DEP, "device": _NAME, "what": "str", "done": _IDX, "total": _IDX,
+                                       "segment": Field("dict", nullable=True, required=False)})
+    register_kind("probe", {"dep": _DEP, "seq": _IDX, "t": "float", "ack": "bool"}, "tensor?")
+    register_kind("probe_ack", {"dep": _DEP, "seq": _IDX, "t": "float", "cpu_s": Field("float", lo=0.0),
+                                "n": _IDX})
 
 
 _initial_kinds()

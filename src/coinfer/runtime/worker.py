@@ -24,6 +24,7 @@ import torch
 
 from .. import __version__
 from . import wire
+from ..execute.backends import available_backends
 from .deployment import DeployError, Deployment, build
 from .engine import run_program
 from .shaping import LinkShaper
@@ -120,8 +121,8 @@ class Worker:
     def _state(self, dep: str, req: int) -> RequestState | None:
         key = (dep, req)
         with self.lock:
-            if key in self.finished:
-                return None  # late message for a finished / cancelled request
+            if key in self.finished or dep not in self.deployments:
+                return None  # late message for a finished / cancelled request, or no such deployment
             st = self.requests.get(key)
             if st is None:
                 st = RequestState(dep, req)
@@ -147,7 +148,7 @@ class Worker:
             self._connect(m.sender, coord, None)
         self.ep.send(m.sender, {"kind": "hello_ok", "name": self.name, "pid": os.getpid(),
                                 "version": __version__, "cpu_mode": self.cpu_mode,
-                                "backends": ["torch"]})
+                                "backends": available_backends()})
 
     def on_ping(self, m: Message) -> None:
         self.ep.send(m.sender, {"kind": "pong", "seq": m.header["seq"], "t": m.header["t"], "name": self.name})
@@ -155,13 +156,27 @@ class Worker:
     def on_shutdown(self, m: Message) -> None:
         self.stop.set()
 
-    def _connect(self, peer: str, address: str, link: tuple[float, float] | None) -> None:
-        key = (address, None if link is None else tuple(link))
+    def on_error(self, m: Message) -> None:
+        # never answer an error with an error: two workers would bounce them forever
+        log.info("%s: error from %s: %s (%s)", self.name, m.sender, m.header["msg"], m.header["code"])
+
+    def _connect(self, peer: str, address: str, link: tuple[float, float] | None,
+                 trace: dict[str, Any] | None = None) -> None:
+        # trace: the coordinator's link_trace (issue 6), replayed from its wall-clock t0
+        tkey = None if (link is None or not trace) else (float(trace["t0"]), len(trace["rows"]))
+        key = (address, None if link is None else (tuple(link), tkey))
         if self.peers.get(peer) == key:
             return
         if peer in self.peers:
             self.ep.disconnect(peer)
-        shaper = None if link is None else LinkShaper(link[0], link[1])
+        if link is None:
+            shaper = None
+        elif trace:
+            rows = [(float(t), float(r)) for t, r in trace["rows"]]
+            t0 = time.monotonic() - (time.time() - float(trace["t0"]))
+            shaper = LinkShaper(link[0], link[1], trace=rows, t0=t0)
+        else:
+            shaper = LinkShaper(link[0], link[1])
         self.ep.connect(peer, address, shaper=shaper)
         self.peers[peer] = key
 
@@ -176,12 +191,15 @@ class Worker:
         for peer, addr in h["peers"].items():
             if peer != self.name:
                 link = links.get(peer)
-                self._connect(peer, addr, None if link is None else (float(link[0]), float(link[1])))
+                self._connect(peer, addr, None if link is None else (float(link[0]), float(link[1])),
+                              h.get("link_trace"))
         sender = m.sender
 
         def work() -> None:
             try:
-                d = build(dep, h["plan"], device, sender, int(h.get("seed", 0)))
+                d = build(dep, h["plan"], device, sender, int(h.get("seed", 0)),
+                          backend=str(h.get("backend") or "auto"), precision=str(h.get("precision") or "fp32"),
+                          threads=torch.get_num_threads())
             except DeployError as e:
                 self._error(sender, str(e), "deploy_failed", dep)
                 return
@@ -191,7 +209,8 @@ class Worker:
                 return
             with self.lock:
                 self.deployments[dep] = d
-            self.ep.send(sender, {"kind": "deploy_ok", "dep": dep, "device": self.name, "build_ms": d.build_ms})
+            self.ep.send(sender, {"kind": "deploy_ok", "dep": dep, "device": self.name, "build_ms": d.build_ms,
+                                  "backends": d.backends_used(), "memory": d.memory})
 
         self.build_pool.submit(work)
 
@@ -310,6 +329,24 @@ class Worker:
         with st.cv:
             st.tiles_done.add(int(h["stage"]))
             st.cv.notify_all()
+
+    # -- profiling: coinfer profile (coinfer.cost.remote drives these; heavy work in build_pool) ----
+    def on_profile(self, m: Message) -> None:
+        """A profiling job: ``links`` (connect to the peers, shaped), ``probe`` a peer, or ``model``."""
+        from ..cost.remote import worker_profile
+
+        worker_profile(self, m)
+
+    def on_probe(self, m: Message) -> None:
+        """A link probe from a peer: decoded like data, acknowledged when asked."""
+        from ..cost.remote import worker_probe
+
+        worker_probe(self, m)
+
+    def on_probe_ack(self, m: Message) -> None:
+        from ..cost.remote import worker_probe_ack
+
+        worker_probe_ack(self, m)
 
 
 def _args(a: Any) -> dict[str, Any]:
