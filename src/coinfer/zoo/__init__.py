@@ -321,6 +321,9 @@ def get(name: str, *, seed: int = 0, weights: bool = True) -> torch.nn.Module:
     the caller's global RNG state is left untouched. With ``weights=True``,
     entries whose ``weights`` is ``"imagenet"`` load their real weights
     (``seed`` is then irrelevant); ``weights=False`` builds them from the seed.
+    Early-exit models trained by ``coinfer train exits`` (``alexnet_digits``,
+    ``resnet18_digits``) load that cached checkpoint (trained from ``seed``)
+    when ``weights=True`` and it exists.
 
     Raises:
         ValueError: unknown name.
@@ -343,6 +346,11 @@ def get(name: str, *, seed: int = 0, weights: bool = True) -> torch.nn.Module:
         if not pretrained:
             # Random weights: give BN real statistics so the output depends on the input.
             calibrate_batchnorm(model, spec.entry.input_shape)
+    if weights and spec.entry.weights == "seed" and spec.entry.exits:
+        # Exit-trained weights (`coinfer train exits`, cached per model/data/seed/version) when present.
+        from coinfer.train.exits import load_trained
+
+        load_trained(name, model, seed)
     return model.eval()
 
 
