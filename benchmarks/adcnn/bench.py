@@ -1,0 +1,331 @@
+"""ADCNN's claims in the emulated testbed (README.md). One command, several parts:
+
+latency   adcnn vs neurosurgeon and aofl on het8 / eq8 (8 devices, 88 Mbit/s): simulated, and measured on
+          a LocalCluster (8 worker processes at their cpu shares, shaped links), median of --repeat after
+          warm-up requests (ADCNN's rates are learnt across requests, as the paper's running estimate)
+digits    FDSP fine-tuning of the digits CNN (2x2 and 4x4, 4-bit in the loop): accuracy before/after vs the
+          unpartitioned model; the fine-tuned adcnn plan's accuracy in process (codecs emulated) and on
+          real workers (a sample of the test set) with its top-1 agreement
+ratio     4-bit + RLE (and int8 / lz4 / zstd) compression ratio of the tensors adcnn plans move, on sample
+          images, and the codec time they add (encode + decode per MB)
+int8      EfficientNet-Lite0 (real weights): share of augmented sample images whose top-1 changes when an
+          exact plan's transfers are int8, measured over real workers
+distill   EfficientNet-Lite0 FDSP distillation (agreement before/after)
+
+    python benchmarks/adcnn/bench.py                                  # all parts (long: see README)
+    python benchmarks/adcnn/bench.py --parts latency --models vgg16 --clusters eq8 --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
+def save(key: str, value: Any) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    data[key] = value
+    RESULTS.write_text(json.dumps(data, indent=1))
+
+
+# -- latency ---------------------------------------------------------------------------------------------
+def part_latency(args: argparse.Namespace) -> None:
+    import torch
+
+    from coinfer import strategies
+    from coinfer.cluster import resolve_cluster
+    from coinfer.cost.model import CostModel
+    from coinfer.modelspec import capture_model
+    from coinfer.runtime.coordinator import Session
+    from coinfer.runtime.launcher import LocalCluster
+    from coinfer.sim.run import simulate_lowered
+    from coinfer.strategies import PlanRequest, run
+
+    names = strategies.names()
+    want = ["adcnn", "neurosurgeon", "aofl"]
+    have = [s for s in want if s in names]
+    print(f"strategies {have}; missing {[s for s in want if s not in names] or 'none'}", flush=True)
+    rows = []
+    for cname in args.clusters.split(","):
+        cl = resolve_cluster(cname)
+        lc = LocalCluster(cl, emulate_cpu=True).start() if args.measure else None
+        try:
+            for model in args.models.split(","):
+                cm = capture_model(model)
+                g = cm.graph
+                costs = CostModel(g, cl)
+                x = torch.randn(tuple(g.input_shape), generator=torch.Generator().manual_seed(0))
+                row: dict[str, Any] = {"cluster": cname, "model": model, "load_start": load(), "plans": {}}
+                for s in have:
+                    res = run(s, PlanRequest(g, cl, model, costs))
+                    plan = res.plan
+                    r: dict[str, Any] = {"sim_ms": round(simulate_lowered(plan, g, costs).latency_ms, 2)}
+                    if s == "adcnn":
+                        r.update({k: res.info[k] for k in ("grid", "until", "head", "tail", "depth")})
+                        r["wire"] = plan.wire.to_dict()
+                    if lc is not None:
+                        lat = []
+                        with Session(plan, cl, lc.addresses, replan=False) as sess:
+                            for _ in range(args.warmup):
+                                sess(x)
+                            for _ in range(args.repeat):
+                                sess(x)
+                                tr = sess.last_trace
+                                lat.append(float(tr.meta["latency_ms"]))
+                            tiles = [e.device for e in tr.events if e.lane == "compute" and "(tile)" in e.name]
+                            moved = sum(int(e.args.get("bytes", 0)) for e in tr.events if e.lane == "send")
+                        r.update({"measured_ms": round(statistics.median(lat), 1), "all_ms": [round(v) for v in lat],
+                                  "bytes_sent_raw": moved})
+                        if tiles:
+                            r["tiles_per_device"] = {d: tiles.count(d) for d in sorted(set(tiles))}
+                    row["plans"][s] = r
+                    print(f"  {cname} {model} {s:<13} sim {r['sim_ms']:8.1f}"
+                          + (f"  measured {r['measured_ms']:8.1f}" if "measured_ms" in r else ""), flush=True)
+                for base in ("neurosurgeon", "aofl"):
+                    if base in row["plans"] and "adcnn" in row["plans"]:
+                        p = row["plans"]
+                        row[f"speedup_vs_{base}_sim"] = round(p[base]["sim_ms"] / p["adcnn"]["sim_ms"], 3)
+                        if "measured_ms" in p["adcnn"]:
+                            row[f"speedup_vs_{base}_measured"] = round(p[base]["measured_ms"]
+                                                                       / p["adcnn"]["measured_ms"], 3)
+                row["load_end"] = load()
+                rows.append(row)
+                save("latency", rows)
+        finally:
+            if lc is not None:
+                lc.stop()
+    for base in ("neurosurgeon", "aofl"):
+        for kind in ("sim", "measured"):
+            v = [r[f"speedup_vs_{base}_{kind}"] for r in rows if f"speedup_vs_{base}_{kind}" in r]
+            if v:
+                print(f"adcnn vs {base} ({kind}): mean {statistics.mean(v):.2f}x  per case {v}")
+
+
+# -- digits ----------------------------------------------------------------------------------------------
+def part_digits(args: argparse.Namespace) -> None:
+    import torch
+
+    from coinfer.cluster import resolve_cluster
+    from coinfer.cost.model import CostModel
+    from coinfer.modelspec import capture_model
+    from coinfer.plan.plan import Wire
+    from coinfer.runtime.coordinator import Session
+    from coinfer.runtime.launcher import LocalCluster
+    from coinfer.strategies import PlanRequest, run
+    from coinfer.train import fdsp
+
+    out = []
+    cl = resolve_cluster("het8")
+    for grid in args.grids.split(","):
+        g2 = tuple(int(v) for v in grid.split("x"))
+        t0 = time.time()
+        rep = fdsp.finetune_digits(g2, Wire("raw", "int4"), epochs=args.epochs)  # type: ignore[arg-type]
+        d = rep.to_dict()
+        d["wall_s"] = round(time.time() - t0)
+        # the fine-tuned model under a real adcnn plan: in process with the codecs, then on real workers
+        cm = capture_model(rep.model_spec, fdsp.DIGITS_SHAPE)
+        plan = run("adcnn", PlanRequest(cm.graph, cl, rep.model_spec, CostModel(cm.graph, cl),
+                                        params={"grid": grid, "pool": "workers"})).plan
+        _, _, xte, yte = fdsp.load_digits()
+        emu = fdsp.WireExecutor(cm, plan)
+        with torch.no_grad():
+            ye = torch.cat([emu(xte[i:i + 64]) for i in range(0, len(xte), 64)])
+            yp = torch.cat([cm.module(xte[i:i + 64]) for i in range(0, len(xte), 64)])
+        d["plan_in_process"] = {"accuracy": float((ye.argmax(1) == yte).float().mean()),
+                                "agreement_with_plain": float((ye.argmax(1) == yp.argmax(1)).float().mean()),
+                                "images": len(yte)}
+        n = args.digits_runtime_images
+        if n:
+            lc = LocalCluster(cl, emulate_cpu=True).start()
+            try:
+                with Session(plan, cl, lc.addresses, replan=False) as s:
+                    yr = torch.cat([s(xte[i:i + 1]) for i in range(n)])
+            finally:
+                lc.stop()
+            d["plan_on_workers"] = {"images": n, "accuracy": float((yr.argmax(1) == yte[:n]).float().mean()),
+                                    "agreement_with_plain": float((yr.argmax(1) == yp[:n].argmax(1)).float().mean()),
+                                    "same_as_in_process": float((yr.argmax(1) == ye[:n].argmax(1)).float().mean())}
+        out.append(d)
+        print(f"digits FDSP {grid}: unpartitioned {rep.unpartitioned:.4f}, before {rep.fdsp_before:.4f}, "
+              f"after {rep.fdsp_after:.4f} ({(rep.fdsp_after - rep.unpartitioned) * 100:+.2f} points); "
+              f"plan {d['plan_in_process']}" + (f"; workers {d.get('plan_on_workers')}" if n else ""), flush=True)
+        save("digits", out)
+
+
+# -- ratio -----------------------------------------------------------------------------------------------
+def part_ratio(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from coinfer import zoo
+    from coinfer.cluster import resolve_cluster
+    from coinfer.compress.codecs import decode, encode
+    from coinfer.cost.model import CostModel
+    from coinfer.modelspec import capture_model
+    from coinfer.strategies import PlanRequest, run
+    from coinfer.train import fdsp
+
+    cl = resolve_cluster("het8")
+    out = []
+    for model in args.ratio_models.split(","):
+        cm = capture_model(model)
+        g = cm.graph
+        size = g.input_shape[2]
+        x = fdsp.augmented_set(args.ratio_images, size, seed=7)
+        from coinfer.strategies.adcnn import first_activation
+
+        head = first_activation(g)  # the same tensors for every wire: tiles start after the first activation
+        row: dict[str, Any] = {"model": model, "images": args.ratio_images, "head": head, "wires": {}}
+        for wire in ("int4", "int8", "lz4", "zstd", "int4+zstd"):
+            plan = run("adcnn", PlanRequest(g, cl, model, CostModel(g, cl),
+                                            params={"grid": args.ratio_grid, "wire": wire, "pool": "workers",
+                                                    "head": head})).plan
+            emu = fdsp.WireExecutor(cm, plan)
+            with torch.no_grad():
+                for i in range(len(x)):
+                    emu(x[i:i + 1])
+            st = emu.stats
+            row["wires"][wire] = {"ratio": round(st["raw_bytes"] / max(1, st["wire_bytes"]), 2),
+                                  "messages": st["messages"], "raw_MB": round(st["raw_bytes"] / 1e6, 2)}
+        # codec time on one tile output (ms per raw MB, encode + decode)
+        a = torch.relu(torch.randn(1, 256, 56, 56)).numpy()
+        for wire, (codec, quant) in {"int4": ("raw", "int4"), "int8": ("raw", "int8"), "lz4": ("lz4", None),
+                                     "zstd": ("zstd", None)}.items():
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                meta, buf = encode(a, codec, quant)
+                decode(meta, bytes(memoryview(buf).cast("B")))
+                ts.append(time.perf_counter() - t0)
+            row["wires"][wire]["codec_ms_per_MB"] = round(min(ts) * 1e3 / (a.nbytes / 1e6), 2)
+        out.append(row)
+        print(f"ratio {model}: " + ", ".join(f"{w} {v['ratio']}x" for w, v in row["wires"].items()), flush=True)
+        save("ratio", out)
+    del np, zoo
+
+
+# -- int8 ------------------------------------------------------------------------------------------------
+def part_int8(args: argparse.Namespace) -> None:
+    import torch
+
+    from coinfer.cluster import parse_cluster
+    from coinfer.cost.model import CostModel
+    from coinfer.modelspec import capture_model
+    from coinfer.plan.plan import Wire
+    from coinfer.runtime.coordinator import Session
+    from coinfer.runtime.launcher import LocalCluster
+    from coinfer.strategies import PlanRequest, run
+    from coinfer.train import fdsp
+
+    cm = capture_model("efficientnet_lite0")
+    g = cm.graph
+    n = args.int8_images
+    x = torch.cat([fdsp.augmented_set(n - n // 8, 224, seed=11),
+                   fdsp.augmented_set(n // 8, 224, seed=12, names=fdsp.HELDOUT_IMAGES)])
+    with torch.no_grad():
+        ref = torch.cat([cm.module(x[i:i + 16]) for i in range(0, n, 16)]).argmax(1)
+    # an exact plan (rows with exact halos over 4 devices, several stages) whose every transfer is int8
+    cl = parse_cluster({"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": 1.0} for i in range(4)],
+                        "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False}})
+    plan = run("proportional", PlanRequest(g, cl, "efficientnet_lite0", CostModel(g, cl))).plan
+    plan.wire = Wire("raw", "int8")
+    lc = LocalCluster(cl, emulate_cpu=False).start()
+    t0 = time.time()
+    try:
+        with Session(plan, cl, lc.addresses, replan=False) as s:
+            ys = []
+            for i in range(n):
+                ys.append(s(x[i:i + 1]))
+                moved = sum(int(e.args.get("bytes", 0)) for e in s.last_trace.events if e.lane == "send")
+    finally:
+        lc.stop()
+    top = torch.cat(ys).argmax(1)
+    changed = int((top != ref).sum())
+    res = {"images": n, "changed": changed, "share": round(changed / n, 4), "stages": len(plan.stages),
+           "bytes_per_request_raw": moved, "wall_s": round(time.time() - t0), "plan": "proportional rows, exact"}
+    # and the same for the adcnn FDSP plan: int8 vs its own lossless result (in process, codecs emulated)
+    from coinfer.cluster import resolve_cluster
+
+    cl8 = resolve_cluster("het8")
+    outs = {}
+    for wire in ("raw", "int8"):
+        p = run("adcnn", PlanRequest(g, cl8, "efficientnet_lite0", CostModel(g, cl8),
+                                     params={"grid": "2x2", "wire": wire, "pool": "workers", "head": "auto"})).plan
+        emu = fdsp.WireExecutor(cm, p)
+        with torch.no_grad():
+            outs[wire] = torch.cat([emu(x[i:i + 8]) for i in range(0, n, 8)]).argmax(1)
+    res["adcnn_2x2_int8_vs_raw_changed_share"] = round(float((outs["int8"] != outs["raw"]).float().mean()), 4)
+    res["adcnn_2x2_raw_agreement_with_plain"] = round(float((outs["raw"] == ref).float().mean()), 4)
+    print(f"int8: top-1 changed on {changed}/{n} augmented images ({100 * changed / n:.2f}%) over real workers; "
+          f"adcnn 2x2 int8 vs raw: {res['adcnn_2x2_int8_vs_raw_changed_share'] * 100:.2f}%", flush=True)
+    save("int8", res)
+
+
+# -- distill ---------------------------------------------------------------------------------------------
+def part_distill(args: argparse.Namespace) -> None:
+    from coinfer.plan.plan import Wire
+    from coinfer.train import fdsp
+
+    out = []
+    for spec in args.distill.split(","):
+        grid, _, until = spec.partition("@")
+        g2 = tuple(int(v) for v in grid.split("x"))
+        t0 = time.time()
+        rep = fdsp.distill("efficientnet_lite0", g2, Wire("raw", "int4"), steps=args.distill_steps,  # type: ignore[arg-type]
+                           batch=args.distill_batch, eval_images=args.distill_eval, until=until or None)
+        d = rep.to_dict()
+        d["wall_s"] = round(time.time() - t0)
+        d["load"] = load()
+        out.append(d)
+        print(f"distill efficientnet_lite0 {grid} until {rep.until}: agreement before {rep.fdsp_before:.3f}, "
+              f"after {rep.fdsp_after:.3f} ({rep.train_steps} steps, {rep.train_s:.0f} s)", flush=True)
+        save("distill", out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="latency,digits,ratio,int8,distill")
+    ap.add_argument("--clusters", default="het8,eq8")
+    ap.add_argument("--models", default="vgg16,resnet18,yolov2_tiny")
+    ap.add_argument("--measure", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--grids", default="2x2,4x4", help="digits FDSP grids")
+    ap.add_argument("--epochs", type=int, default=12, help="digits fine-tuning epochs")
+    ap.add_argument("--digits-runtime-images", type=int, default=40)
+    ap.add_argument("--ratio-models", default="vgg16,resnet18,yolov2_tiny,efficientnet_lite0")
+    ap.add_argument("--ratio-images", type=int, default=4)
+    ap.add_argument("--ratio-grid", default="4x4")
+    ap.add_argument("--int8-images", type=int, default=200)
+    ap.add_argument("--distill", default="2x2", help="grid[@until],...")
+    ap.add_argument("--distill-steps", type=int, default=100)
+    ap.add_argument("--distill-batch", type=int, default=8)
+    ap.add_argument("--distill-eval", type=int, default=64)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    print(f"load average {load()}", flush=True)
+    for part in args.parts.split(","):
+        t0 = time.time()
+        {"latency": part_latency, "digits": part_digits, "ratio": part_ratio, "int8": part_int8,
+         "distill": part_distill}[part](args)
+        print(f"[{part}: {time.time() - t0:.0f} s, load {load()}]", flush=True)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""ADCNN: the planner (FDSP grid, head/tail, wire), its rate-based tile scheduler, the simulator's dynamic
+stages with it (and the tile deadline), and bad input (exit 2)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from coinfer.cli.main import build_app
+from coinfer.cluster import builtin_cluster
+from coinfer.cost import CostModel
+from coinfer.plan.plan import Grid, Whole
+from coinfer.runtime.schedulers import AdcnnScheduler, make_scheduler
+from coinfer.sim.run import simulate_lowered
+from coinfer.strategies import PlanRequest, StrategyError, run
+from coinfer.strategies.adcnn import parse_grid, parse_wire
+
+MODEL = "alexnet_digits"
+runner = CliRunner()
+
+
+def _req(captured, cluster: str = "het4", model: str = MODEL, **params):  # type: ignore[no-untyped-def]
+    g = captured(model).graph
+    cl = builtin_cluster(cluster)
+    return PlanRequest(g, cl, model, CostModel(g, cl), params=params)
+
+
+def test_plan_shape_int4_default(captured) -> None:  # type: ignore[no-untyped-def]
+    res = run("adcnn", _req(captured))
+    p = res.plan
+    g = captured(MODEL).graph
+    assert p.wire.quant == "int4" and p.wire.codec == "raw" and not res.info["exact"]
+    head, grid, *tail = p.stages
+    assert isinstance(head.partition, Whole) and head.partition.device == p.source
+    assert g[head.until].op == "act"  # the image stays on the source; only activations are quantised
+    assert isinstance(grid.partition, Grid) and grid.halo == "zero" and grid.partition.schedule == "dynamic"
+    assert p.strategy.params["scheduler"] == "adcnn"
+    sp = p.strategy.params["scheduler_params"]
+    assert set(sp["rates"]) <= set(p.devices) and sp["window_ms"] >= 30
+    # the rates follow the devices' speeds (het4: d3 is the fastest)
+    assert sp["rates"]["d3"] > sp["rates"]["d0"]
+    assert [isinstance(s.partition, Whole) and s.partition.device == p.source for s in tail] == [True] * len(tail)
+    # the planner keeps an earlier (simpler) candidate unless a later one is >0.1% faster
+    best_tried = min(t["latency_ms"] for t in res.info["tried"])
+    assert res.info["tried"] and best_tried <= res.info["predicted_latency_ms"] <= best_tried * 1.001 + 1e-3
+
+
+def test_given_grid_lossless_wire_and_tail(captured) -> None:  # type: ignore[no-untyped-def]
+    res = run("adcnn", _req(captured, grid="2x3", wire="zstd", depth=1))
+    p = res.plan
+    grid = next(s for s in p.stages if isinstance(s.partition, Grid))
+    assert (len(grid.partition.rows) - 1, len(grid.partition.cols) - 1) == (2, 3)
+    assert p.wire.codec == "zstd" and p.wire.quant is None
+    assert isinstance(p.stages[0].partition, Grid)  # lossless: tiles start at the input (no head)
+    assert p.strategy.params["scheduler_params"]["depth"] == 1
+    # with a lossless wire the tail may leave the source: the device that finishes it first
+    assert res.info["tail"] in p.devices
+    w = run("adcnn", _req(captured, grid="2x2", pool="workers", tail="source"))
+    assert w.plan.source not in {d for r in next(s for s in w.plan.stages if isinstance(s.partition, Grid))
+                                  .partition.devices for d in r}
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"grid": "4x4", "until": "features_11"}, "finer than the 3x3 feature map"),
+    ({"grid": "80x80"}, "finer than every feature map"),
+    ({"grid": "1x1"}, "at least 2 tiles"),
+    ({"grid": "axb"}, "RxC"),
+    ({"wire": "int4", "lossless": True}, "lossless"),
+    ({"wire": "int3"}, "unknown"),
+    ({"until": "nope"}, "not a node"),
+    ({"pool": "some"}, "pool"),
+    ({"bogus": 1}, "unknown parameter"),
+])
+def test_bad_input(captured, params: dict, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(StrategyError, match=match):
+        run("adcnn", _req(captured, **params))
+
+
+def test_cli_bad_input_exits_2(tmp_path: Path) -> None:
+    out = str(tmp_path / "p.json")
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "het4", "-s", "adcnn", "-p", "grid=4x4",
+                                    "-p", "until=features_11", "-o", out])
+    assert r.exit_code == 2 and "finer than" in r.output and "Traceback" not in r.output
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "het4", "-s", "adcnn", "-p", "lossless=true",
+                                    "-p", "wire=int4", "-o", out])
+    assert r.exit_code == 2 and "lossless" in r.output
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "het4", "-s", "adcnn", "-p", "grid=2x2", "-o", out,
+                                    "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_parsers() -> None:
+    assert parse_grid("4x4") == (4, 4) and parse_grid(3) == (3, 3) and parse_grid("2×3") == (2, 3)
+    assert parse_grid("auto") is None
+    assert parse_wire("int4+zstd", False).to_dict() == {"codec": "zstd", "quant": "int4"}
+    assert parse_wire("lz4", True).lossless
+
+
+# -- the scheduler -------------------------------------------------------------------------------
+def _drain(s: AdcnnScheduler, devices: list[str]) -> dict[str, list[int]]:
+    got: dict[str, list[int]] = {d: [] for d in devices}
+    for d in devices:
+        while True:
+            t = s.next_tile(d)
+            if t is None:
+                break
+            got[d].append(t)
+    return got
+
+
+def test_assignment_least_increases_max_load() -> None:
+    s = AdcnnScheduler(list(range(8)), ["a", "b"], {}, depth=8, rates={"a": 3.0, "b": 1.0})
+    got = _drain(s, ["a", "b"])
+    assert Counter({d: len(v) for d, v in got.items()}) == Counter({"a": 6, "b": 2})
+    assert sorted(got["a"] + got["b"]) == list(range(8))
+    # storage: at most depth tiles outstanding per device; the rest wait at the source
+    s = AdcnnScheduler(list(range(8)), ["a", "b"], {}, depth=2, rates={"a": 3.0, "b": 1.0})
+    got = _drain(s, ["a", "b"])
+    assert {d: len(v) for d, v in got.items()} == {"a": 2, "b": 2} and len(s.pending) == 4
+    s.done("a", got["a"][0], 1.0, now_ms=0.0)
+    assert s.next_tile("b") is None and s.next_tile("a") is not None  # freed storage on a, and a is fast
+
+
+def test_rates_update_per_window_and_persist() -> None:
+    state: dict = {}
+    s = AdcnnScheduler(list(range(10)), ["a", "b"], {}, depth=10, gamma=0.9, window_ms=30.0,
+                       rates={"a": 1.0, "b": 1.0}, state=state)
+    s._roll(0.0)
+    _drain(s, ["a", "b"])
+    for t in range(3):  # a returns 3 results in the first window, b none
+        s.done("a", t, 5.0, now_ms=5.0 + t)
+    s.done("a", 3, 5.0, now_ms=31.0)  # closes window 0
+    assert s.s["a"] == pytest.approx(0.1 * 1.0 + 0.9 * 3)
+    assert s.s["b"] == pytest.approx(max(0.05, 0.1 * 1.0 + 0.9 * 0))  # busy but silent: decays (floored)
+    assert state["rates"] == s.s
+    # the next request starts from what this one learnt
+    s2 = AdcnnScheduler(list(range(8)), ["a", "b"], {}, depth=8, rates={"a": 1.0, "b": 1.0}, state=state)
+    got = _drain(s2, ["a", "b"])
+    assert len(got["a"]) > len(got["b"])
+
+
+def test_make_scheduler_passes_state_only_to_stateful() -> None:
+    st: dict = {}
+    sch = make_scheduler({"scheduler": "adcnn", "scheduler_params": {"depth": 2}}, [0, 1], ["a"], {}, state=st)
+    assert isinstance(sch, AdcnnScheduler) and sch.state is st
+    steal = make_scheduler({}, [0, 1], ["a"], {0: "a", 1: "a"}, state=st)
+    assert steal.next_tile("a") == 0
+    steal.done("a", 0, 1.0, now_ms=3.0)  # the common signature
+    with pytest.raises(ValueError, match="unknown tile scheduler"):
+        make_scheduler({"scheduler": "nope"}, [0], ["a"], {})
+
+
+def test_simulated_tiles_follow_rates_and_deadline(captured) -> None:  # type: ignore[no-untyped-def]
+    req = _req(captured, model="vgg16", grid="4x4", depth=16, pool="workers")  # tiles of tens of ms
+    res = run("adcnn", req)
+    g, costs = req.graph, req.costs
+    sim = simulate_lowered(res.plan, g, costs)
+    per = Counter(e.device for e in sim.trace.events if e.lane == "compute" and e.args.get("tile"))
+    assert sum(per.values()) == 16 and per["d3"] > per["d1"]  # the fast device computes more tiles
+    # a tile deadline caps the dynamic stage: zero-filled tiles, a faster (approximate) answer
+    p2 = res.plan
+    p2.strategy.params["tile_deadline_ms"] = 1.0
+    sim2 = simulate_lowered(p2, g, costs)
+    assert sim2.latency_ms < sim.latency_ms

@@ -1,0 +1,179 @@
+"""DistrEdge: the LC-PSS partitioner's row arithmetic, the splitter environment, training with a tiny
+budget, exact plans, the policy cache, and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from coinfer.cli.main import build_app
+from coinfer.cluster import builtin_cluster, parse_cluster
+from coinfer.cost import CostModel
+from coinfer.graph.geometry import part_geometry
+from coinfer.strategies import PlanRequest, StrategyError, run
+from coinfer.strategies.distredge import (Partitioner, actions_to_rows, cluster_fingerprint, partition_volumes,
+                                          rows_from_fractions, volume_rows)
+
+MODEL = "alexnet_digits"  # 64x64: fast to plan and to verify
+runner = CliRunner()
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("model", ["resnet18_digits", "user:UserNet"])
+def test_volume_rows_match_exact_geometry(captured, model: str) -> None:  # type: ignore[no-untyped-def]
+    """The vectorised receptive-field rows and FLOPs equal part_geometry's for random row ranges."""
+    g = captured(model).graph
+    split = [c for c, ok in g.splittable_cuts().items() if ok]
+    rng = np.random.default_rng(0)
+    for s, e in [(g.input.name, split[len(split) // 2]), (split[1], split[-1]), (g.input.name, split[-1])]:
+        h = g[e].height
+        a = rng.integers(0, h, 12)
+        b = np.minimum(h, a + rng.integers(1, h + 1, 12))
+        il, ih, fl = volume_rows(g, s, e, a, b)
+        for k in range(12):
+            geom = part_geometry(g, s, e, (int(a[k]), int(b[k]), 0, g[e].width), "exact")
+            assert geom.in_region is not None
+            assert (il[k], ih[k]) == (geom.in_region[0], geom.in_region[1]), (s, e, a[k], b[k])
+            assert fl[k] == pytest.approx(geom.flops, rel=1e-6, abs=2)
+
+
+def test_rows_and_actions() -> None:
+    a, b = rows_from_fractions(10, np.array([[0.25, 0.25, 0.5], [1.0, 0.0, 0.0]]))
+    assert a.tolist() == [[0, 2, 5], [0, 10, 10]] and b.tolist() == [[2, 5, 10], [10, 10, 10]]
+    assert actions_to_rows([0.5, -1.0, 0.0], 8, 4) == [(0, 0), (0, 4), (4, 6), (6, 8)]  # sorted cuts
+    assert actions_to_rows([2.0], 8, 2) == [(0, 8), (8, 8)]  # clipped to [-1, 1]
+
+
+def test_partitioner_greedy_lowers_cp(captured) -> None:  # type: ignore[no-untyped-def]
+    g = captured("vgg16").graph
+    cl = builtin_cluster("het4")
+    costs = CostModel(g, cl)
+    part = Partitioner(g, cl.names, cl.source, {d: costs.speed(d) for d in cl.names}, 100.0, n_random=30)
+    best, hist = part.greedy()
+    split = [c for c, ok in g.splittable_cuts().items() if ok]
+    assert best.boundaries[-1] == split[-1] and best.boundaries == sorted(best.boundaries, key=g.index)
+    assert [h.cp for h in hist] == sorted((h.cp for h in hist), reverse=True)
+    assert len(best.boundaries) > 1  # VGG-16's 224x224 maps: one fused volume is far too redundant
+    # alpha = 0 (operations only): every boundary lowers O, so the greedy keeps adding them
+    ops = Partitioner(g, cl.names, cl.source, part.speeds, 100.0, alpha=0.0, n_random=30).greedy()[0]
+    assert len(ops.boundaries) >= len(best.boundaries)
+    b, info = partition_volumes(PlanRequest(g, cl, "vgg16", costs), costs, n_random=30)
+    assert b == best.boundaries and info["volumes"] == len(b)
+
+
+def _req(captured, cluster: str = "het4", **params):  # type: ignore[no-untyped-def]
+    g = captured(MODEL).graph
+    cl = builtin_cluster(cluster)
+    return PlanRequest(g, cl, MODEL, CostModel(g, cl), params={"costs": "analytic", **params})
+
+
+def test_env_step_reward_is_inverse_simulated_latency(captured) -> None:  # type: ignore[no-untyped-def]
+    from coinfer.strategies.distredge import choose_tail
+    from coinfer.train.distredge_env import DistrEdgeEnv
+
+    req = _req(captured)
+    g = req.graph
+    split = [c for c, ok in g.splittable_cuts().items() if ok]
+    bounds = [split[2], split[-1]]
+    env = DistrEdgeEnv(req, req.costs, bounds, choose_tail(g, req.costs, bounds[-1], req.devices, req.source))
+    obs, _ = env.reset()
+    assert obs.shape == env.observation_space.shape and env.action_space.shape == (3,)
+    assert np.all(obs[:4] == 0)
+    obs, r, done, _, _ = env.step(np.array([-0.5, 0.0, 0.5]))
+    assert r == 0.0 and not done and obs[:4].max() > 0  # latencies accumulated
+    obs, r, done, _, info = env.step(np.array([-1.0, -1.0, 1.0]))  # d0, d1 get nothing; d2 all but d3... rows
+    assert done and r == pytest.approx(env.t_ref / info["latency_ms"])
+    assert info["latency_ms"] == pytest.approx(env.simulate(env.splits))
+    assert env.history[-1]["latency_ms"] == info["latency_ms"] and env.best is not None
+
+
+def test_plan_tiny_budget_verifies_exactly_and_caches(captured, cache: Path) -> None:  # type: ignore[no-untyped-def]
+    from coinfer.execute.local import TOLERANCE, InProcessExecutor, compare
+
+    t0 = time.perf_counter()
+    res = run("distredge", _req(captured, train_episodes=40))
+    first_s = time.perf_counter() - t0
+    plan = res.plan
+    assert res.info["trained"] and res.info["episodes"] == 40 and plan.strategy.name == "distredge"
+    assert all(s.halo == "exact" for s in plan.stages) and plan.wire.lossless
+    c = captured(MODEL)
+    assert compare(InProcessExecutor(c.cm, plan)(c.x), c.ref)[1] <= TOLERANCE  # exact
+    assert res.info["policy_inference_ms"] < 50.0
+    assert Path(res.info["policy"]).is_file() and Path(res.info["policy"]).with_suffix(".json").is_file()
+    # the second call loads the cached policy: the same plan, no training
+    t0 = time.perf_counter()
+    again = run("distredge", _req(captured, train_episodes=40))
+    assert not again.info["trained"] and again.plan.to_dict() == plan.to_dict()
+    assert time.perf_counter() - t0 < first_s
+    # lossless codecs are fine, and the plan says so
+    z = run("distredge", _req(captured, train_episodes=40, wire="zstd"))
+    assert z.plan.wire.codec == "zstd" and z.plan.wire.quant is None
+
+
+def test_policy_for_another_cluster_is_refused(captured, cache: Path) -> None:  # type: ignore[no-untyped-def]
+    res = run("distredge", _req(captured, train_episodes=20))
+    pol = res.info["policy"]
+    meta = json.loads(Path(pol).with_suffix(".json").read_text())
+    assert meta["cluster"] == cluster_fingerprint(builtin_cluster("het4"))
+    other = _req(captured, "eq4", train_episodes=20, policy=pol)
+    with pytest.raises(StrategyError, match="trained for another cluster.*retrain"):
+        run("distredge", other)
+    # the same policy on its own cluster loads
+    assert not run("distredge", _req(captured, train_episodes=20, policy=pol)).info["trained"]
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"wire": "int4"}, "lossless-only"),
+    ({"wire": "int8"}, "lossless-only"),
+    ({"algo": "ppo"}, "algo"),
+    ({"train_episodes": 0}, "train_episodes"),
+    ({"nonsense": 1}, "unknown parameter"),
+])
+def test_bad_parameters(captured, params: dict, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(StrategyError, match=match):
+        run("distredge", _req(captured, **params))
+
+
+def test_cli_bad_input_exits_2(tmp_path: Path, cache: Path, captured) -> None:  # type: ignore[no-untyped-def]
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "het4", "-s", "distredge", "-p", "wire=int4",
+                                    "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "lossless" in r.output and "Traceback" not in r.output
+    res = run("distredge", _req(captured, train_episodes=20))
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "eq4", "-s", "distredge", "-p", "costs=analytic",
+                                    "-p", f"policy={res.info['policy']}", "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "another cluster" in r.output
+
+
+def test_cli_train_writes_policy_and_curve(tmp_path: Path, cache: Path) -> None:
+    png = tmp_path / "curve.png"
+    r = runner.invoke(build_app(), ["train", "distredge", "-m", MODEL, "-c", "het4", "--analytic", "-n", "30",
+                                    "--plot", str(png), "-o", str(tmp_path / "plan.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["episodes"] == 30 and png.is_file() and png.stat().st_size > 1000
+    assert (tmp_path / "plan.json").is_file()
+
+
+def test_sustained_timing_and_profile_tables(captured) -> None:  # type: ignore[no-untyped-def]
+    """The emulated profiler's timer and tables (measured here without a quota: fast)."""
+    from coinfer.train.distredge import profile_sustained, sustained_ms
+
+    calls = []
+    ms = sustained_ms(lambda: calls.append(time.sleep(0.002)), reps=2, min_ms=10)
+    assert ms >= 1.5 and len(calls) >= 2 + 2 * 2
+    cm = captured("user:UserNet").cm
+    prof = profile_sustained(cm, "d0", rows_points=3, reps=1)
+    assert prof.stages and all(len(v) >= 1 for v in prof.stages.values()) and prof.whole
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}]})
+    costs = CostModel(cm.graph, cl, {"d0": prof})
+    assert costs.source_of("d0") == "profile" and costs.source_of("d1") == "analytic"
