@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from conftest import machine_oversubscribed
 
 from coinfer.runtime import wire
 from coinfer.runtime.shaping import LinkShaper
@@ -121,7 +122,9 @@ def test_shaped_10MB_at_100Mbit_takes_0_8_s(make: Make) -> None:
     dt = time.monotonic() - t0
     assert isinstance(m, Message)
     print(f"{make.kind}: 10 MB at 100 Mbit/s: {dt:.3f} s")  # type: ignore[attr-defined]
-    assert dt == pytest.approx(0.8, rel=0.05)
+    assert dt >= 0.8 * 0.95  # the shaper never lets it through faster, whatever the load
+    if not machine_oversubscribed():
+        assert dt == pytest.approx(0.8, rel=0.05)
     assert wire.decode_tensor(m.header, m.frames).sum() == x.size
 
 

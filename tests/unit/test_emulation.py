@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import machine_oversubscribed
 
 from coinfer.runtime import emulation as E
 
@@ -48,7 +49,9 @@ def test_busy_loop_gets_its_share(busy: subprocess.Popen[bytes], mode: str) -> N
         assert lim.mode == mode
         used = _share_used(busy.pid)
         print(f"{mode}: {used:.3f} cpu-s per wall-s for share {SHARE}")
-        assert used == pytest.approx(SHARE, rel=0.15)
+        assert used <= SHARE * 1.15  # the limit holds whatever the load
+        if not machine_oversubscribed():  # the share is only reachable when the CPU is there
+            assert used == pytest.approx(SHARE, rel=0.15)
         if mode.startswith("cgroup"):
             assert lim.path is not None and lim.path.is_dir()
             assert lim.quota_us == 2500 and lim.period_us == 10000

@@ -110,6 +110,9 @@ def _advertise_host(addresses: list[str]) -> str:
         s.close()
 
 
+BUILD_GRACE = 8.0  # a device building a deployment may miss heartbeats this many times longer
+
+
 class Session:
     """A deployed plan. ``session(x)`` runs one inference; ``last_trace`` has its timeline."""
 
@@ -278,6 +281,21 @@ class Session:
                 "no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in missing)
                 + "; is `coinfer worker` running there (or `coinfer up`)?")
 
+    def _greet(self, devices: list[str]) -> None:
+        """Connect to and hello the devices not yet alive; one that does not answer is dead."""
+        for d in devices:
+            if d in self.alive:
+                continue
+            self._connect(d)
+            try:
+                self._hello([d])
+            except DeviceUnreachable:
+                with self.lock:
+                    self.dead.add(d)
+                    self.dead_at[d] = time.monotonic()
+                    self._membership_changed.set()
+                raise
+
     def _load_link_trace(self) -> dict[str, Any] | None:
         """The cluster's bandwidth trace for the workers' shapers; trace time 0 is now (issue 6)."""
         net = self.cluster.network
@@ -322,9 +340,14 @@ class Session:
         for dev, f in futs.items():
             try:
                 built[dev] = f.result(timeout=timeout_s)
+            except DeviceUnreachable:
+                self._abandon(dep)
+                raise
             except RuntimeFailure as e:
+                self._abandon(dep)
                 raise RuntimeFailure(f"deploying on {dev} failed: {e}") from None
             except Exception:  # noqa: BLE001
+                self._abandon(dep)
                 raise DeviceUnreachable(f"deploying on {dev} timed out after {timeout_s:.0f} s") from None
         old = self.dep
         self.plan, self.dep, self.deployed_on = plan, dep, devs
@@ -334,6 +357,16 @@ class Session:
         if old:
             for d in self.alive:
                 self.ep.send(d, {"kind": "undeploy", "dep": old})
+
+    def _abandon(self, dep: str) -> None:
+        """A deployment that failed on some device: forget its waiters, free it on the others."""
+        for key in [k for k in list(self.waiters) if k[0] == "deploy_ok" and k[1].startswith(f"{dep}/")]:
+            self.waiters.pop(key, None)
+        for d in list(self.alive):
+            try:
+                self.ep.send(d, {"kind": "undeploy", "dep": dep})
+            except Exception:  # noqa: BLE001
+                pass
 
     def _heartbeat(self) -> None:
         seq = itertools.count()
@@ -351,12 +384,14 @@ class Session:
                     pass
             if starved:
                 continue
-            # a device building a deployment may miss pongs (capture is CPU work in a small
-            # quota); _deploy has its own timeout for it
+            # a device building a deployment may answer pings late (capture and backend builds
+            # are CPU work in a small quota): it gets BUILD_GRACE x longer, not forever, so that a
+            # device dying while it builds is still declared dead (and its deploy fails over)
             building = {k[1].split("/", 1)[1] for k in list(self.waiters) if k[0] == "deploy_ok"}
             with self.lock:
                 for dev in list(self.alive):
-                    if dev not in building and now - self.last_seen.get(dev, now) > self.dead_after_s:
+                    limit = self.dead_after_s * (BUILD_GRACE if dev in building else 1.0)
+                    if now - self.last_seen.get(dev, now) > limit:
                         self.alive.discard(dev)
                         self.dead.add(dev)
                         self.dead_at[dev] = now
@@ -366,6 +401,9 @@ class Session:
                         for p in self.pending.values():
                             if dev in p.devices and not p.fut.done():
                                 p.fut.set_exception(DeviceUnreachable(f"device {dev} died"))
+                        for (kind, key), f in list(self.waiters.items()):
+                            if kind == "deploy_ok" and key.endswith(f"/{dev}") and not f.done():
+                                f.set_exception(DeviceUnreachable(f"device {dev} died while deploying"))
 
     # -- requests ---------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, *, attempts: int = 4) -> torch.Tensor:
@@ -375,13 +413,13 @@ class Session:
         t_first = time.monotonic()
         failure: BaseException | None = None
         for attempt in range(attempts):
-            if self._membership_changed.is_set() and self.replan_enabled:
-                self._replan(t_first if failure else None)
-            if self.adapter is not None and failure is None:
-                new = self.adapter.before_request(self)
-                if new is not None and new.to_dict() != self.plan.to_dict():
-                    self.switch(new)
             try:
+                if self._membership_changed.is_set() and self.replan_enabled:
+                    self._replan(t_first if failure else None)
+                if self.adapter is not None and failure is None:
+                    new = self.adapter.before_request(self)
+                    if new is not None and new.to_dict() != self.plan.to_dict():
+                        self.switch(new)
                 y = self._attempt(x)
                 if self.adapter is not None and self.last_trace is not None:
                     self.adapter.after_request(self, self.last_trace)
@@ -480,10 +518,7 @@ class Session:
             busy = bool(self.pending)
         if busy:
             raise RuntimeFailure("switch() between requests only")
-        for d in plan.devices_used_names():
-            if d not in self.alive:
-                self._connect(d)
-                self._hello([d])
+        self._greet(plan.devices_used_names())
         self._deploy(plan)
         label = str(plan.strategy.params.get("config", plan.strategy.name))
         self.switches.append((time.time(), label))
@@ -497,10 +532,7 @@ class Session:
             raise RuntimeFailure(f"the source device {self.plan.source} is dead; nothing can run")
         sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
         new = self.replan_fn(sub) if self.replan_fn else default_replan(self.plan, sub)
-        for d in new.devices_used_names():
-            if d not in self.alive:
-                self._connect(d)
-                self._hello([d])
+        self._greet(new.devices_used_names())
         self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
                                              0.0, new.devices_used_names()))
