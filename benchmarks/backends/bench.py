@@ -137,8 +137,10 @@ def single(models: list[str], repeat: int, warmup: int) -> list[dict[str, Any]]:
         for k, v in res.items():
             r[f"{k}_ms"] = round(v["wall_ms"], 2)
             r[f"{k}_cpu_ms"] = round(v["cpu_ms"], 2)
+            r[f"{k}_min_ms"] = round(v["min_wall_ms"], 2)
         r["vs_ort"] = round(res["coinfer"]["wall_ms"] / res["ort"]["wall_ms"], 3)
         r["vs_ort_cpu"] = round(res["coinfer"]["cpu_ms"] / res["ort"]["cpu_ms"], 3)
+        r["vs_ort_min"] = round(res["coinfer"]["min_wall_ms"] / res["ort"]["min_wall_ms"], 3)
         r["vs_eager"] = round(res["coinfer"]["wall_ms"] / res["eager"]["wall_ms"], 3)
         r["vs_eager_cpu"] = round(res["coinfer"]["cpu_ms"] / res["eager"]["cpu_ms"], 3)
         r["torch_backend_vs_eager_cpu"] = round(res["coinfer_torch"]["cpu_ms"] / res["eager"]["cpu_ms"], 3)
@@ -198,7 +200,25 @@ def _child_baseline() -> None:
     del cm, m
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    print(json.dumps({"rss": psutil.Process().memory_info().rss}))
+    mi = psutil.Process().memory_info()
+    print(json.dumps({"rss": mi.rss, "shared": mi.shared}))
+
+
+def _keep_ort_model_bytes() -> None:
+    """Make coinfer's release of ``InferenceSession._model_bytes`` a no-op (to measure what it saves)."""
+    import onnxruntime as ort
+
+    class Keep(ort.InferenceSession):  # type: ignore[misc]
+        @property
+        def _model_bytes(self) -> Any:
+            return self.__dict__.get("_mb")
+
+        @_model_bytes.setter
+        def _model_bytes(self, v: Any) -> None:
+            if v is not None or "_mb" not in self.__dict__:
+                self.__dict__["_mb"] = v
+
+    ort.InferenceSession = Keep  # type: ignore[misc]
 
 
 def _child_mem(model: str, backend: str, device: str) -> None:
@@ -221,6 +241,8 @@ def _child_mem(model: str, backend: str, device: str) -> None:
     from coinfer.graph.capture import capture
     from coinfer.runtime.deployment import build
 
+    if os.environ.get("BENCH_ORT_KEEP_BYTES") == "1":  # counterfactual: keep onnxruntime's copy of the model
+        _keep_ort_model_bytes()
     torch.set_num_threads(1)
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
     cm = capture(m, (1, 3, 16, 16), "tiny")
@@ -233,15 +255,19 @@ def _child_mem(model: str, backend: str, device: str) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         return int(psutil.Process().memory_info().rss)
 
-    base = rss()
+    def shared() -> int:
+        return int(psutil.Process().memory_info().shared)
+
+    base, base_sh = rss(), shared()
     d = build("bench", plan.to_json(), device, "coord", backend=backend, threads=1)
     built = rss()
     for r in d.runners.values():
         x = torch.randn(r.in_shape)
         for _ in range(3):
             r(x)
-    print(json.dumps({"base": base, "built": built, "ran": rss(), "weights": d.memory["weights_bytes"],
-                      "parts": len(d.runners), "backends": d.backends_used()}))
+    ran = rss()
+    print(json.dumps({"base": base, "built": built, "ran": ran, "weights": d.memory["weights_bytes"],
+                      "file_delta": shared() - base_sh, "parts": len(d.runners), "backends": d.backends_used()}))
 
 
 def memory(models: list[str], backends: list[str]) -> list[dict[str, Any]]:
@@ -256,16 +282,20 @@ def memory(models: list[str], backends: list[str]) -> list[dict[str, Any]]:
                  "weights_mb": round(w / 2**20, 1), "baseline_mb": round(d["base"] / 2**20, 1),
                  "built_over_mb": round((d["built"] - d["base"]) / 2**20, 1),
                  "ran_over_mb": round((d["ran"] - d["base"]) / 2**20, 1),
-                 "ratio": round((d["ran"] - d["base"]) / w, 2), "ok": d["ran"] - d["base"] <= 1.5 * w}
+                 "ratio": round((d["ran"] - d["base"]) / w, 2), "ok": d["ran"] - d["base"] <= 1.5 * w,
+                 "file_over_mb": round(d["file_delta"] / 2**20, 1),
+                 "anon_ratio": round((d["ran"] - d["base"] - d["file_delta"]) / w, 2)}
             rows.append(r)
             print(f"  memory {r}", file=sys.stderr, flush=True)
     return rows
 
 
-def interpreter_baseline() -> int:
+def interpreter_baseline() -> tuple[int, int]:
+    """(RSS, file-backed part of it) of an interpreter that can serve parts but holds no model."""
     out = subprocess.run([sys.executable, __file__, "--_child-baseline"], capture_output=True, text=True,
                          check=True)
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["rss"])
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(d["rss"]), int(d["shared"])
 
 
 def ort_baseline(model: str, share: float, repeat: int, warmup: int, tmp: Path) -> dict[str, Any]:
@@ -282,6 +312,13 @@ def _rss(pid: int) -> int:
     import psutil
 
     return int(psutil.Process(pid).memory_info().rss)
+
+
+def _shared(pid: int) -> int:
+    """File-backed resident pages (shared libraries' code: onnxruntime's kernels once they ran)."""
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().shared)
 
 
 def _session_run(sess: Any, x: Any, repeat: int, warmup: int) -> list[float]:
@@ -307,7 +344,7 @@ def p1(models: list[str], plans: list[str], repeat: int, warmup: int) -> list[di
     from coinfer.runtime.launcher import LocalCluster
 
     cl = builtin_cluster("eq4")
-    interp = interpreter_baseline()
+    interp, interp_shared = interpreter_baseline()
     rows = []
     with tempfile.TemporaryDirectory(prefix="coinfer-bench-") as td:
         for name in models:
@@ -327,6 +364,7 @@ def p1(models: list[str], plans: list[str], repeat: int, warmup: int) -> list[di
                     with Session(plan, cl, lc.addresses, cpu_modes=lc.cpu_modes(), dead_after_s=60.0,
                                  replan=False) as s:
                         built = {d: _rss(w.proc.pid) for d, w in lc.workers.items()}
+                        built_sh = {d: _shared(w.proc.pid) for d, w in lc.workers.items()}
                         ts = _session_run(s, x, repeat, warmup)
                         y = s(x)
                         mem = dict(s.memory)
@@ -347,6 +385,10 @@ def p1(models: list[str], plans: list[str], repeat: int, warmup: int) -> list[di
                                     "idle_rss_mb": round(idle[d] / 2**20, 1),
                                     "interp_mb": round(interp / 2**20, 1),
                                     "rss_mb": round(built[d] / 2**20, 1),
+                                    "file_mb": round(built_sh[d] / 2**20, 1),
+                                    "interp_file_mb": round(interp_shared / 2**20, 1),
+                                    "anon_over_ratio": round(((built[d] - built_sh[d]) - (interp - interp_shared))
+                                                             / max(1, mem.get(d, {}).get("weights_bytes", 0)), 3),
                                     "goal_mb": round((1.5 * mem.get(d, {}).get("weights_bytes", 0) + interp)
                                                      / 2**20, 1),
                                     "ok": built[d] <= 1.5 * mem.get(d, {}).get("weights_bytes", 0) + interp}
@@ -462,12 +504,12 @@ def main() -> int:
               f"{out['cpus']} cpus, load {out['load_before']} → {out['load_after']}\n")
         if "single" in out:
             print("| model | auto chose | ORT direct ms (cpu) | torch eager ms (cpu) | coinfer auto ms (cpu) "
-                  "| vs ORT wall / cpu | vs eager wall / cpu | coinfer torch backend ms (cpu) |\n"
+                  "| vs ORT wall / cpu / min wall | vs eager wall / cpu | coinfer torch backend ms (cpu) |\n"
                   "|---|---|---:|---:|---:|---:|---:|---:|")
             for r in out["single"]:
                 print(f"| {r['model']} | {r['backend']} | {r['ort_ms']} ({r['ort_cpu_ms']}) | {r['eager_ms']} "
                       f"({r['eager_cpu_ms']}) | {r['coinfer_ms']} ({r['coinfer_cpu_ms']}) | {r['vs_ort']}× / "
-                      f"{r['vs_ort_cpu']}× | {r['vs_eager']}× / {r['vs_eager_cpu']}× | {r['coinfer_torch_ms']} "
+                      f"{r['vs_ort_cpu']}× / {r['vs_ort_min']}× | {r['vs_eager']}× / {r['vs_eager_cpu']}× | {r['coinfer_torch_ms']} "
                       f"({r['coinfer_torch_cpu_ms']}) |")
         if "p1" in out:
             print("\n| model | plan | stages | eq4 ms | 1×0.35 ORT ms | speedup | efficiency | busy ms |\n"
@@ -476,19 +518,21 @@ def main() -> int:
                 print(f"| {r['model']} | {r['plan']} | {r['stages']} | {r['latency_ms']} | {r['baseline_ms']} | "
                       f"{r['speedup']}× | {r['efficiency']} | {r['busy_ms']} |")
             print("\n| model | plan | device | weights MB | idle worker RSS MB | interpreter baseline MB "
-                  "| RSS after build MB | goal 1.5×w + baseline MB |\n|---|---|---|---:|---:|---:|---:|---:|")
+                  "| RSS after build MB | goal 1.5×w + baseline MB | file-backed MB (baseline) "
+                  "| anonymous over baseline ÷ w |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
             for r in out["p1"]:
                 for d, m in r["memory"].items():
                     print(f"| {r['model']} | {r['plan']} | {d} | {m['weights_mb']} | {m['idle_rss_mb']} | "
-                          f"{m['interp_mb']} | {m['rss_mb']} | {m['goal_mb']}{'' if m['ok'] else ' ✗'} |")
+                          f"{m['interp_mb']} | {m['rss_mb']} | {m['goal_mb']}{'' if m['ok'] else ' ✗'} | "
+                          f"{m['file_mb']} ({m['interp_file_mb']}) | {m['anon_over_ratio']} |")
         if "memory" in out:
             print("\n| model | device | backend (chosen) | parts | weights MB | interpreter baseline MB "
-                  "| over baseline after build MB | after 3 runs of each part MB | ÷ weights |\n"
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|")
+                  "| over baseline after build MB | after 3 runs of each part MB | ÷ weights | of which file-backed MB "
+                  "| anonymous ÷ weights |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in out["memory"]:
                 print(f"| {r['model']} | {r['device']} | {r['backend']} ({'+'.join(r['chosen'])}) | {r['parts']} | "
                       f"{r['weights_mb']} | {r['baseline_mb']} | {r['built_over_mb']} | {r['ran_over_mb']} | "
-                      f"{r['ratio']}{'' if r['ok'] else ' ✗'} |")
+                      f"{r['ratio']}{'' if r['ok'] else ' ✗'} | {r['file_over_mb']} | {r['anon_ratio']} |")
         if "precision" in out:
             print("\n| backend | precision | top-1 agree | max abs diff | ms (cpu) |\n|---|---|---:|---:|---:|")
             for r in out["precision"]:

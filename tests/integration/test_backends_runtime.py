@@ -100,3 +100,22 @@ def test_cli_run_shows_backends_verify_takes_them_bad_precision_exits_2(tmp_path
     assert r.returncode == 2
     assert r.stderr.strip() == ("error: device d0: backend 'onnxruntime' does not support precision 'bf16' "
                                 "on this machine; supported: fp32")
+
+
+def test_cli_backend_not_installed_exits_2_naming_the_extra(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "coinfer"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "coinfer.cli.main"]
+    ppath, cpath = _write(tmp_path, ["openvino", "torch"])
+    env = {**os.environ, "COINFER_HIDE_BACKENDS": "openvino", "NO_COLOR": "1", "COLUMNS": "200"}
+    hint = "backend 'openvino' is not installed; install it with pip install 'coinfer[openvino]' (or set backend: auto)"
+    r = subprocess.run([*cmd, "verify", str(ppath), "--backend", "openvino"], capture_output=True,
+                       text=True, env=env, timeout=300, check=False)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {hint}", r.stderr
+    r = subprocess.run([*cmd, "verify", str(ppath), "--cluster", str(cpath)], capture_output=True,
+                       text=True, env=env, timeout=300, check=False)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: device d0: {hint}", r.stderr

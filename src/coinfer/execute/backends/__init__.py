@@ -9,9 +9,12 @@ precision, threads)`` returns a :class:`CompiledPart`. It
 * resolves ``auto`` by building every installed candidate that supports the
   precision (:func:`candidates`) and timing them on the part (interleaved
   calls, the minimum of each, in thread CPU time for one-thread devices so
-  other processes' load cannot sway it; :data:`AUTO_REPS`), keeping the
-  fastest (onnxruntime on a tie within 3 %); a clear decision (runner-up
-  > 10 % slower) is remembered on disk (``$COINFER_CACHE/backends/auto.json``,
+  other processes' load cannot sway it; :data:`AUTO_REPS`, more rounds when
+  the call is close) and deciding with hysteresis (:func:`decide`): a
+  candidate displaces the preferred one (onnxruntime, then openvino, then
+  torch) only when it is more than :data:`AUTO_MARGIN` faster, so timing
+  noise cannot flip the choice between deployments; a clear decision is
+  remembered on disk (``$COINFER_CACHE/backends/auto.json``,
   keyed by the part program, precision, threads, machine and library
   versions) so later deployments build only the winner
   (``COINFER_AUTO_CACHE=0`` disables it);
@@ -53,10 +56,14 @@ from .base import (
 from .optimize import PartProgram, part_program
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "PRECISIONS", "BackendError", "CompiledPart", "ExportUnsupported",
-           "PartCache", "available_backends", "build_part", "candidates", "check_backend", "program_signature"]
+           "PartCache", "available_backends", "build_part", "candidates", "check_backend", "decide",
+           "program_signature"]
 
 log = logging.getLogger("coinfer.backends")
 AUTO_REPS = 2  # timed calls per candidate when resolving auto (after one warm-up call each)
+AUTO_MORE_REPS = 3  # extra rounds when the first ones leave the decision close to the margin
+AUTO_MARGIN = 0.10  # a candidate must beat the preferred one by > 10 % to displace it
+AUTO_PREFERENCE = ("onnxruntime", "openvino", "torch")  # who keeps a tie (fastest on the zoo first)
 _WARNED: set[str] = set()
 
 
@@ -125,7 +132,7 @@ class AutoCache:
 
     @staticmethod
     def key(prog_sig: Hashable, graph_fp: str, precision: str, threads: int, cands: list[str]) -> str:
-        blob = repr(("auto/2", prog_sig, graph_fp, precision, threads, sorted(cands), _versions()))
+        blob = repr(("auto/3", prog_sig, graph_fp, precision, threads, sorted(cands), _versions()))
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def _read(self) -> dict[str, Any]:
@@ -177,6 +184,30 @@ def _time(parts: dict[str, CompiledPart], shape: tuple[int, ...], reps: int, thr
     return best
 
 
+def decide(times: dict[str, float], margin: float = AUTO_MARGIN) -> tuple[str, bool]:
+    """``auto``'s choice among measured candidates, with hysteresis: ``(choice, clear)``.
+
+    The *incumbent* is the most preferred candidate (:data:`AUTO_PREFERENCE`);
+    another candidate replaces it only when it is faster by more than
+    ``margin`` (its time < incumbent / (1 + margin)), and then the fastest
+    such candidate wins. A few percent of timing noise therefore never flips
+    the choice. ``clear`` is False when some candidate is within a factor
+    ``(1 + margin/2)`` of the decision threshold on either side — then more
+    rounds are worth measuring, and the decision is not remembered on disk.
+    """
+    if not times:
+        raise ValueError("no candidate was measured")
+    rank = {n: i for i, n in enumerate(AUTO_PREFERENCE)}
+    order = sorted(times, key=lambda n: (rank.get(n, len(rank)), n))
+    inc = order[0]
+    thresh = times[inc] / (1.0 + margin)
+    better = [n for n in order[1:] if times[n] < thresh]
+    choice = min(better, key=times.__getitem__) if better else inc
+    band = 1.0 + margin / 2
+    clear = all(not (thresh / band <= times[n] <= thresh * band) for n in order[1:])
+    return choice, clear
+
+
 def build_part(cm: CapturedModel, geom: PartGeom, backend: str = "torch", precision: str = "fp32",
                threads: int | None = None, *, program: PartProgram | None = None,
                installed: list[str] | None = None) -> CompiledPart:
@@ -214,13 +245,17 @@ def build_part(cm: CapturedModel, geom: PartGeom, backend: str = "torch", precis
             built[name] = _make(name, cm, geom, precision, threads, prog)
         except ExportUnsupported as e:
             skipped[name] = str(e)
-    times = _time(built, prog.in_shape, AUTO_REPS, threads) if len(built) > 1 else {}
-    choice = min(times, key=times.__getitem__) if times else next(iter(built))
-    if "onnxruntime" in times and choice != "onnxruntime" and times["onnxruntime"] <= 1.03 * times[choice]:
-        choice = "onnxruntime"  # a tie within measurement noise: the backend that wins on the zoo
-    ordered = sorted(times.values())
-    if len(ordered) > 1 and ordered[1] > 1.10 * ordered[0]:  # remember only clear decisions
-        cache.put(key, choice, {k: round(v, 3) for k, v in times.items()})
+    times: dict[str, float] = {}
+    choice = next(iter(built))
+    if len(built) > 1:
+        times = _time(built, prog.in_shape, AUTO_REPS, threads)
+        choice, clear = decide(times)
+        if not clear:  # close to the margin: more rounds, the minimum over all of them decides
+            more = _time(built, prog.in_shape, AUTO_MORE_REPS, threads)
+            times = {k: min(v, more[k]) for k, v in times.items()}
+            choice, clear = decide(times)
+        if clear:  # remember only decisions that more timing would not change
+            cache.put(key, choice, {k: round(v, 3) for k, v in times.items()})
     for n, p in built.items():
         if n != choice:
             p.release()
