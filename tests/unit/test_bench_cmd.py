@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from coinfer.cli.main import build_app
 from coinfer.cluster import builtin_cluster, parse_cluster
 from coinfer.cost import CostModel, DeviceProfile
+from coinfer.cost.model import load_cost_model
 from coinfer.cost.power import RaplDomain, RaplReader
 from coinfer.modelspec import capture_model
 from coinfer.plan.lower import lower
@@ -162,3 +163,32 @@ def test_summarize_energy_source_and_link_time(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr("coinfer.cost.power.find_rapl", lambda *a, **k: None)
     monkeypatch.setattr("coinfer.cost.power.find_ina3221", lambda *a, **k: None)
     assert report.measure_energy(lambda: 7) == (7, None, "model")
+
+
+def test_resimulate_keeps_measurements_and_repredicts(tmp_path: Path, graph) -> None:  # type: ignore[no-untyped-def]
+    """--resimulate: saved plans predicted again with the current model; the measured columns are kept."""
+    cl = V.pinned_backend(builtin_cluster("het4")).with_bandwidth(100.0)
+    plan = V.rows_plan(USER, graph, cl, CostModel(graph, cl))
+    run_dir = tmp_path / "run"
+    (run_dir / "traces").mkdir(parents=True)
+    case = f"{USER}-rows-het4-100"
+    plan.save(run_dir / "traces" / f"{case}.plan.json")
+    old = V.CaseResult(case, USER, "rows", "het4", 100.0, len(plan.stages), 4, 1.0, 50.0, -0.98, 0.1, 0.2, 1, 2,
+                       1.0, [49.0, 50.0, 51.0], 3.0)
+    V.write_csv([old], run_dir / "validation.csv")
+    key = "-".join(f"{d.name}{d.cpu_share:g}" for d in cl.devices)
+    prof = tmp_path / "profiles" / key / USER
+    prof.mkdir(parents=True)
+    DeviceProfile("d0", graph.name, graph.fingerprint(), stages={}, whole={}).save(prof / "d0.json")
+    r = invoke("bench", "--validate", "--resimulate", run_dir / "validation.csv", "--profiles-root",
+               tmp_path / "profiles", "--out", tmp_path / "re", "--json")
+    assert r.exit_code == 0, r.output
+    (new,) = V.read_csv(tmp_path / "re" / "validation.csv")
+    want = simulate(lower(plan, graph), load_cost_model(graph, cl, str(prof))).latency_ms
+    assert new.predicted_ms == pytest.approx(want, rel=1e-3) and new.measured_ms == 50.0 and new.runs_ms == [49, 50, 51]
+    assert new.error == pytest.approx((want - 50.0) / 50.0, abs=1e-3)
+    assert (run_dir / "traces" / f"{case}.simulated.json").is_file() and (tmp_path / "re" / "validation.png").is_file()
+    r = invoke("bench", "--validate", "--resimulate", tmp_path / "nope.csv", "--profiles-root", tmp_path)
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = invoke("bench", "--validate", "--resimulate", run_dir / "validation.csv")
+    assert r.exit_code == 2 and "--profiles-root" in r.output

@@ -234,3 +234,29 @@ def test_profile_cli_bad_input(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--points" in r.output
     r = runner.invoke(build_app(), ["profile", "het4", "-m", "no_such_model"])
     assert r.exit_code == 2 and "no_such_model" in r.output
+
+
+def test_model_sweep_lifts_and_restores_the_cgroup_quota(tmp_path: Path) -> None:
+    """The local workers profile_cluster started sweep without their quota (CPU-time profiles), then get it back."""
+    from types import SimpleNamespace
+
+    from coinfer.cost.remote import _Unthrottled
+
+    def lim(mode: str, name: str) -> SimpleNamespace:
+        d = tmp_path / name
+        d.mkdir()
+        (d / ("cpu.max" if mode == "cgroup-v2" else "cpu.cfs_quota_us")).write_text("x")
+        return SimpleNamespace(mode=mode, path=d, quota_us=1500, period_us=10000, name=name)
+
+    v1, v2 = lim("cgroup-v1", "a"), lim("cgroup-v2", "b")
+    duty = SimpleNamespace(mode="duty-cycle", path=None, quota_us=None, period_us=10000, name="c")
+    local = SimpleNamespace(workers={n: SimpleNamespace(name=n, limiter=li)
+                                     for n, li in (("a", v1), ("b", v2), ("c", duty), ("d", None))})
+    free = _Unthrottled(local)
+    assert (v1.path / "cpu.cfs_quota_us").read_text() == "-1"
+    assert (v2.path / "cpu.max").read_text() == "max 10000"
+    assert [li.name for li in free.lifted] == ["a", "b"]
+    free.restore()
+    assert (v1.path / "cpu.cfs_quota_us").read_text() == "1500"
+    assert (v2.path / "cpu.max").read_text() == "1500 10000"
+    assert _Unthrottled(None).lifted == []  # workers started elsewhere (coinfer up, a testbed): left alone

@@ -41,10 +41,15 @@ def cmd(
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     priority: bool = typer.Option(False, "--priority", help="emulated devices get their CPU share even on a "
                                   "loaded host (cgroup v1: a high-weight group; see docs/simulator.md)"),
+    resim: list[str] = typer.Option(None, "--resimulate", help="with --validate: predict the cases of this "  # noqa: B008
+                                    "validation.csv again (saved plans, current model, --profiles-root) without "
+                                    "re-measuring; repeatable"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
     """Compare strategies on a cluster (predicted vs measured), or validate the simulator (--validate)."""
-    if validate:
+    if validate and resim:
+        _resimulate(resim, profiles_root, out, json_out)
+    elif validate:
         _validate(cluster, clusters, models, bandwidths, kinds, out, profiles_root, repeat, warmup, keys, json_out,
                   priority)
     else:
@@ -106,6 +111,49 @@ def _compare(model: str | None, cluster: str | None, strategies: str | None, pro
             f"measured energy: cluster power figures over the measured trace")
 
 
+def _resimulate(csvs: list[str], profiles_root: str | None, out: str, json_out: bool) -> None:
+    from ..errors import UserError
+    from ..sim import validation as V
+
+    missing = [c for c in csvs if not Path(c).is_file()]
+    if missing:
+        raise UserError(f"--resimulate {missing[0]} does not exist; give a validation.csv written by "
+                        f"coinfer bench --validate")
+    if not profiles_root:
+        raise UserError("--resimulate needs --profiles-root (the profiles the cases were planned with)")
+    try:
+        results = V.resimulate(csvs, profiles_root)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    _report(results, Path(out), json_out, "re-simulated (measurements kept)")
+
+
+def _report(results: list[Any], outp: Path, json_out: bool, what: str = "") -> None:
+    from ..sim import validation as V
+
+    c = console(stderr=json_out)
+    outp.mkdir(parents=True, exist_ok=True)
+    V.write_csv(results, outp / "validation.csv")
+    V.scatter_png(results, outp / "validation.png")
+    st = V.error_stats(results)
+    summary = {"cases": len(results), "errors": st, "csv": str(outp / "validation.csv"),
+               "plot": str(outp / "validation.png"), "results": [r.row() for r in results]}
+    if json_out:
+        emit_json(summary)
+        return
+    from rich.table import Table
+
+    t = Table(title="simulator vs runtime (latency)" + (f"; {what}" if what else ""))
+    for col in ("case", "stages", "pred ms", "meas ms", "error", "pred J", "meas J"):
+        t.add_column(col, justify="left" if col == "case" else "right")
+    for r in results:
+        t.add_row(r.case, str(r.stages), f"{r.predicted_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.error:+.1%}",
+                  f"{r.predicted_energy_j:.3f}", f"{r.measured_energy_j:.3f}")
+    c.print(t)
+    c.print(f"|error| median {st.get('median', 0):.1%}, p90 {st.get('p90', 0):.1%}, max {st.get('max', 0):.1%} over "
+            f"{st.get('n')} cases; wrote {outp / 'validation.csv'} and {outp / 'validation.png'}")
+
+
 def _validate(cluster: str | None, clusters: str | None, models: str | None, bandwidths: str | None,
               kinds: str | None, out: str, profiles_root: str | None, repeat: int, warmup: int, keys: str | None,
               json_out: bool, priority: bool = False) -> None:
@@ -146,22 +194,4 @@ def _validate(cluster: str | None, clusters: str | None, models: str | None, ban
 
     results = V.validate(cases, outp, repeat=repeat, warmup=warmup, profiles_root=profiles_root, keys=keys,
                          on_result=show, priority=priority)
-    V.write_csv(results, outp / "validation.csv")
-    V.scatter_png(results, outp / "validation.png")
-    st = V.error_stats(results)
-    summary = {"cases": len(results), "errors": st, "csv": str(outp / "validation.csv"),
-               "plot": str(outp / "validation.png"), "results": [r.row() for r in results]}
-    if json_out:
-        emit_json(summary)
-        return
-    from rich.table import Table
-
-    t = Table(title="simulator vs runtime (latency)")
-    for col in ("case", "stages", "pred ms", "meas ms", "error", "pred J", "meas J"):
-        t.add_column(col, justify="left" if col == "case" else "right")
-    for r in results:
-        t.add_row(r.case, str(r.stages), f"{r.predicted_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.error:+.1%}",
-                  f"{r.predicted_energy_j:.3f}", f"{r.measured_energy_j:.3f}")
-    c.print(t)
-    c.print(f"|error| median {st.get('median', 0):.1%}, p90 {st.get('p90', 0):.1%}, max {st.get('max', 0):.1%} over "
-            f"{st.get('n')} cases; wrote {outp / 'validation.csv'} and {outp / 'validation.png'}")
+    _report(results, outp, json_out)

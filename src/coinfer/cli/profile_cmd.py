@@ -23,6 +23,9 @@ def cmd(
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
     input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
     no_links: bool = typer.Option(False, "--no-links", help="skip the link and message-cost probes"),
+    throttled: bool = typer.Option(False, "--throttled", help="measure the model under the emulated CPU quota "
+                                   "(slower; by default the local workers started here sweep without it: "
+                                   "CPU-time profiles do not depend on it)"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory (default: the cluster's security.keys)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
@@ -73,7 +76,8 @@ def cmd(
         try:
             job = profile_cluster(cl, model, out_dir, input_shape=shape, addresses=addresses, cpu_modes=cpu_modes,
                                   keys=keys, rows_points=points, reps=reps, warmup=warmup, backend=backend,
-                                  precision=precision, probe=not no_links, sink=Sink())
+                                  precision=precision, probe=not no_links, sink=Sink(),
+                                  throttled=throttled)
         except ProfileFailed as e:  # a device failed or stopped answering: what was measured is saved
             raise CheckFailed(f"{e}; what was measured is in {out_dir} (re-run to resume)") from None
     summary = {"profiles": job.out_dir, "model": model, "seconds": round(job.seconds, 1),

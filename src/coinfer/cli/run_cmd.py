@@ -33,7 +33,7 @@ def cmd(
     from ..plan.plan import Plan, PlanError
     from ..runtime import upstate
     from ..runtime.coordinator import deploy
-    from ..runtime.report import summarize
+    from ..runtime.report import measure_energy, summarize
 
     plan = Plan.load(plan_path)
     cl = resolve_cluster(cluster)
@@ -50,16 +50,17 @@ def cmd(
     with c.status("deploying…"):
         session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys)
     lat: list[float] = []
+    joules, esrc = None, "model"
     with session:
         for _ in range(warmup):
             session(x)
         for _ in range(repeat):
             t0 = time.perf_counter()
-            y = session(x)
+            y, joules, esrc = measure_energy(lambda: session(x))  # real power readers (RAPL/INA3221) if present
             lat.append((time.perf_counter() - t0) * 1e3)
         tr = session.last_trace
     assert tr is not None
-    s = summarize(tr, cl)
+    s = summarize(tr, cl, measured_energy_j=joules, energy_source=esrc)
     s.update(latency_ms=round(statistics.median(lat), 3), latencies_ms=[round(v, 3) for v in lat],
              plan_path=plan_path, strategy=plan.strategy.name, cpu_modes=session.cpu_modes,
              backends=session.backends,

@@ -661,18 +661,64 @@ def existing_profiles(out_dir: str, devices: list[str], model: str, fingerprint:
     return out
 
 
+class _Unthrottled:
+    """Lift the cgroup CPU quota of the local workers this profiler started, for the model sweep.
+
+    An emulated device is profiled in **CPU time** (``timing: cpu``), which
+    does not depend on its quota (docs/profiling.md): throttled to 0.15 of a
+    core, the sweep only takes 6.7x longer in wall time. So while the model is
+    measured, the quota of every local worker started by :func:`profile_cluster`
+    itself is lifted (cgroup v1 ``cpu.cfs_quota_us = -1``, v2 ``cpu.max =
+    max``) and put back afterwards (before the workers stop, also on errors).
+    The link and per-message probes run under the quota as a deployment does.
+    Workers started elsewhere (``coinfer up``, a benchmark's testbed) and
+    duty-cycle emulation are left alone.
+    """
+
+    def __init__(self, local: Any) -> None:
+        self.lifted: list[Any] = []
+        for w in getattr(local, "workers", {}).values() if local is not None else ():
+            lim = getattr(w, "limiter", None)
+            if lim is None or lim.path is None or lim.quota_us is None or not lim.mode.startswith("cgroup"):
+                continue
+            try:
+                self._write(lim, None)
+                self.lifted.append(lim)
+            except OSError as e:  # not permitted: measure under the quota (slower, same figures)
+                log.info("could not lift the CPU quota of %s (%s)", w.name, e)
+
+    @staticmethod
+    def _write(lim: Any, quota_us: int | None) -> None:
+        if lim.mode == "cgroup-v2":
+            (lim.path / "cpu.max").write_text(f"{'max' if quota_us is None else quota_us} {lim.period_us}")
+        else:
+            (lim.path / "cpu.cfs_quota_us").write_text("-1" if quota_us is None else str(quota_us))
+
+    def restore(self) -> None:
+        for lim in self.lifted:
+            try:
+                self._write(lim, lim.quota_us)
+            except OSError as e:  # pragma: no cover - the cgroup went away with its process
+                log.info("could not restore the CPU quota of %s (%s)", lim.name, e)
+        self.lifted.clear()
+
+
 def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: tuple[int, ...] | None = None,
                     addresses: dict[str, str] | None = None, cpu_modes: dict[str, str] | None = None,
                     keys: str | None = None, rows_points: int = 6, reps: int = 3, warmup: int = 1,
                     backend: str = "torch", precision: str = "fp32", probe: bool = True, seed: int = 0,
-                    sink: ProgressSink | None = None, timeout_s: float = 600.0) -> ProfileJob:
+                    sink: ProgressSink | None = None, timeout_s: float = 600.0,
+                    throttled: bool = False) -> ProfileJob:
     """Profile ``model`` on every device of ``cluster`` through the runtime and save ``out_dir/<device>.json``.
 
     Local devices are started as worker processes (with their emulated CPU)
     unless ``addresses`` gives where they run (``coinfer up``); remote ones
     are reached at their cluster-file address. Resumable: complete profiles
     of this model in ``out_dir`` are kept, unfinished ones continued; link
-    probes are redone unless every device already has them.
+    probes are redone unless every device already has them. The local
+    workers started here measure the model without their CPU quota (CPU-time
+    profiles do not depend on it; see :class:`_Unthrottled`) unless
+    ``throttled``.
     """
     from pathlib import Path
 
@@ -730,10 +776,14 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
                 if todo:
                     skip = {d: set(p.stages) | set(p.whole) for d, p in partial.items()}
                     known = {d: {**{k: t[-1][1] for k, t in p.stages.items()}, **p.whole} for d, p in partial.items()}
-                    runs = rp.profile_model(model, input_shape, devices=todo, skip=skip, known_full=known,
-                                            rows_points=rows_points,
-                                            reps=reps, warmup=warmup, backend=backend, precision=precision,
-                                            seed=seed, on_segment=saved, progress=sink.device)
+                    free = _Unthrottled(None if throttled else local)
+                    try:
+                        runs = rp.profile_model(model, input_shape, devices=todo, skip=skip, known_full=known,
+                                                rows_points=rows_points,
+                                                reps=reps, warmup=warmup, backend=backend, precision=precision,
+                                                seed=seed, on_segment=saved, progress=sink.device)
+                    finally:
+                        free.restore()
     finally:
         if local is not None:
             local.stop()

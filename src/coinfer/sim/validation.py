@@ -252,28 +252,31 @@ class Testbed:
         0.15-share source).
         """
         import time
+
         from ..inputs import make_input
         from ..runtime.coordinator import Session
-        from ..runtime.report import summarize
+        from ..runtime.report import measure_energy, summarize
 
         addresses, modes = self.addresses(cluster)
         x = make_input(None, tuple(plan.model.input_shape))
         lats: list[float] = []
         traces: list[Trace] = []
+        energy: list[tuple[float | None, str]] = []  # a real power reading per run where the host has one
         with Session(plan, cluster, addresses, keys=self.keys, replan=False, cpu_modes=modes, seed=seed,
                      dead_after_s=30.0) as s:
             for _ in range(warmup):
                 s(x)
             for _ in range(repeat):
                 time.sleep(gap_s)
-                s(x)
+                _, joules, source = measure_energy(lambda: s(x))
+                energy.append((joules, source))
                 tr = s.last_trace
                 assert tr is not None
                 traces.append(tr)
                 lats.append(float(tr.meta["latency_ms"]))
         med = statistics.median(lats)
         i = min(range(len(lats)), key=lambda k: abs(lats[k] - med))
-        summ = summarize(traces[i], cluster)
+        summ = summarize(traces[i], cluster, measured_energy_j=energy[i][0], energy_source=energy[i][1])
         summ["latency_ms"] = med
         return Measured(med, lats, traces[i], summ)
 
@@ -310,6 +313,7 @@ class CaseResult:
     ideal_ms: float  # the simulator without the runtime's overheads (what it predicted before)
     runs_ms: list[float] = field(default_factory=list)
     load: float = 0.0  # 1-minute load average when measured
+    energy_source: str = "model"  # "rapl" / "ina3221" when the host has a real power reader, else the model
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
@@ -348,7 +352,8 @@ def read_csv(path: str | Path) -> list[CaseResult]:
                 r["case"], r["model"], r["kind"], r["cluster"], float(r["mbps"]), int(r["stages"]), int(r["devices"]),
                 float(r["predicted_ms"]), float(r["measured_ms"]), float(r["error"]), float(r["predicted_energy_j"]),
                 float(r["measured_energy_j"]), int(r["predicted_bytes"]), int(r["measured_bytes"]),
-                float(r["ideal_ms"]), [float(v) for v in r["runs_ms"].split()], float(r["load"])))
+                float(r["ideal_ms"]), [float(v) for v in r["runs_ms"].split()], float(r["load"]),
+                r.get("energy_source") or "model"))
     return out
 
 
@@ -440,7 +445,8 @@ def run_case(bed: Testbed, case: Case, cluster: Cluster, profiles: str | None, *
                       len(low.programs), round(sim.latency_ms, 3), round(m, 3), round((sim.latency_ms - m) / m, 4),
                       round(sim.energy_j, 5), round(float(meas.summary["energy_j"]), 5), int(sim.bytes_moved),
                       int(meas.summary["bytes_moved"]), round(ideal.latency_ms, 3),
-                      [round(v, 2) for v in meas.latencies_ms], round(load, 2))
+                      [round(v, 2) for v in meas.latencies_ms], round(load, 2),
+                      str(meas.summary.get("energy_source", "model")))
 
 
 def validate(cases: list[Case], out_dir: str | Path, *, repeat: int = 5, warmup: int = 1,
@@ -463,3 +469,48 @@ def validate(cases: list[Case], out_dir: str | Path, *, repeat: int = 5, warmup:
             if on_result is not None:
                 on_result(r)
     return results
+
+
+def resimulate(csv_paths: list[str | Path], profiles_root: str | Path, *,
+               traces: bool = True) -> list[CaseResult]:
+    """Predict measured cases again with the current simulator and cost model, without re-measuring.
+
+    Reads ``validation.csv`` files written by :func:`validate` (their
+    ``traces/`` next to them hold each case's plan and measured trace) and
+    re-simulates every case's *saved plan* with the profiles under
+    ``profiles_root`` (the same ``<cluster key>/<model>`` layout); the
+    measured columns are kept. For iterating on the model against one set of
+    measurements (which are load-sensitive and slow to repeat). With
+    ``traces`` the new simulated traces replace the old ones.
+    """
+    from ..cost.model import load_cost_model
+    from ..modelspec import capture_model
+    from ..plan.lower import lower
+    from .engine import simulate
+
+    out: list[CaseResult] = []
+    for path in csv_paths:
+        tdir = Path(path).parent / "traces"
+        for r in read_csv(path):
+            pf = tdir / f"{r.case}.plan.json"
+            if not pf.is_file():
+                raise FileNotFoundError(f"{pf} is missing: re-simulation needs the traces/ that coinfer bench "
+                                        f"--validate wrote next to {path}")
+            plan = Plan.load(pf)
+            cl = pinned_backend(resolve_cluster(r.cluster)).with_bandwidth(r.mbps)
+            key = "-".join(f"{d.name}{d.cpu_share:g}" for d in cl.devices)
+            g = capture_model(plan.model.name, tuple(plan.model.input_shape)).graph
+            costs = load_cost_model(g, cl, str(Path(profiles_root) / key / r.model))
+            low = lower(plan, g)
+            sim = simulate(low, costs)
+            ideal = simulate(low, costs, overheads=False)
+            if traces:
+                sim.trace.meta["case"] = r.case
+                sim.trace.save(tdir / f"{r.case}.simulated.json")
+            m = r.measured_ms
+            out.append(CaseResult(**{**asdict(r), "predicted_ms": round(sim.latency_ms, 3),
+                                     "error": round((sim.latency_ms - m) / m, 4),
+                                     "predicted_energy_j": round(sim.energy_j, 5),
+                                     "predicted_bytes": int(sim.bytes_moved),
+                                     "ideal_ms": round(ideal.latency_ms, 3)}))
+    return out
