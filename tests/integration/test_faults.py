@@ -83,7 +83,15 @@ def test_kill_a_worker_mid_run(env):
               f"between two results was {stall_s * 1e3:.0f} ms (re-plan + deploy {first.replan_ms:.0f} ms)")
         assert detect_s < 2.0
         assert stall_s < detect_s + 5.0
-        # the device came back: used again after a re-plan
+        # the device came back: used again after a re-plan. Its pong may arrive only after the
+        # last of the 200 requests on a loaded machine, so keep asking (bounded) until it is seen
+        deadline = time.monotonic() + 60
+        extra = 0
+        while victim not in s.recoveries[-1].devices and time.monotonic() < deadline:
+            y = s(xs[extra % len(xs)])
+            assert compare(y, refs[extra % len(xs)])[1] <= TOLERANCE
+            extra += 1
+            time.sleep(0.05)
         assert victim in s.recoveries[-1].devices, [r.devices for r in s.recoveries]
         assert victim in s.deployed_on
 

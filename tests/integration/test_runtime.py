@@ -187,3 +187,26 @@ def test_bad_input_shape_is_rejected(cluster4):
         with pytest.raises(ValueError, match="input shape"):
             s(torch.zeros(1, 3, 32, 32))
         _check(s, cm, plan, random_input(tuple(cm.graph.input_shape), 7))
+
+
+def test_switch_back_to_a_kept_deployment_builds_nothing(cluster4):
+    """keep_deployments: switching between two plans builds each once; outputs stay exact."""
+    cl, lc = cluster4
+    cm = capture_model("resnet18_digits")
+    a, b = rows_plan(cm, cl), grid_plan(cm, cl)
+    x = random_input(tuple(cm.graph.input_shape), 7)
+    ref = reference_output(cm, x)
+    with Session(a, cl, lc.addresses, keep_deployments=2) as s:
+        assert compare(s(x), ref)[1] <= TOLERANCE
+        for target in (b, a, b, a):
+            s.switch(target)
+            assert s.plan is target or s.plan.to_json() == target.to_json()
+            assert compare(s(x), ref)[1] <= TOLERANCE
+        assert s.deploys == 2, s.deploys  # a, then b; every later switch reused a kept one
+        assert len(s.kept) == 1
+    # without keeping, every switch deploys
+    with Session(a, cl, lc.addresses) as s:
+        s.switch(b)
+        s.switch(a)
+        assert compare(s(x), ref)[1] <= TOLERANCE
+        assert s.deploys == 3 and not s.kept

@@ -11,7 +11,11 @@ plan on the same workers:
   defaults, plus variants of ``even`` over ``max_redundancy`` (0 = a stage
   per cut point; 0.1 = the default fusing; 0.3) — identical plans are run once;
   strategies that cannot plan here (e.g. they need profiles) are listed with
-  the reason.
+  the reason;
+* ``balanced/sc=C`` (``balanced.py``, this benchmark's own exact plans, run
+  unless ``--strategies`` leaves out ``balanced``): rows (or a 2x2 grid) per
+  stage balanced on the exact-halo FLOPs of each part, stage boundaries by
+  dynamic programming with a per-stage price C (fraction of the model's FLOPs).
 
 Requests are interleaved (one per plan per round, the order rotating) after a
 warm-up; latency = the median of ``--repeat`` rounds. Speedup = median
@@ -49,6 +53,8 @@ from typing import Any
 
 GOAL = 0.85
 N = 4
+#: the fixed per-stage price (fraction of the model's FLOPs) of the balanced candidates
+BALANCED_STAGE_COSTS = (0.002, 0.004, 0.01)
 #: a throttled worker building a model on a loaded machine can miss heartbeats for seconds:
 #: never re-plan in the middle of a measurement
 SESSION_KW: dict[str, Any] = {"dead_after_s": 60.0, "replan": False, "heartbeat_s": 1.0}
@@ -78,9 +84,18 @@ def candidate_plans(model: str, cl: Any, only: list[str] | None) -> tuple[dict[s
         tries.append((s, s, {}))
         if s == "even":
             tries += [("even/mr=0", "even", {"max_redundancy": 0.0}), ("even/mr=0.3", "even", {"max_redundancy": 0.3})]
+    if not only or "balanced" in only:  # this benchmark's halo-balanced row/grid plans (balanced.py)
+        tries += [(f"balanced/sc={sc}", "balanced", {"stage_cost": sc}) for sc in BALANCED_STAGE_COSTS]
     for label, s, params in tries:
         try:
-            plan = run(s, PlanRequest(cm.graph, cl, model, params=params)).plan
+            if s == "balanced":
+                sys.path.insert(0, str(Path(__file__).resolve().parent))
+                from balanced import plan_balanced
+
+                plan = plan_balanced(cm.graph, cl, model, **params)
+                plan.validate(cm.graph)
+            else:
+                plan = run(s, PlanRequest(cm.graph, cl, model, params=params)).plan
         except Exception as e:  # noqa: BLE001 - report why a strategy could not plan here
             skipped[label] = f"{type(e).__name__}: {str(e)[:120]}"
             continue

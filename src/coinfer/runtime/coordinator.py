@@ -10,6 +10,14 @@ is cancelled everywhere, the plan is re-made over the live devices (same
 strategy, the dead device removed; ``proportional`` if that strategy cannot
 plan) and the request re-runs from its input — each call returns exactly one
 result. A device that answers pings again is used after the next re-plan.
+
+Switching plans between requests (:meth:`Session.switch`, used by run-time
+adapters such as Edgent's) can keep earlier deployments built on the
+workers (``keep_deployments``; by default only when plans are prepared):
+switching to a plan still built is one assignment at the coordinator, not a
+re-deploy. Plans an adapter names in ``plans_to_prepare()`` (or
+``prepare=``) are built when the session starts, so no switch waits for a
+build.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import statistics
-from collections import deque
+from collections import OrderedDict, deque
 import os
 import secrets
 import socket
@@ -60,6 +68,17 @@ class _Pending:
     traced: threading.Event = field(default_factory=threading.Event)  # every device's trace is in
     t_send_ms: float = 0.0
     t_result_ms: float = 0.0
+
+
+@dataclass
+class _Deployment:
+    """A plan built on its devices under deployment id ``dep``."""
+
+    plan: Plan
+    dep: str
+    devices: list[str]
+    backends: dict[str, list[str]]
+    memory: dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -121,8 +140,16 @@ class Session:
                  heartbeat_s: float = 0.25, dead_after_s: float = 1.2, replan: bool = True,
                  local: LocalCluster | None = None, replan_fn: Callable[[Cluster], Plan] | None = None,
                  cpu_modes: dict[str, str] | None = None, adapter: Adapter | None = None,
-                 hello_timeout_s: float = 30.0) -> None:
+                 hello_timeout_s: float = 30.0, keep_deployments: int | None = None,
+                 prepare: list[Plan] | None = None) -> None:
         self.plan = plan
+        # switch(): earlier deployments stay built (plan JSON -> deployment), oldest evicted first.
+        # Default: none, unless plans are prepared (then all of them and the first plan): a kept
+        # deployment holds its parts' memory on the workers
+        self.keep_deployments = 0 if keep_deployments is None else max(0, int(keep_deployments))
+        self.kept: OrderedDict[str, _Deployment] = OrderedDict()
+        self.prepare_s = 0.0  # time spent building the prepared plans when the session started
+        self.deploys = 0  # plans built on the workers so far (a switch to a kept plan builds none)
         self.hello_timeout_s = hello_timeout_s  # a device that does not answer hello by then is unreachable
         self.cluster = cluster
         self.addresses = dict(addresses)
@@ -163,10 +190,28 @@ class Session:
         self._loop_beat = time.monotonic()
         self.io = threading.Thread(target=self._loop, daemon=True, name="coord-io")
         self.io.start()
+        if prepare is None and adapter is not None and hasattr(adapter, "plans_to_prepare"):
+            prepare = list(adapter.plans_to_prepare())
+        main_key = plan.to_json()
+        prepared = list({p.to_json(): p for p in (prepare or []) if p.to_json() != main_key}.values())
+        if keep_deployments is None:
+            self.keep_deployments = len(prepared) + 1 if prepared else 0
+        prepared = prepared[-self.keep_deployments:] if self.keep_deployments else []
         try:
-            for dev in self.plan.devices_used_names():
+            devices = list(dict.fromkeys([*self.plan.devices_used_names(),
+                                          *(d for p in prepared for d in p.devices_used_names())]))
+            for dev in devices:
                 self._connect(dev)
-            self._hello(self.plan.devices_used_names())
+            self._hello(devices)
+            if prepared:
+                t0 = time.monotonic()
+                for p in prepared:
+                    self._deploy(p, activate=False)
+                self.prepare_s = time.monotonic() - t0
+                log.info("prepared %d plans in %.1f s", len(prepared), self.prepare_s)
+                # the bandwidth trace starts when the session is ready, not before the builds
+                # (the main deploy below re-shapes every worker's links with the new t0)
+                self.link_trace = self._load_link_trace()
             self._deploy(self.plan)
         except BaseException:
             self.close()
@@ -316,8 +361,12 @@ class Session:
                 out[p] = [bw, lat]
         return out
 
-    def _deploy(self, plan: Plan, timeout_s: float = 180.0) -> None:
+    def _deploy(self, plan: Plan, timeout_s: float = 180.0, *, activate: bool = True,
+                keep_old: bool = False) -> None:
+        """Build ``plan`` on its devices; ``activate``: requests run on it from now on (the previous
+        deployment is kept built when ``keep_old``, else undeployed); else it is only kept built."""
         dep = secrets.token_hex(6)
+        self.deploys += 1
         devs = plan.devices_used_names()
         text = plan.to_json()
         peers = {d: self.addresses[d] for d in devs}
@@ -349,14 +398,51 @@ class Session:
             except Exception:  # noqa: BLE001
                 self._abandon(dep)
                 raise DeviceUnreachable(f"deploying on {dev} timed out after {timeout_s:.0f} s") from None
-        old = self.dep
-        self.plan, self.dep, self.deployed_on = plan, dep, devs
         # device -> backends computing its parts, and its memory after the build (deploy_ok)
-        self.backends = {d: list(built[d].get("backends") or []) for d in devs}
-        self.memory = {d: dict(built[d].get("memory") or {}) for d in devs}
-        if old:
-            for d in self.alive:
-                self.ep.send(d, {"kind": "undeploy", "dep": old})
+        new = _Deployment(plan, dep, devs, {d: list(built[d].get("backends") or []) for d in devs},
+                          {d: dict(built[d].get("memory") or {}) for d in devs})
+        if not activate:
+            self._keep(new)
+            return
+        old = self._activate(new)
+        if old is not None:
+            if keep_old:
+                self._keep(old)
+            else:
+                self._undeploy(old.dep)
+
+    def _activate(self, d: _Deployment) -> _Deployment | None:
+        """Make ``d`` the deployment requests run on; returns the one it replaces."""
+        old = None if self.dep is None else _Deployment(self.plan, self.dep, self.deployed_on, self.backends,
+                                                         self.memory)
+        self.plan, self.dep, self.deployed_on = d.plan, d.dep, d.devices
+        self.backends, self.memory = d.backends, d.memory
+        return old
+
+    def _keep(self, d: _Deployment) -> None:
+        if self.keep_deployments <= 0:
+            self._undeploy(d.dep)
+            return
+        key = d.plan.to_json()
+        prev = self.kept.pop(key, None)
+        if prev is not None and prev.dep != d.dep:
+            self._undeploy(prev.dep)
+        self.kept[key] = d
+        while len(self.kept) > self.keep_deployments:
+            _, gone = self.kept.popitem(last=False)
+            self._undeploy(gone.dep)
+
+    def _drop_kept(self) -> None:
+        while self.kept:
+            _, gone = self.kept.popitem(last=False)
+            self._undeploy(gone.dep)
+
+    def _undeploy(self, dep: str) -> None:
+        for d in list(self.alive):
+            try:
+                self.ep.send(d, {"kind": "undeploy", "dep": dep})
+            except Exception:  # noqa: BLE001
+                pass
 
     def _abandon(self, dep: str) -> None:
         """A deployment that failed on some device: forget its waiters, free it on the others."""
@@ -513,13 +599,23 @@ class Session:
         return statistics.median(xs[-last:]) if xs else None
 
     def switch(self, plan: Plan) -> None:
-        """Deploy ``plan`` now; the next request runs on it (between requests only)."""
+        """Run the next request on ``plan`` (between requests only). A plan deployed earlier in
+        this session and still kept is reused at once; otherwise it is deployed now. The plan
+        switched away from stays built (``keep_deployments``)."""
         with self.lock:
             busy = bool(self.pending)
         if busy:
             raise RuntimeFailure("switch() between requests only")
-        self._greet(plan.devices_used_names())
-        self._deploy(plan)
+        kept = self.kept.pop(plan.to_json(), None)
+        if kept is not None and set(kept.devices) <= self.alive and not set(kept.devices) & self.dead:
+            old = self._activate(kept)
+            if old is not None:
+                self._keep(old)
+        else:
+            if kept is not None:
+                self._undeploy(kept.dep)
+            self._greet(plan.devices_used_names())
+            self._deploy(plan, keep_old=True)
         label = str(plan.strategy.params.get("config", plan.strategy.name))
         self.switches.append((time.time(), label))
 
@@ -532,6 +628,7 @@ class Session:
             raise RuntimeFailure(f"the source device {self.plan.source} is dead; nothing can run")
         sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
         new = self.replan_fn(sub) if self.replan_fn else default_replan(self.plan, sub)
+        self._drop_kept()  # built for the old membership
         self._greet(new.devices_used_names())
         self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
@@ -542,9 +639,11 @@ class Session:
         if self.stop.is_set():
             return
         try:
-            if self.dep:
-                for d in list(self.alive):
-                    self.ep.send(d, {"kind": "undeploy", "dep": self.dep})
+            if self.dep or self.kept:
+                for dep in [self.dep, *(k.dep for k in self.kept.values())]:
+                    if dep:
+                        self._undeploy(dep)
+                self.kept.clear()
                 time.sleep(0.02)
         finally:
             self.stop.set()
