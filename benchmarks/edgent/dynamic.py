@@ -121,6 +121,7 @@ def main() -> None:
     make_trace(hist, levels, secs, seed=1, first=len(levels) - 1)
     make_trace(replay_p, levels, secs, seed=2, first=len(levels) - 1)
     replay = BandwidthTrace.load(replay_p)
+    load_start = load()
     acc = ensure_trained()
     profiles = None if a.analytic else ensure_profiles(Path(a.profiles))
     g = capture_model(MODEL).graph
@@ -162,8 +163,9 @@ def main() -> None:
     doc = {"model": MODEL, "deadline_ms": a.deadline_ms, "period_ms": a.period_ms, "levels": levels,
            "margin": a.margin, "probe_every_s": a.probe_every_s, "accuracy": acc,
            "costs": "profiles" if profiles else "analytic", "states": dyn.info["states"],
-           "config_map": dyn.info["config_map"], "static": stat.info["config"], "plan_ms": plan_ms,
-           "load_end": load(), **{m: r for m, r in results.items()}}
+           "config_map": dyn.info["config_map"], "static_config": stat.info["config"],
+           "static_predicted_ms": stat.info["latency_ms"], "static_start_mbps": b0, "plan_ms": plan_ms,
+           "load_start": load_start, "load_end": load(), "runs": results}
     (out / "dynamic.json").write_text(json.dumps(doc, indent=1))
     md = report(doc, thresholds)
     (out / "dynamic.md").write_text(md)
@@ -172,19 +174,20 @@ def main() -> None:
 
 
 def report(doc: dict[str, Any], thresholds: list[float]) -> str:
-    s, d = doc["static"], doc
+    s, d = doc["static_config"], doc["runs"]
     lines = ["| run | configuration | frames | executed | deadline met | accuracy (answered in time) |",
              "|---|---|---|---|---|---|"]
     for mode in ("static", "dynamic"):
         sm = d[mode]["summary"]
-        cfg = s if mode == "static" else "configuration map (" + ", ".join(e["config"] for e in d["config_map"]) + ")"
+        cfg = s if mode == "static" else "configuration map (" + ", ".join(e["config"] for e in doc["config_map"]) + ")"
         lines.append(f"| {mode} | {cfg} | {sm['frames']} | {sm['executed']} | {sm['meet_rate'] * 100:.1f}% "
                      f"| {sm['accuracy_answered_in_time'] * 100:.1f}% |")
     dm = d["dynamic"]["summary"]
     lines.append("")
     lines.append(f"Dynamic: {dm.get('switches', 0)} switches, {dm.get('probes', 0)} probe requests; states "
-                 f"{d['states']['centers_mbps']} Mbit/s (thresholds {[round(x, 3) for x in thresholds]}); "
-                 f"deadline {d['deadline_ms']:g} ms, a frame every {d['period_ms']:g} ms.")
+                 f"{doc['states']['centers_mbps']} Mbit/s (thresholds {[round(x, 3) for x in thresholds]}); "
+                 f"deadline {doc['deadline_ms']:g} ms, a frame every {doc['period_ms']:g} ms. Load: {doc['load_start']} "
+                 f"at the start, {doc['load_end']} at the end.")
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +197,7 @@ def figure(doc: dict[str, Any], thresholds: list[float], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dyn, sta = doc["dynamic"]["rows"], doc["static"]["rows"]
+    dyn, sta = doc["runs"]["dynamic"]["rows"], doc["runs"]["static"]["rows"]
     fig, axs = plt.subplots(3, 1, figsize=(11, 7.5), sharex=True,
                             gridspec_kw={"height_ratios": [2.2, 1, 1.6]})
     ax = axs[0]

@@ -78,13 +78,17 @@ def test_adapter_switches_configurations_between_requests(setup) -> None:  # typ
         refs = cm.module.forward_exits(x)
     seen = set()
     with Session(plan, cl, lc.addresses, adapter=ad) as s:
-        t_end = time.monotonic() + 8.0
+        built = s.deploys  # the map's configurations are built when the session starts
+        prep = [p for p in ad.plans_to_prepare() if p.to_json() != plan.to_json()]
+        assert prep and built == 1 + len(prep) and len(s.kept) == len(prep)
+        t_end = time.monotonic() + 20.0  # ends as soon as both states and 2 switches are seen; long for loaded hosts
         while time.monotonic() < t_end and not ({ev.state for ev in ad.log} == {0, 1}
                                                   and ad.summary()["switches"] >= 2):
             y = s(x)
             ex = s.plan.exit or "final"
             seen.add(s.plan.strategy.params["config"])
             assert compare(y, refs[ex])[1] <= TOLERANCE
+        assert s.deploys == built, "a switch re-deployed instead of using the prepared configuration"
     states = {ev.state for ev in ad.log}
     assert states == {0, 1}, [(ev.estimate_mbps, ev.state) for ev in ad.log]
     assert len(seen) >= 2 and ad.summary()["switches"] >= 2

@@ -171,3 +171,16 @@ def test_unknown_exit_names_the_exits(captured) -> None:
     g = captured("alexnet_digits").graph
     with pytest.raises(StrategyError, match="exit1, exit2, exit3, exit4, final"):
         run("neurosurgeon", PlanRequest(g, builtin_cluster("edgent"), "alexnet_digits", params={"exit": "exit9"}))
+
+
+def test_local_runs_a_requested_exit_and_rejects_bad_exits(captured) -> None:
+    """``local --param exit=NAME`` is Edgent's exit-only baseline; a wrong exit is bad input (exit 2)."""
+    g = captured("alexnet_digits").graph
+    cl = builtin_cluster("edgent")
+    p = run("local", PlanRequest(g, cl, "alexnet_digits", params={"exit": "exit2"})).plan
+    assert p.exit == "exit2" and [s.partition.device for s in p.stages] == ["pi"]  # type: ignore[union-attr]
+    assert run("local", PlanRequest(g, cl, "alexnet_digits")).plan.exit is None
+    with pytest.raises(StrategyError, match="exit1, exit2, exit3, exit4, final"):
+        run("local", PlanRequest(g, cl, "alexnet_digits", params={"exit": "exit9"}))
+    with pytest.raises(StrategyError, match="no early exits"):
+        run("local", PlanRequest(chain_graph(), cl, "chain", params={"exit": "exit1"}))

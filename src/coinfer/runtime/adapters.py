@@ -20,8 +20,10 @@ best reward. Between requests the adapter
    the current state is kept if it is one of them, else the lowest possible
    one is taken (the safe side for the deadline: a piece too small to tell
    two states apart never moves the adapter up);
-3. **switches** (``before_request`` returns that state's plan; the session
-   deploys it) when the state's configuration differs from the running one.
+3. **switches** (``before_request`` returns that state's plan) when the
+   state's configuration differs from the running one. Every configuration
+   is built on the workers when the session starts
+   (:meth:`EdgentAdapter.plans_to_prepare`), so a switch costs no re-deploy.
 
 A configuration that keeps everything on the device sends nothing over the
 link, so it yields no samples: after ``probe_every_s`` without one, the
@@ -114,6 +116,12 @@ class EdgentAdapter:
     def decide(self, lo: float, hi: float) -> int:
         cands = self.possible_states(lo, hi) or [self.state_of(lo)]
         return self.state if self.state in cands else min(cands)
+
+    def plans_to_prepare(self) -> list[Plan]:
+        """Every configuration of the map (and its probe): the session builds them all when it
+        starts, so a switch is one assignment at the coordinator instead of a re-deploy."""
+        out = {p.to_json(): p for p in [*self.plans, *(q for q in self.probes if q is not None)]}
+        return list(out.values())
 
     # -- the Session hook ------------------------------------------------------------------------
     def before_request(self, session: Session) -> Plan | None:

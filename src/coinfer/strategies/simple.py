@@ -25,7 +25,11 @@ def device_speeds(req: PlanRequest) -> dict[str, float]:
 
 @register("local", summary="everything on the source device (the baseline to beat)")
 def plan_local(req: PlanRequest) -> PlanResult:
-    return PlanResult(req.make_plan([Stage(OUTPUT, Whole(req.source))], "local"))
+    from .layerwise import requested_exit
+
+    ex = requested_exit(req)  # --param exit=NAME: Edgent's "exit only" baseline; a bad exit -> exit 2
+    return PlanResult(req.make_plan([Stage(OUTPUT, Whole(req.source))], "local", {"exit": ex} if ex else None,
+                                    exit=ex))
 
 
 def _rows(req: PlanRequest, weights: dict[str, float], name: str) -> PlanResult:
