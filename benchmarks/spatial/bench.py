@@ -177,12 +177,14 @@ def cpu_energy(summary: dict[str, Any], cpu_ms: dict[str, float], cluster: Any) 
     return sum(per.values()), per
 
 
-def _measure(session: Any, x: Any, cluster: Any, repeat: int, pids: dict[str, int] | None = None) -> dict[str, Any]:
+def _measure(session: Any, x: Any, cluster: Any, repeat: int, pids: dict[str, int] | None = None,
+             warm: bool = True) -> dict[str, Any]:
     from coinfer.runtime.adaptive import energy_of
     from coinfer.runtime.emulation import process_cpu_time
     from coinfer.runtime.report import summarize
 
-    session(x)  # warm-up
+    if warm:
+        session(x)  # warm-up (the caller's verification request already warmed the session when warm=False)
     used = [d for d in session.plan.devices_used_names() if pids and d in pids]
     lats, dyn, tot, cdyn = [], [], [], []
     for _ in range(repeat):
@@ -203,6 +205,14 @@ def _measure(session: Any, x: Any, cluster: Any, repeat: int, pids: dict[str, in
     return out
 
 
+def _backend(cluster: Any, backend: str) -> Any:
+    """``cluster`` with every device's execution backend set to ``backend`` (``keep``: unchanged)."""
+    if backend == "keep":
+        return cluster
+    return cluster.model_copy(update={"devices": [d.model_copy(update={"backend": backend})
+                                                  for d in cluster.devices]})
+
+
 def _revive(lc: Any) -> None:
     """Restart the local workers that are gone (the shared machine ran out of memory more than once)."""
     for name, w in list(lc.workers.items()):
@@ -221,9 +231,10 @@ def part_real(args: argparse.Namespace, sim_rows: list[dict[str, Any]]) -> list[
     from coinfer.runtime.coordinator import Session
     from coinfer.runtime.launcher import LocalCluster
 
-    rows = []
-    for cname in args.clusters:
-        base = builtin_cluster(cname)
+    rows: list[dict[str, Any]] = []
+    t_start = time.time()
+    for cname in args.real_clusters:
+        base = _backend(builtin_cluster(cname), args.real_backend)
         lc = LocalCluster(base).start()
         try:
             for model in args.real_models:
@@ -236,8 +247,11 @@ def part_real(args: argparse.Namespace, sim_rows: list[dict[str, Any]]) -> list[
                     for r in sim_rows:
                         if (r["model"], r["cluster"], r["mbps"]) != (model, cname, bw) or "plan" not in r:
                             continue
+                        if args.real_labels and r["label"] not in args.real_labels:
+                            continue
                         out = {k: r[k] for k in ("model", "cluster", "mbps", "label", "deadline_ms")}
-                        out.update(mode="real", sim_latency_ms=r["latency_ms"], sim_dyn_j=r["dyn_j"])
+                        out.update(mode="real", sim_latency_ms=r["latency_ms"], sim_dyn_j=r["dyn_j"],
+                                   backend="cluster's" if args.real_backend == "keep" else args.real_backend)
                         key = json.dumps(r["plan"]["stages"], sort_keys=True)
                         if key in seen:  # the same plan as another label: measured once
                             out["same_as"] = seen[key]
@@ -248,6 +262,10 @@ def part_real(args: argparse.Namespace, sim_rows: list[dict[str, Any]]) -> list[
                             out["skipped"] = f"simulated {r['latency_ms']:.0f} ms > cap {args.real_cap_ms:.0f} ms"
                             rows.append(out)
                             continue
+                        if time.time() - t_start > args.real_budget_s:  # keep one locked run short
+                            out["skipped"] = f"not measured: time budget of {args.real_budget_s:.0f} s spent"
+                            rows.append(out)
+                            continue
                         plan = Plan.from_dict(r["plan"])
                         t0 = time.time()
                         for attempt in range(2):
@@ -255,10 +273,11 @@ def part_real(args: argparse.Namespace, sim_rows: list[dict[str, Any]]) -> list[
                             try:
                                 with Session(plan, cl, lc.addresses, timeout_s=120, replan=False,
                                              dead_after_s=600) as s:
-                                    y = s(x)
+                                    y = s(x)  # checked against the plain model; also the warm-up
                                     out["max_abs_diff"] = compare(y, ref)[0]
                                     out.update(_measure(s, x, cl, args.repeat,
-                                                        {n: w.proc.pid for n, w in lc.workers.items()}))
+                                                        {n: w.proc.pid for n, w in lc.workers.items()},
+                                                        warm=False))
                                 out.pop("error", None)
                                 break
                             except Exception as e:  # noqa: BLE001
@@ -292,7 +311,7 @@ def part_steal(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows = []
     for cname in args.steal_clusters:
-        base = builtin_cluster(cname).with_bandwidth(1000)
+        base = _backend(builtin_cluster(cname).with_bandwidth(1000), args.real_backend)
         victim = args.steal_victim
         share = base.device(victim).cpu_share
         lc = LocalCluster(base).start()
@@ -465,10 +484,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clusters", default=",".join(CLUSTERS))
     ap.add_argument("--bws", default=",".join(map(str, BWS)), help="Mbit/s for the simulated matrix")
     ap.add_argument("--real-models", default=",".join(MODELS))
+    ap.add_argument("--real-clusters", default=",".join(CLUSTERS), help="clusters measured on real workers")
     ap.add_argument("--real-bws", default="8,100,1000", help="Mbit/s measured on real workers")
     ap.add_argument("--real-cap-ms", type=float, default=4000.0,
                     help="plans simulated slower than this stay simulated")
     ap.add_argument("--repeat", type=int, default=3, help="measured requests per real configuration")
+    ap.add_argument("--real-backend", default="keep",
+                    help="execution backend of every device in the real runs (torch: the same for every "
+                         "strategy and quick to deploy; auto times every backend on every part at deploy; "
+                         "keep: the cluster's own)")
+    ap.add_argument("--real-labels", default="",
+                    help="comma list: measure only these plans (e.g. local,modnn,coedge,coedgeE@1.25xlat)")
+    ap.add_argument("--real-budget-s", type=float, default=1e9,
+                    help="start no new real measurement after this many seconds (the rest stays simulated)")
     ap.add_argument("--plan-repeat", type=int, default=7)
     ap.add_argument("--steal-models", default="yolov2_tiny,resnet18")
     ap.add_argument("--steal-clusters", default="eq4,het4")
@@ -478,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steal-after", type=int, default=6)
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
-    for k in ("models", "clusters", "real_models", "steal_models", "steal_clusters"):
+    for k in ("models", "clusters", "real_models", "real_clusters", "real_labels", "steal_models",
+              "steal_clusters"):
         setattr(args, k, [x for x in getattr(args, k).split(",") if x])
     args.bws = [int(x) for x in args.bws.split(",") if x]
     args.real_bws = [int(x) for x in args.real_bws.split(",") if x]
@@ -494,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         _save(args, "sim", sim_rows)
     real_rows = _load(args, "real") or []
     if "real" in parts:
-        real_rows = part_real(args, sim_rows)
+        new = part_real(args, sim_rows)
+        # merged into the earlier measured rows: each locked run (kept under ~10 min) measures a subset
+        # (--real-models / --real-clusters / --real-bws); delete results/real.json to start over
+        fresh = {(r["model"], r["cluster"], r["mbps"], r["label"]) for r in new}
+        real_rows = [r for r in real_rows if (r["model"], r["cluster"], r["mbps"], r["label"]) not in fresh] + new
         _save(args, "real", real_rows)
     steal_rows = _load(args, "steal") or []
     if "steal" in parts:

@@ -663,9 +663,16 @@ def solve(inst: Instance, objective: str, deadline_ms: float | None, per_stage: 
         A.remove(drop)
     # Algorithm 1's last resort, every device alone, is a candidate too (a zero share of the source
     # can otherwise drop the one device that needs no transfer)
+    seen: set[tuple[Any, ...]] = set()
     for i in range(inst.N):
         if inst.umax[i] < 1.0 - EPS:
             continue
+        # a device alone is priced by its own terms only: an identical device (eq16's sixteen) gives the
+        # same evaluation and could not replace the first one, so it is not evaluated again
+        sig = _alone_signature(inst, i)
+        if sig in seen:
+            continue
+        seen.add(sig)
         a1 = np.zeros(inst.N, dtype=int)
         a1[i] = inst.H0
         ev1 = evaluate_shares(inst, a1, deadline_ms)
@@ -681,6 +688,14 @@ def solve(inst: Instance, objective: str, deadline_ms: float | None, per_stage: 
         best.log = log
         best.lp_solves = solves
     return best
+
+
+def _alone_signature(inst: Instance, i: int) -> tuple[Any, ...]:
+    """Every term of :func:`evaluate` for device ``i`` holding all rows alone (the rest is common)."""
+    s = inst.src
+    return (i == s, inst.alpha[i].tobytes(), inst.beta[i].tobytes(), float(inst.pb[i]), float(inst.ptx[i]),
+            float(inst.prx[i]), float(inst.lat[s, i]), float(inst.lat[i, s]), float(inst.spb[s, i]),
+            float(inst.spb[i, s]), float(inst.ov_send[i]), float(inst.ov_recv[i]), float(inst.ov_kb[i]))
 
 
 def _smallest(inst: Instance, share: np.ndarray, A: list[int]) -> int:
