@@ -31,11 +31,8 @@ def _req(captured, cluster: str = "het4", model: str = MODEL, **params):  # type
 def test_plan_shape_int4_default(captured) -> None:  # type: ignore[no-untyped-def]
     res = run("adcnn", _req(captured))
     p = res.plan
-    g = captured(MODEL).graph
     assert p.wire.quant == "int4" and p.wire.codec == "raw" and not res.info["exact"]
-    head, grid, *tail = p.stages
-    assert isinstance(head.partition, Whole) and head.partition.device == p.source
-    assert g[head.until].op == "act"  # the image stays on the source; only activations are quantised
+    grid, *tail = p.stages  # as in the paper, the tiles start at the input image
     assert isinstance(grid.partition, Grid) and grid.halo == "zero" and grid.partition.schedule == "dynamic"
     assert p.strategy.params["scheduler"] == "adcnn"
     sp = p.strategy.params["scheduler_params"]
@@ -46,6 +43,17 @@ def test_plan_shape_int4_default(captured) -> None:  # type: ignore[no-untyped-d
     # the planner keeps an earlier (simpler) candidate unless a later one is >0.1% faster
     best_tried = min(t["latency_ms"] for t in res.info["tried"])
     assert res.info["tried"] and best_tried <= res.info["predicted_latency_ms"] <= best_tried * 1.001 + 1e-3
+
+
+def test_head_act_keeps_the_image_on_the_source(captured) -> None:  # type: ignore[no-untyped-def]
+    p = run("adcnn", _req(captured, head="act", grid="2x2")).plan
+    g = captured(MODEL).graph
+    head, grid, *_ = p.stages
+    assert isinstance(head.partition, Whole) and head.partition.device == p.source
+    assert g[head.until].op == "act"  # only (non-negative) activations cross the 4-bit wire
+    assert isinstance(grid.partition, Grid) and grid.halo == "zero"
+    with pytest.raises(StrategyError, match="auto, input, act"):
+        run("adcnn", _req(captured, head="nope"))
 
 
 def test_given_grid_lossless_wire_and_tail(captured) -> None:  # type: ignore[no-untyped-def]

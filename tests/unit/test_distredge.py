@@ -138,6 +138,7 @@ def test_policy_for_another_cluster_is_refused(captured, cache: Path) -> None:  
     ({"algo": "ppo"}, "algo"),
     ({"train_episodes": 0}, "train_episodes"),
     ({"nonsense": 1}, "unknown parameter"),
+    ({"shaping": "bonus"}, "shaping"),
 ])
 def test_bad_parameters(captured, params: dict, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(StrategyError, match=match):
@@ -154,6 +155,46 @@ def test_cli_bad_input_exits_2(tmp_path: Path, cache: Path, captured) -> None:  
     assert r.exit_code == 2 and "another cluster" in r.output
 
 
+def test_cli_plan_train_episodes(tmp_path: Path, cache: Path) -> None:
+    """``coinfer plan --strategy distredge --train-episodes N`` trains N episodes, then loads the cache."""
+    args = ["plan", "-m", MODEL, "-c", "het4", "-s", "distredge", "-p", "costs=analytic", "--train-episodes", "20",
+            "-o", str(tmp_path / "p.json"), "--json"]
+    r = runner.invoke(build_app(), args)
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout.strip().splitlines()[-1])["info"]
+    assert info["trained"] and info["episodes"] == 20 and info["policy_inference_ms"] < 50.0
+    r = runner.invoke(build_app(), args)
+    assert r.exit_code == 0 and not json.loads(r.stdout.strip().splitlines()[-1])["info"]["trained"]
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "het4", "-s", "aofl", "--train-episodes", "20",
+                                    "-o", str(tmp_path / "q.json")])
+    assert r.exit_code == 2 and "distredge" in r.output
+
+
+def test_env_memo_matches_uncached(captured) -> None:  # type: ignore[no-untyped-def]
+    """Repeated splits hit the memos and give exactly what a fresh computation gives."""
+    from coinfer.strategies.distredge import choose_tail
+    from coinfer.train.distredge_env import DistrEdgeEnv
+
+    req = _req(captured)
+    g = req.graph
+    split = [c for c, ok in g.splittable_cuts().items() if ok]
+    bounds = [split[1], split[-1]]
+    tail = choose_tail(g, req.costs, bounds[-1], req.devices, req.source)
+    env = DistrEdgeEnv(req, req.costs, bounds, tail)
+    acts = [np.array([-0.6, 0.1, 0.4]), np.array([-0.2, 0.0, 0.7])]
+    rewards = []
+    for _ in range(2):
+        env.reset()
+        out = [env.step(a) for a in acts]
+        rewards.append((out[-1][1], env.acc.copy()))
+    fresh = DistrEdgeEnv(req, req.costs, bounds, tail)
+    fresh.reset()
+    out = [fresh.step(a) for a in acts]
+    assert rewards[0][0] == rewards[1][0] == out[-1][1]
+    assert np.array_equal(rewards[1][1], fresh.acc) and len(env._sim_memo) == 1
+    assert env._simulate_uncached(env.splits, None) == env.simulate(env.splits)
+
+
 def test_cli_train_writes_policy_and_curve(tmp_path: Path, cache: Path) -> None:
     png = tmp_path / "curve.png"
     r = runner.invoke(build_app(), ["train", "distredge", "-m", MODEL, "-c", "het4", "--analytic", "-n", "30",
@@ -162,6 +203,12 @@ def test_cli_train_writes_policy_and_curve(tmp_path: Path, cache: Path) -> None:
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["episodes"] == 30 and png.is_file() and png.stat().st_size > 1000
     assert (tmp_path / "plan.json").is_file()
+    assert s["train_cpu_s"] > 0 and s["policy_inference_cpu_ms"] >= 0
+    r = runner.invoke(build_app(), ["train", "distredge", "-m", MODEL, "-c", "het4", "--costs", "gpu", "-n", "5"])
+    assert r.exit_code == 2 and "--costs" in r.output
+    r = runner.invoke(build_app(), ["train", "distredge", "-m", MODEL, "-c", "het4", "--costs", "analytic", "-n", "5",
+                                    "--plot", str(tmp_path / "c2.png"), "--json"])
+    assert r.exit_code == 0, r.output
 
 
 def test_sustained_timing_and_profile_tables(captured) -> None:  # type: ignore[no-untyped-def]
@@ -170,10 +217,35 @@ def test_sustained_timing_and_profile_tables(captured) -> None:  # type: ignore[
 
     calls = []
     ms = sustained_ms(lambda: calls.append(time.sleep(0.002)), reps=2, min_ms=10)
-    assert ms >= 1.5 and len(calls) >= 2 + 2 * 2
+    assert ms >= 1.5 and len(calls) >= 2 + 2  # 2 warm-up calls + reps x n (n >= 1; n = 1 if a sleep ran > 5 ms)
     cm = captured("user:UserNet").cm
     prof = profile_sustained(cm, "d0", rows_points=3, reps=1)
     assert prof.stages and all(len(v) >= 1 for v in prof.stages.values()) and prof.whole
     cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}]})
     costs = CostModel(cm.graph, cl, {"d0": prof})
     assert costs.source_of("d0") == "profile" and costs.source_of("d1") == "analytic"
+
+
+def test_cpu_time_profiles_and_twins(captured, cache: Path) -> None:  # type: ignore[no-untyped-def]
+    """``timing="cpu"`` tables are CPU time at full speed (the cost model divides by the share); devices with
+    the same threads share one measurement (copied, renamed), so no subprocess runs here."""
+    from coinfer.train.distredge import _profile_key, emulated_profiles, profile_sustained
+
+    c = captured(MODEL)
+    g = c.graph
+    prof = profile_sustained(c.cm, "d0", rows_points=2, reps=1, timing="cpu")
+    assert prof.timing == "cpu" and prof.stages
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0", "cpu_share": 0.2},
+                                                    {"name": "d1", "cpu_share": 0.5}]})
+    base = cache / "profiles" / "emulated"
+    base.mkdir(parents=True)
+    prof.save(base / f"{_profile_key(g, 'd0', 0.2, 1, 'cpu')}.json")
+    pset = emulated_profiles(cl, MODEL, g, timing="cpu")
+    assert pset.profiles["d1"].device == "d1" and pset.profiles["d1"].stages == prof.stages
+    assert pset.profiles["d1"].machine["emulation"]["cpu_share"] == 0.5
+    costs = CostModel(g, cl, pset)
+    whole = (g.input.name, g.output.name)
+    # the same CPU work, wall time scaled by each device's quota
+    assert costs.stage_ms("d0", *whole, None) == pytest.approx(costs.stage_ms("d1", *whole, None) * 2.5, rel=1e-6)
+    with pytest.raises(StrategyError, match="timing"):
+        emulated_profiles(cl, MODEL, g, timing="gpu")

@@ -90,7 +90,7 @@ def test_tiny_finetune_reports_and_loads_by_import_path(cache: Path) -> None:
     for k in ("unpartitioned", "fdsp_before", "fdsp_after", "plain_after"):
         assert 0.0 <= d[k] <= 1.0
     assert rep.metric == "accuracy" and rep.eval_images == 96 and rep.train_steps == 2
-    assert rep.head is not None and rep.model_spec == "coinfer.train.fdsp:fdsp_digits_cnn_2x2_int4"
+    assert rep.head is None and rep.model_spec == "coinfer.train.fdsp:fdsp_digits_cnn_2x2_int4"
     assert Path(rep.weights).is_file() and json.loads(Path(rep.weights).with_suffix(".json").read_text())
     src = load_module(rep.model_spec, fdsp.DIGITS_SHAPE)
     base = load_module(fdsp.DIGITS_SPEC, fdsp.DIGITS_SHAPE)

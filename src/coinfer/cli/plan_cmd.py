@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, emit_json, parse_params, user_errors
+from .common import console, emit_json, fail, parse_params, user_errors
 
 
 @user_errors
@@ -21,6 +21,8 @@ def cmd(
     profiles: str = typer.Option(None, "--profiles", help="directory of coinfer profile results"),
     input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
     param: list[str] = typer.Option(None, "--param", "-p", help="strategy parameter key=value (repeatable)"),
+    train_episodes: int = typer.Option(None, "--train-episodes", help="distredge: splitter training episodes "
+                                       "(default 4000; the policy is cached per cluster and model)"),
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="where to write the plan"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
     show_programs: bool = typer.Option(False, "--show-programs", help="print the lowered per-device programs"),
@@ -33,8 +35,13 @@ def cmd(
     from ..sim import simulate
     from ..sim.run import predicted
 
+    params = parse_params(param)
+    if train_episodes is not None:  # shorthand for --param train_episodes=N (distredge)
+        if strategy != "distredge":
+            fail(f"--train-episodes is a distredge option; --strategy {strategy} takes no training")
+        params["train_episodes"] = train_episodes
     res = plan_result(model, cluster, strategy, objective=objective, deadline_ms=deadline_ms,
-                      profiles=profiles, input_shape=input_shape, **parse_params(param))
+                      profiles=profiles, input_shape=input_shape, **params)
     plan = res.plan
     graph = capture_model(model, input_shape).graph
     lowered = lower(plan, graph)

@@ -21,6 +21,8 @@ def cmd(
     profiles: str = typer.Option(None, "--profiles", help="directory of coinfer profile results "
                                                            "(default: emulate local devices, cached)"),
     analytic: bool = typer.Option(False, "--analytic", help="plan on the analytic cost model (not the paper's)"),
+    cost_tables: str = typer.Option("auto", "--costs", help="auto (emulated sustained wall-time tables), cpu "
+                                                        "(emulated CPU-time tables; robust to load) or analytic"),
     alpha: float = typer.Option(0.75, "--alpha", help="LC-PSS weight of transmitted data vs operations"),
     n_random: int = typer.Option(100, "--n-random", help="LC-PSS random splits per score"),
     max_volumes: int = typer.Option(None, "--max-volumes", help="cap on the layer volumes"),
@@ -47,6 +49,8 @@ def cmd(
 
     if algo not in ALGOS:
         raise StrategyError(f"--algo {algo!r} is unknown; use one of {', '.join(ALGOS)}")
+    if cost_tables not in ("auto", "cpu", "analytic"):
+        raise StrategyError(f"--costs {cost_tables!r} is unknown; use auto, cpu or analytic")
     if shaping not in ("none", "progress"):
         raise StrategyError(f"--shaping {shaping!r} is unknown; use none or progress")
     cl = _cluster(cluster)
@@ -65,7 +69,7 @@ def cmd(
 
         res = plan_with_policy(req, algo=algo, episodes=episodes, alpha=alpha, n_random=n_random, seed=seed,
                                max_volumes=max_volumes, wire=Wire(), policy=None, retrain=True,
-                               profiles="analytic" if analytic else "auto", progress=progress,
+                               profiles="analytic" if analytic else cost_tables, progress=progress,
                                note=lambda s: bar.console.print(s), shaping=shaping)
         bar.update(task, completed=episodes)
     info: dict[str, Any] = dict(res.info)
@@ -83,8 +87,9 @@ def cmd(
         return
     c.print(f"{model} on {cluster}: {len(info['volumes'])} layer volumes ending at {', '.join(info['volumes'])}; "
             f"tail on {info['tail']}")
-    c.print(f"trained {info['episodes']} {algo} episodes in {info['train_s']:.0f} s ({info['costs']}); "
-            f"policy {info['policy']}")
+    load = info.get("train_load") or ["?"]
+    c.print(f"trained {info['episodes']} {algo} episodes in {info['train_s']:.0f} s wall, "
+            f"{info.get('train_cpu_s') or 0:.0f} s CPU (load {load[0]}; {info['costs']}); policy {info['policy']}")
     c.print(f"predicted latency {info['predicted_latency_ms']:.2f} ms (policy {info['policy_latency_ms']:.2f} ms, "
             f"splits from {info['splits_from']}); policy inference {info['policy_inference_ms']:.2f} ms")
     c.print(f"learning curve: {png}")

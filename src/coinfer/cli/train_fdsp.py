@@ -23,7 +23,7 @@ def cmd(
     base_epochs: int = typer.Option(25, "--base-epochs", help="digits: epochs of the unpartitioned model (cached)"),
     steps: int = typer.Option(150, "--steps", help="distillation: optimiser steps"),
     batch: int = typer.Option(8, "--batch", help="distillation: images per step"),
-    lr: float = typer.Option(None, "--lr", help="learning rate (digits 5e-4, distillation 1e-4)"),
+    lr: float = typer.Option(None, "--lr", help="learning rate (digits 5e-4, distillation 2e-5)"),
     eval_images: int = typer.Option(96, "--eval-images", help="distillation: augmented views to measure agreement"),
     head: str = typer.Option("auto", "--head", help="cut point the source computes before the tiles (as the plan)"),
     until: str = typer.Option(None, "--until", help="cut point ending the tiles (default: as the adcnn planner)"),

@@ -74,17 +74,17 @@ class AdcnnScheduler:
       window are updated (an idle device gives no evidence of its speed), and
       ``s_k`` never falls below ``min_rate`` x its initial value, so a device
       that returned nothing for a while still gets a tile now and then.
-    * **Assignment.** Every unsent tile, in order, is planned for the device
-      whose ``x_k / s_k`` after taking it is smallest — the device that least
-      increases ``max_k x_k / s_k`` (ties: the device listed first) — where
-      ``x_k`` counts the tiles handed to k and not yet returned plus those
-      already planned for it in this pass. A planned tile is sent at once
-      when its device has storage left (fewer than ``depth`` tiles
-      outstanding, the paper's node storage), else it waits at the source
-      and is planned again, with the rates of that moment, when a result
-      comes back. *Our reading:* storage decides *when* a tile leaves, the
-      rates decide *where* — so a slow device is not handed a tile merely
-      because the fast ones are momentarily full.
+    * **Assignment.** Each unsent tile, in order, goes to the device whose
+      ``x_k / s_k`` after taking it is smallest — the device that least
+      increases ``max_k x_k / s_k`` (ties: the device listed first) — among
+      the devices with storage left (fewer than ``depth`` tiles outstanding,
+      the paper's node storage); ``x_k`` counts the tiles handed to k and not
+      yet returned. Tiles wait at the source only while every device's
+      storage is full. (An earlier reading held a tile back for a fast
+      device whose storage was full even while slower devices sat idle; with
+      rates learnt during warm-up requests — slow first tiles while a worker
+      builds its parts — that starved devices for good: measured on eq8,
+      VGG-16, 5x5 tiles, 3 of 7 workers got no tile in a request.)
     * **Initial rates.** From ``state["rates"]`` (what the previous request of
       this deployment learnt), else ``rates`` (the planner's prediction, in
       results per window), else 1 for every device.
@@ -147,23 +147,19 @@ class AdcnnScheduler:
         self.state["rates"] = dict(self.s)
 
     def _assign(self) -> None:
-        """Plan every unsent tile with the current rates; send those whose device has storage left."""
-        planned = {d: 0 for d in self.devices}
-        keep: deque[int] = deque()
-        for t in self.pending:
-            best, best_v = self.devices[0], math.inf
+        """Hand out unsent tiles while some device has storage left, each to the least loaded one."""
+        while self.pending:
+            best, best_v = None, math.inf
             for d in self.devices:
-                v = (self.x[d] + planned[d] + 1) / self.s[d]
-                if v < best_v:
-                    best, best_v = d, v
-            if self.x[best] < self.depth:
-                self.outbox[best].append(t)
-                self.x[best] += 1
-                self.busy[best] = True
-            else:  # its device's storage is full: it waits at the source (re-planned next time)
-                planned[best] += 1
-                keep.append(t)
-        self.pending = keep
+                if self.x[d] < self.depth:
+                    v = (self.x[d] + 1) / self.s[d]
+                    if v < best_v:
+                        best, best_v = d, v
+            if best is None:  # every device's storage is full: the rest wait at the source
+                return
+            self.outbox[best].append(self.pending.popleft())
+            self.x[best] += 1
+            self.busy[best] = True
 
     def next_tile(self, device: str) -> int | None:
         if self.t0 is None:

@@ -28,11 +28,19 @@ Parameters (``--param key=value``):
               cut point whose feature map has at least R rows and C columns
               ("the conv part"). A grid finer than the feature map is an error.
 ``head``      cut point up to which the source computes whole before the
-              tiles; ``auto`` (default): with a quantised wire the first
-              activation output (e.g. VGG-16's first ReLU) — our choice: the
-              plan's wire codec applies to every transfer, and this keeps the
-              image itself off the 4-bit path so only feature maps are
-              quantised, as in the paper — else none. ``input`` forces none.
+              tiles; ``auto`` (default) = ``input``: the tiles start at the
+              image, as in the paper (the central node cuts the *input* into
+              tiles). The plan's one wire codec applies to every transfer, so
+              with ``wire=int4`` the image tiles are 4-bit quantised too
+              (symmetric, 15 levels: they are signed after normalisation);
+              fine-tuning has that quantiser in its loop. ``act`` starts the
+              tiles after the first activation (the source computes the first
+              conv, and only non-negative feature maps are quantised) — it
+              keeps the image exact but moves 10-20x more bytes (e.g. VGG-16:
+              64x224x224 instead of 3x224x224) and costs the source the codec
+              time of all of it: 1.1-1.2x slower in simulation on eq8, which
+              does not count codec time (docs/strategies/adcnn.md). Or a cut
+              point name.
 ``tail``      device running the rest of the model after the tiles: ``auto``
               (default) is the source — the paper's central node — when the
               wire is quantised (the output would otherwise come back
@@ -179,17 +187,18 @@ def first_activation(g: Graph) -> str | None:
 def choose_head(g: Graph, head: Any, wire: Wire) -> str | None:
     """The cut point the source computes to before the tiles (None: tiles start at the input).
 
-    ``auto``: with a quantised wire, the first activation output
-    (:func:`first_activation`), so the image is never 4-bit quantised; else none.
+    ``auto`` / ``input``: none — the paper's central node tiles the input image
+    (ADCNN §3, FDSP). ``act``: the first activation output (:func:`first_activation`),
+    so that only non-negative feature maps cross a quantised wire.
     """
-    if head in (None, "none", "input"):
+    if head in (None, "none", "input", "auto"):
         return None
-    if head == "auto":
-        return first_activation(g) if wire.quant is not None else None
+    if head == "act":
+        return first_activation(g)
     split = _splittable(g)
     if head not in g or g.resolve(str(head)) not in split[:-1]:
         raise StrategyError(f"head={head!r} is not a splittable cut point of {g.name} before the last one; "
-                            f"see coinfer inspect {g.name} (or head=input for none)")
+                            f"use auto, input, act or a cut point from coinfer inspect {g.name}")
     return g.resolve(str(head))
 
 

@@ -31,10 +31,13 @@ The non-splittable tail runs whole on the device that finishes it first.
 
 Parameters (``--param key=value``): ``train_episodes`` (default 4000, the
 paper's), ``algo`` (ddpg | td3 | sac), ``alpha`` (0.75), ``n_random`` (100),
-``max_volumes`` (none), ``seed`` (0), ``policy`` (a policy file to load
+``max_volumes`` (none), ``seed`` (0), ``shaping`` (none | progress: reward
+shaping, off by default: docs/strategies/distredge.md), ``policy`` (a policy file to load
 instead of the cache), ``retrain`` (ignore the cache), ``costs``
 (``auto``: the ``--profiles DIR`` tables when given, else emulated profiles
-of the local devices, measured once and cached; ``analytic``: the analytic
+of the local devices, measured once and cached; ``cpu``: the same tables in
+CPU time at full speed, the quota applied by the cost model — robust to a
+busy machine; ``analytic``: the analytic
 cost model — not the paper's method, for quick looks and tests), ``wire`` (raw | lz4 | zstd —
 DistrEdge plans are exact, so quantised wires are refused).
 
@@ -338,7 +341,7 @@ def _bool(v: Any) -> bool:
           exact=True, needs_costs=True)
 def plan_distredge(req: PlanRequest) -> PlanResult:
     """Partition into layer volumes, then split each with the trained (or cached) policy."""
-    known = set(DEFAULTS) | {"policy", "retrain", "costs", "wire"}
+    known = set(DEFAULTS) | {"policy", "retrain", "costs", "wire", "shaping"}
     unknown = set(req.params) - known
     if unknown:
         raise StrategyError(f"distredge: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -365,6 +368,9 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
             from None
     if episodes < 1 or not 0.0 <= alpha <= 1.0 or n_random < 1 or (max_volumes is not None and max_volumes < 1):
         raise StrategyError("need train_episodes >= 1, 0 <= alpha <= 1, n_random >= 1, max_volumes >= 1")
+    shaping = str(req.param("shaping", "none")).lower()
+    if shaping not in ("none", "progress"):
+        raise StrategyError(f"shaping={shaping!r} is unknown; use none (the paper's reward 1/T) or progress")
     if len(req.devices) < 2:
         raise StrategyError("distredge splits volumes over several devices; the cluster has one (use local)")
     from ..train.distredge import plan_with_policy  # lazy: gymnasium / stable-baselines3 / torch
@@ -372,4 +378,4 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
     return plan_with_policy(req, algo=algo, episodes=episodes, alpha=alpha, n_random=n_random, seed=seed,
                             max_volumes=max_volumes, wire=Wire(wire_p, None),
                             policy=req.param("policy"), retrain=_bool(req.param("retrain", False)),
-                            profiles=str(req.param("costs", "auto")))
+                            profiles=str(req.param("costs", "auto")), shaping=shaping)

@@ -33,7 +33,13 @@ Devices are measured in parallel while their shares sum to at most
 ``budget`` cores (default 0.7: a cgroup quota caps a process but does not
 guarantee it the share, so the measurement keeps most of a 2-core machine
 free; the load average is recorded in each profile). Profiles are cached per (model fingerprint,
-device, share, threads) under ``cache_dir("profiles", "emulated")``.
+device, share, threads, timing) under ``cache_dir("profiles", "emulated")``.
+``timing="cpu"`` (``--param costs=cpu``) records the thread's CPU time at full
+speed instead, without a quota (the cost model divides by the share and the
+simulator runs it through the quota): on a machine busy with other processes
+wall-clock tables are inflated unevenly, CPU time much less; and since every
+emulated device is the same host CPU, devices with the same thread count share
+one measurement.
 """
 
 from __future__ import annotations
@@ -63,46 +69,64 @@ Progress = Callable[[int, int, dict[str, float]], None]  # (episodes done, total
 
 
 # -- emulated profiles ------------------------------------------------------------------------------
-def _profile_key(graph: Graph, device: str, share: float, threads: int) -> str:
-    return f"{graph.name.replace(':', '_').replace('/', '_')}-{graph.fingerprint()[7:19]}-{device}-s{share:g}-t{threads}"
+def _profile_key(graph: Graph, device: str, share: float, threads: int, timing: str = "wall") -> str:
+    suffix = "" if timing == "wall" else f"-{timing}"
+    return (f"{graph.name.replace(':', '_').replace('/', '_')}-{graph.fingerprint()[7:19]}-{device}-s{share:g}"
+            f"-t{threads}{suffix}")
 
 
 def emulated_profiles(cluster: Cluster, model: str, graph: Graph, input_shape: tuple[int, ...] | None = None,
                       budget: float = 0.7, rows_points: int = 6, reps: int = 3,
-                      note: Callable[[str], None] | None = None) -> ProfileSet:
-    """Profiles of ``model`` on every (local) device of ``cluster``, measured under its cpu share; cached."""
+                      note: Callable[[str], None] | None = None, timing: str = "wall") -> ProfileSet:
+    """Profiles of ``model`` on every (local) device of ``cluster``, measured under its cpu share; cached.
+
+    ``timing="cpu"`` instead records the thread's CPU time at full speed (no quota; the cost model
+    and the simulator derive the device's wall time from its quota): robust to other processes'
+    load, for machines too busy to time wall clocks (the profiles say ``timing: cpu``).
+    """
+    if timing not in ("wall", "cpu"):
+        raise StrategyError(f"profile timing {timing!r} is unknown; use wall or cpu")
     base = cache_dir("profiles", "emulated")
     out: dict[str, DeviceProfile] = {}
     todo: list[tuple[str, float, int, Path]] = []
+    aliases: list[tuple[str, float, Path, Path]] = []  # (device, share, the twin's profile, its own path)
+    cached: dict[int, Path] = {}  # threads -> a cached CPU-time profile (timing="cpu")
     for d in cluster.devices:
-        path = base / f"{_profile_key(graph, d.name, d.cpu_share, d.threads)}.json"
+        path = base / f"{_profile_key(graph, d.name, d.cpu_share, d.threads, timing)}.json"
         if path.is_file():
             prof = DeviceProfile.load(path)
             if prof.fingerprint == graph.fingerprint():
                 out[d.name] = prof
+                cached.setdefault(d.threads, path)
                 continue
         if not d.is_local:
             raise StrategyError(
                 f"device {d.name} ({d.address}) is not local, so it cannot be emulated here; measure it with "
                 f"coinfer profile CLUSTER --model {model} -o DIR and pass --profiles DIR"
             )
+        if timing == "cpu":  # CPU time at full speed depends on the host and the threads, not the share
+            twin = cached.get(d.threads) or next((t[3] for t in todo if t[2] == d.threads), None)
+            if twin is not None:
+                aliases.append((d.name, d.cpu_share, twin, path))
+                continue
         todo.append((d.name, d.cpu_share, d.threads, path))
     running: list[tuple[subprocess.Popen[bytes], str, Path, float]] = []
     t0 = time.monotonic()
     while todo or running:
         used = sum(s for _, _, _, s in running)
-        while todo and (not running or used + todo[0][1] <= budget):
+        while todo and (not running or used + (todo[0][1] if timing == "wall" else 1.0) <= budget):
             name, share, threads, path = todo.pop(0)
             cmd = [sys.executable, "-m", "coinfer.train.distredge", "profile-device", "--model", model,
                    "--device", name, "--share", str(share), "--threads", str(threads), "--out", str(path),
-                   "--rows-points", str(rows_points), "--reps", str(reps)]
+                   "--rows-points", str(rows_points), "--reps", str(reps), "--timing", timing]
             if input_shape is not None:
                 cmd += ["--input-shape", ",".join(map(str, input_shape))]
             if note:
-                note(f"profiling {model} on {name} (cpu_share {share}) in a limited subprocess")
+                how = "in a limited subprocess" if timing == "wall" else "in CPU time (full speed, no quota)"
+                note(f"profiling {model} on {name} (cpu_share {share}) {how}")
             running.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
                             name, path, share))
-            used += share
+            used += share if timing == "wall" else 1.0
         time.sleep(0.2)
         for item in list(running):
             proc, name, path, _ = item
@@ -115,12 +139,20 @@ def emulated_profiles(cluster: Cluster, model: str, graph: Graph, input_shape: t
                     p.kill()
                 raise RuntimeError(f"profiling {name} failed (exit {proc.returncode}): {err.splitlines()[-1:]}")
             out[name] = DeviceProfile.load(path)
+    for name, share, twin_path, path in aliases:
+        prof = DeviceProfile.load(twin_path)
+        prof.device = name
+        prof.machine["emulation"] = {**prof.machine.get("emulation", {}), "cpu_share": share,
+                                     "copied_from": twin_path.name}
+        prof.save(path)
+        out[name] = DeviceProfile.load(path)
     if note and time.monotonic() - t0 > 1:
         note(f"profiled in {time.monotonic() - t0:.0f} s; cached under {base}")
     return ProfileSet(out, str(base))
 
 
-def sustained_ms(fn: Callable[[], Any], reps: int = 3, min_ms: float = 40.0) -> float:
+def sustained_ms(fn: Callable[[], Any], reps: int = 3, min_ms: float = 40.0,
+                 clock: Callable[[], float] = time.perf_counter) -> float:
     """Per-call latency (ms) of ``fn`` run back to back for at least ``min_ms`` of full-speed work (best of ``reps``).
 
     Under a cgroup quota (``cpu_share`` x 10 ms per 10 ms period) a call
@@ -133,20 +165,21 @@ def sustained_ms(fn: Callable[[], Any], reps: int = 3, min_ms: float = 40.0) -> 
     (a quota caps a process, it does not guarantee it the share).
     """
     fn()
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
-    one = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    one = max((clock() - t0) * 1e3, 1e-3)
     n = max(1, int(np.ceil(min_ms * 0.5 / one)))  # `one` may already be throttled: aim at half
     samples = []
     for _ in range(max(1, reps)):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(n):
             fn()
-        samples.append((time.perf_counter() - t0) * 1e3 / n)
+        samples.append((clock() - t0) * 1e3 / n)
     return float(min(samples))
 
 
-def profile_sustained(cm: Any, device: str, rows_points: int = 6, reps: int = 3) -> DeviceProfile:
+def profile_sustained(cm: Any, device: str, rows_points: int = 6, reps: int = 3,
+                      timing: str = "wall") -> DeviceProfile:
     """A :class:`DeviceProfile` of stage tables and whole stages, timed with :func:`sustained_ms`.
 
     Like :func:`coinfer.cost.measure.profile_device` (same segments, same rows
@@ -165,7 +198,8 @@ def profile_sustained(cm: Any, device: str, rows_points: int = 6, reps: int = 3)
     from ..graph.geometry import part_geometry
 
     g = cm.graph
-    prof = DeviceProfile(device, g.name, g.fingerprint())
+    prof = DeviceProfile(device, g.name, g.fingerprint(), timing=timing)
+    clock = time.thread_time if timing == "cpu" else time.perf_counter
     gen = torch.Generator().manual_seed(0)
     for s, e, split in segments(g):
         if split:
@@ -174,13 +208,13 @@ def profile_sustained(cm: Any, device: str, rows_points: int = 6, reps: int = 3)
                 geom = part_geometry(g, s, e, (0, r, 0, g[e].width), "exact")
                 run = PartRunner(cm, geom)
                 x = torch.randn(geom.in_shape(g), generator=gen)
-                pts.append((r, sustained_ms(lambda: run(x), reps)))
+                pts.append((r, sustained_ms(lambda: run(x), reps, clock=clock)))
             prof.stages[(s, e)] = pts
         else:
             geom = part_geometry(g, s, e, None)
             run = PartRunner(cm, geom)
             x = torch.randn(geom.in_shape(g), generator=gen)
-            prof.whole[(s, e)] = sustained_ms(lambda: run(x), reps)
+            prof.whole[(s, e)] = sustained_ms(lambda: run(x), reps, clock=clock)
     prof.machine = machine_info()
     prof.date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return prof
@@ -195,13 +229,19 @@ def _profile_device_main(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(max(1, args.threads))
     cm = capture_model(args.model, args.input_shape)
-    lim = limit_cpu(os.getpid(), args.share, f"prof-{args.device}")
-    try:
-        prof = profile_sustained(cm, args.device, args.rows_points, args.reps)
-    finally:
-        lim.close()
-    prof.machine["emulation"] = {"cpu_share": args.share, "threads": args.threads, "mode": lim.mode,
-                                 "timing": "sustained: best of reps runs of >= 20 ms of back-to-back calls",
+    if args.timing == "cpu":  # CPU time at full speed: no quota (the simulator applies the share)
+        prof = profile_sustained(cm, args.device, args.rows_points, args.reps, "cpu")
+        mode = "none (cpu timing)"
+    else:
+        lim = limit_cpu(os.getpid(), args.share, f"prof-{args.device}")
+        try:
+            prof = profile_sustained(cm, args.device, args.rows_points, args.reps)
+        finally:
+            lim.close()
+        mode = lim.mode
+    prof.machine["emulation"] = {"cpu_share": args.share, "threads": args.threads, "mode": mode,
+                                 "timing": f"sustained ({args.timing} clock): best of reps runs of >= 20 ms of "
+                                           f"back-to-back calls",
                                  "loadavg": [round(x, 2) for x in os.getloadavg()]}
     tmp = Path(args.out).with_suffix(".tmp")
     prof.save(tmp)
@@ -216,17 +256,17 @@ def ensure_profiles(req: PlanRequest, costs: CostModel | None, mode: str,
         return costs, "profiles"
     if mode == "analytic":
         return (costs if costs is not None else CostModel(g, cl)), "analytic"
-    if mode != "auto":
-        raise StrategyError(f"costs={mode!r} is unknown; use auto (--profiles DIR, else emulate local devices) "
-                            f"or analytic")
+    if mode not in ("auto", "cpu"):
+        raise StrategyError(f"costs={mode!r} is unknown; use auto (--profiles DIR, else emulate local devices), "
+                            f"cpu (emulated, CPU-time tables) or analytic")
     shape = tuple(g.input_shape) if ":" in req.model or req.model.endswith(".onnx") else None
-    pset = emulated_profiles(cl, req.model, g, shape, note=note)
+    pset = emulated_profiles(cl, req.model, g, shape, note=note, timing="cpu" if mode == "cpu" else "wall")
     if costs is not None:
         for d in cl.names:  # keep measured profiles the caller gave
             p = costs.profiles.get(d)
             if p is not None and not p.empty:
                 pset.profiles[d] = p
-    return CostModel(g, cl, pset), "emulated profiles"
+    return CostModel(g, cl, pset), "emulated profiles" + (" (cpu time)" if mode == "cpu" else "")
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -250,8 +290,8 @@ def make_agent(algo: str, env: Any, seed: int, episodes: int, steps_per_episode:
 
 
 def train(env: Any, algo: str = "ddpg", episodes: int = 4000, seed: int = 0,
-          progress: Progress | None = None) -> tuple[Any, float]:
-    """Train ``episodes`` episodes; returns (agent, seconds). ``env.history`` holds the curve."""
+          progress: Progress | None = None) -> tuple[Any, float, float]:
+    """Train ``episodes`` episodes; returns (agent, wall seconds, CPU seconds). ``env.history`` holds the curve."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     steps_per = len(env.volumes)
@@ -271,9 +311,9 @@ def train(env: Any, algo: str = "ddpg", episodes: int = 4000, seed: int = 0,
                 progress(done, episodes, {"latency_ms": last, "best_ms": best})
             return True
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     agent.learn(total_timesteps=total, callback=CB())
-    return agent, time.perf_counter() - t0
+    return agent, time.perf_counter() - t0, time.process_time() - c0
 
 
 def load_agent(algo: str, path: Path) -> Any:
@@ -282,19 +322,25 @@ def load_agent(algo: str, path: Path) -> Any:
     return {"ddpg": DDPG, "td3": TD3, "sac": SAC}[algo].load(str(path), device="cpu")
 
 
-def policy_rollout(agent: Any, env: Any) -> tuple[list[list[tuple[int, int]]], float, float]:
-    """Deterministic rollout: (splits, simulated latency, policy inference ms for all volumes)."""
-    t_inf = 0.0
+def policy_rollout(agent: Any, env: Any) -> tuple[list[list[tuple[int, int]]], float, float, float]:
+    """Deterministic rollout: (splits, simulated latency, policy inference wall ms and CPU ms, all volumes).
+
+    One untimed ``predict`` first: the first call of a freshly loaded policy pays torch's one-off
+    set-up, which is not the per-plan inference cost.
+    """
+    t_inf = c_inf = 0.0
+    agent.predict(env.reset()[0], deterministic=True)
 
     def act(obs: np.ndarray) -> np.ndarray:
-        nonlocal t_inf
-        t0 = time.perf_counter()
+        nonlocal t_inf, c_inf
+        t0, c0 = time.perf_counter(), time.thread_time()
         a, _ = agent.predict(obs, deterministic=True)
         t_inf += time.perf_counter() - t0
+        c_inf += time.thread_time() - c0
         return a
 
     splits, T = env.rollout(act)
-    return splits, T, t_inf * 1e3
+    return splits, T, t_inf * 1e3, c_inf * 1e3
 
 
 def _key(req: PlanRequest, costs: CostModel, boundaries: list[str], tail: str, settings: dict[str, Any]) -> str:
@@ -357,21 +403,22 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
         meta = json.loads(mpath.read_text())
         agent = load_agent(algo, zpath)
     else:
-        agent, seconds = train(env, algo, episodes, seed, progress)
+        agent, seconds, cpu_s = train(env, algo, episodes, seed, progress)
         trained = True
         agent.save(str(zpath))
         curve = [h["latency_ms"] for h in env.history]
         meta = {"format": "coinfer.distredge-policy/1", "algo": algo, "model": req.graph.fingerprint(),
                 "model_name": req.model, "cluster": cluster_fingerprint(req.cluster), "devices": req.cluster.names,
                 "source": req.source, "costs": costs_fingerprint(costs), "cost_source": cost_src,
-                "volumes": boundaries, "tail": tail, "settings": settings, "train_s": round(seconds, 2),
+                "volumes": boundaries, "tail": tail, "settings": settings, "train_s": round(seconds, 2), "train_cpu_s": round(cpu_s, 2),
                 "episodes": len(curve), "curve_ms": [round(x, 3) for x in curve],
-                "best": env.best, "partition": pinfo}
+                "best": env.best, "partition": pinfo,
+                "train_load": [round(x, 2) for x in os.getloadavg()], "train_nice": os.nice(0)}
         mpath.write_text(json.dumps(meta))
     if list(meta.get("volumes", boundaries)) != boundaries or meta.get("tail", tail) != tail:
         raise StrategyError(f"policy {zpath} was trained for other layer volumes {meta.get('volumes')}; "
                             f"retrain with --param retrain=true")
-    splits, T_policy, inf_ms = policy_rollout(agent, env)
+    splits, T_policy, inf_ms, inf_cpu_ms = policy_rollout(agent, env)
     chosen, T, source = splits, T_policy, "policy"
     best = meta.get("best")
     if best is not None:
@@ -389,8 +436,10 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
     plan = env.plan(chosen, tail_used)
     info = {"volumes": boundaries, "partition": pinfo, "tail": tail_used, "costs": cost_src,
             "predicted_latency_ms": round(T, 3), "policy_latency_ms": round(T_policy, 3), "splits_from": source,
-            "policy_inference_ms": round(inf_ms, 3), "trained": trained, "algo": algo,
-            "train_s": meta.get("train_s"), "episodes": meta.get("episodes"), "policy": str(zpath)}
+            "policy_inference_ms": round(inf_ms, 3),
+            "policy_inference_cpu_ms": round(inf_cpu_ms, 3), "trained": trained, "algo": algo,
+            "train_s": meta.get("train_s"), "train_cpu_s": meta.get("train_cpu_s"),
+            "train_load": meta.get("train_load"), "episodes": meta.get("episodes"), "policy": str(zpath)}
     return PlanResult(plan, info)
 
 
@@ -432,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--rows-points", type=int, default=6)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--timing", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args(argv)
     if args.cmd == "profile-device":
         _profile_device_main(args)

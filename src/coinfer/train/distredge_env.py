@@ -96,6 +96,10 @@ class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
         self._rows_cache: dict[Any, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        # memos: late in training most episodes repeat a split (rows are integers), and both the
+        # state update and the simulation are pure functions of the splits so far
+        self._adv_memo: dict[tuple[Any, ...], tuple[np.ndarray, list[tuple[str, int, int]]]] = {}
+        self._sim_memo: dict[tuple[Any, ...], float] = {}
         self._reset_state()
 
     # -- mechanics --------------------------------------------------------------------------
@@ -118,7 +122,16 @@ class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
         return gm
 
     def _advance(self, rows: list[tuple[int, int]]) -> None:
-        """Accumulated latencies after the devices compute ``rows`` of the current volume."""
+        """Accumulated latencies after the devices compute ``rows`` of the current volume (memoised)."""
+        key = tuple(tuple(r) for r in self.splits) + (tuple(rows),)
+        hit = self._adv_memo.get(key)
+        if hit is not None:
+            self.acc, self.holders = hit[0].copy(), list(hit[1])
+            return
+        self._advance_uncached(rows)
+        self._adv_memo[key] = (self.acc.copy(), list(self.holders))
+
+    def _advance_uncached(self, rows: list[tuple[int, int]]) -> None:
         s, e = self.volumes[self.l]
         g = self.g
         a = np.array([r[0] for r in rows])
@@ -147,7 +160,16 @@ class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
                           tail or self.tail, self.devices, self.params, self.wire)
 
     def simulate(self, splits: list[list[tuple[int, int]]] | None = None, tail: str | None = None) -> float:
-        """Simulated latency (ms) of the plan with ``splits`` (default: this episode's)."""
+        """Simulated latency (ms) of the plan with ``splits`` (default: this episode's); memoised."""
+        sp = splits if splits is not None else self.splits
+        key = (tuple(tuple(tuple(r) for r in v) for v in sp), tail or self.tail)
+        T = self._sim_memo.get(key)
+        if T is None:
+            T = self._simulate_uncached(sp, tail)
+            self._sim_memo[key] = T
+        return T
+
+    def _simulate_uncached(self, splits: list[list[tuple[int, int]]], tail: str | None) -> float:
         plan = self.plan(splits, tail)
         geoms = {}
         for si, stage in enumerate(plan.stages[: len(self.volumes)]):
