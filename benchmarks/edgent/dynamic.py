@@ -64,6 +64,8 @@ def frames_run(plan: Any, cl: Cluster, addresses: dict[str, str], adapter: Edgen
     xs, ys = digits_inputs()
     rows: list[dict[str, Any]] = []
     with Session(plan, cl, addresses, adapter=adapter) as s:
+        # the adapter's configurations are built before the first frame (Session prepare)
+        SESSION[adapter is not None] = {"prepare_s": round(s.prepare_s, 2), "deploys_at_start": s.deploys}
         t0 = float(s.link_trace["t0"]) if s.link_trace else time.time()
         start = time.time() + 1.0  # the first frame arrives 1 s after the session is up
         for i in range(frames):
@@ -90,7 +92,11 @@ def frames_run(plan: Any, cl: Cluster, addresses: dict[str, str], adapter: Edgen
                 ev = adapter.log[-1]
                 row.update(state=ev.state, estimate_mbps=ev.estimate_mbps, probe=ev.probe, switched=ev.switched)
             rows.append(row)
+        SESSION[adapter is not None]["deploys_at_end"] = s.deploys
     return rows
+
+
+SESSION: dict[bool, dict[str, Any]] = {}  # per run (dynamic?): prepare time and deploy counts
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -153,6 +159,7 @@ def main() -> None:
             t = time.time()
             rows = frames_run(plan, cl, lc.addresses, ad, a.frames, a.period_ms, a.deadline_ms, replay)
             sm = summary(rows)
+            sm.update(SESSION.get(ad is not None, {}))
             if ad is not None:
                 sm.update(ad.summary())
             results[mode] = {"summary": sm, "rows": rows}
