@@ -49,4 +49,6 @@ def summaries(with_exits: bool = False) -> list[dict[str, Any]]:
         for r in rows:
             if r["exits"] and cached_accuracies is not None:
                 r["exit_accuracy"] = cached_accuracies(r["name"])
+                if r["exit_accuracy"]:  # the zoo loads the trained checkpoint for this model
+                    r["weights"] = "trained"
     return rows

@@ -48,6 +48,12 @@ def test_smoke_train_caches_checkpoint_and_accuracies(cache: Path) -> None:
     split = digits_split()
     again = ex.evaluate(trained, split.x_test[:48], split.y_test[:48])
     assert again == pytest.approx(res.accuracy)
+    # coinfer models --exits: the trained model's accuracies and weights, the ImageNet one's hint
+    from coinfer.zoo_summary import summaries
+
+    rows = {r["name"]: r for r in summaries(with_exits=True)}
+    assert rows["alexnet_digits"]["exit_accuracy"] == acc and rows["alexnet_digits"]["weights"] == "trained"
+    assert not rows["alexnet"].get("exit_accuracy") and rows["alexnet"]["weights"] != "trained"
     # another seed, another recipe version: not found
     assert ex.cached_accuracies("alexnet_digits", seed=1) is None
     meta = ex.metrics_path("alexnet_digits")

@@ -26,13 +26,19 @@ def cmd(
 
     t = Table(title="coinfer model zoo")
     for c in ("name", "input", "params (M)", "GFLOPs", "weights", "exits"):
-        t.add_column(c, justify="right" if c in ("params (M)", "GFLOPs") else "left")
+        t.add_column(c, justify="right" if c in ("params (M)", "GFLOPs") else "left",
+                     no_wrap=c in ("name", "input"))  # a model's name is what users copy
     for r in rows:
         ex = ", ".join(r["exits"]) if r["exits"] else "-"
         if exits and r.get("exit_accuracy"):
             ex = ", ".join(f"{k}={v:.3f}" for k, v in r["exit_accuracy"].items())
         elif exits and r["exits"]:
-            ex += " (untrained: coinfer train exits --model " + r["name"] + ")"
+            from ..train.exits import ALIASES
+
+            if r["name"] in ALIASES:  # training "alexnet" trains its digits variant, not this one
+                ex += f" (untrained; trained exits live on {ALIASES[r['name']]})"
+            else:
+                ex += " (untrained: coinfer train exits --model " + r["name"] + ")"
         t.add_row(r["name"], "x".join(map(str, r["input_shape"])), f"{r['params'] / 1e6:.2f}",
                   f"{r['flops'] / 1e9:.2f}", r["weights"], ex)
     console().print(t)
