@@ -250,10 +250,7 @@ def part_int8(args: argparse.Namespace) -> None:
     cm = capture_model("efficientnet_lite0")
     g = cm.graph
     n = args.int8_images
-    x = torch.cat([fdsp.augmented_set(n - n // 8, 224, seed=11),
-                   fdsp.augmented_set(n // 8, 224, seed=12, names=fdsp.HELDOUT_IMAGES)])
-    with torch.no_grad():
-        ref = torch.cat([cm.module(x[i:i + 16]) for i in range(0, n, 16)]).argmax(1)
+    x, ref = _int8_images(cm, n)
     # an exact plan (rows with exact halos over 4 devices, several stages) whose every transfer is int8
     cl = parse_cluster({"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": 1.0} for i in range(4)],
                         "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False}})
@@ -303,10 +300,7 @@ def part_int8cuts(args: argparse.Namespace) -> None:
     cm = capture_model("efficientnet_lite0")
     g = cm.graph
     n = args.int8_images
-    x = torch.cat([fdsp.augmented_set(n - n // 8, 224, seed=11),
-                   fdsp.augmented_set(n // 8, 224, seed=12, names=fdsp.HELDOUT_IMAGES)])
-    with torch.no_grad():
-        ref = torch.cat([cm.module(x[i:i + 16]) for i in range(0, n, 16)]).argmax(1)
+    x, ref = _int8_images(cm, n)
     out = []
     for cut in args.int8_cuts.split(","):
         emu = fdsp.WireExecutor(cm, Plan.from_json(_two_stage_json(g, cut)))
@@ -317,6 +311,19 @@ def part_int8cuts(args: argparse.Namespace) -> None:
                     "share": round(changed / n, 4), "messages_per_image": emu.stats["messages"] / n})
         print(f"int8 at {cut} {list(g[cut].shape)}: top-1 changed on {changed}/{n}", flush=True)
         save("int8cuts", out)
+
+
+def _int8_images(cm, n: int):  # type: ignore[no-untyped-def]
+    """The augmented sample images (1/8 held-out) and the unpartitioned model's top-1 on them."""
+    import torch
+
+    from coinfer.train import fdsp
+
+    x = torch.cat([fdsp.augmented_set(n - n // 8, 224, seed=11),
+                   fdsp.augmented_set(n // 8, 224, seed=12, names=fdsp.HELDOUT_IMAGES)])
+    with torch.no_grad():
+        ref = torch.cat([cm.module(x[i:i + 16]) for i in range(0, n, 16)]).argmax(1)
+    return x, ref
 
 
 def _two_stage_json(g: Any, cut: str) -> str:

@@ -131,3 +131,22 @@ def test_profile_cli_uses_coinfer_up_workers(workers, tmp_path: Path, monkeypatc
     assert s["devices"]["d1"]["timing"] == ("cpu" if lc.cpu_modes()["d1"] != "none" else "wall")
     assert (out / "d0.json").is_file() and (out / "d1.json").is_file()
     assert all(w.alive() for w in lc.workers.values())  # the CLI did not start or stop workers
+
+
+def test_each_backend_gets_its_own_profile_and_the_cluster_picks(workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 10: torch and onnxruntime profiles side by side; the cost model takes the cluster's backend."""
+    pytest.importorskip("onnxruntime")
+    cl, lc = workers
+    _profile(cl, lc, tmp_path, probe=False)
+    _profile(cl, lc, tmp_path, probe=False, backend="onnxruntime")
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["d0.json", "d0@onnxruntime.json",
+                                                                "d1.json", "d1@onnxruntime.json"]
+    ps = ProfileSet.load_dir(tmp_path)
+    assert set(ps.alternatives["d0"]) == {"torch", "onnxruntime"}
+    for be in ("torch", "onnxruntime"):
+        spec = {**CLUSTER, "devices": [{**d, "backend": be} for d in CLUSTER["devices"]]}
+        chosen = ps.select(parse_cluster(spec))
+        assert {d: p.backend for d, p in chosen.items()} == {"d0": be, "d1": be}
+    # resuming one backend leaves the other's files alone
+    again = _profile(cl, lc, tmp_path, probe=False, backend="onnxruntime")
+    assert again.skipped == ["d0", "d1"] and again.measured == []

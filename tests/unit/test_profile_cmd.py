@@ -234,6 +234,13 @@ def test_profile_cli_bad_input(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--points" in r.output
     r = runner.invoke(build_app(), ["profile", "het4", "-m", "no_such_model"])
     assert r.exit_code == 2 and "no_such_model" in r.output
+    # a backend that does not exist, or a precision it lacks: exit 2 before any worker starts
+    r = runner.invoke(build_app(), ["profile", "het4", "-m", USER, *SHAPE, "--backend", "tensorrt",
+                                    "-o", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "tensorrt" in r.output
+    r = runner.invoke(build_app(), ["profile", "het4", "-m", USER, *SHAPE, "--backend", "torch",
+                                    "--precision", "fp64", "-o", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "fp64" in r.output
 
 
 def test_model_sweep_lifts_and_restores_the_cgroup_quota(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ def cmd(
     reps: int = typer.Option(3, "--reps", "-k", help="timed runs per point (median), after --warmup runs"),
     warmup: int = typer.Option(1, "--warmup", help="untimed runs before each point"),
     points: int = typer.Option(6, "--points", help="rows-sweep points per splittable stage (geometric, then refined)"),
-    backend: str = typer.Option("torch", "--backend", help="per-part backend to measure (torch, onnxruntime, openvino)"),
+    backend: str = typer.Option("torch", "--backend", help="per-part backend to measure (torch, onnxruntime, "
+                                "openvino), or 'all': each one installed here, one file per backend"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16"),
     input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
     no_links: bool = typer.Option(False, "--no-links", help="skip the link and message-cost probes"),
@@ -36,7 +37,8 @@ def cmd(
     table rises most), whole stages and the tail, per-layer-type
     regressions, and the runtime's CPU cost per message; per link: round
     trip and bandwidth over the shaped transport. Saves DIR/<device>.json
-    (coinfer.profile/1); re-running resumes.
+    (coinfer.profile/1; DIR/<device>@<backend>.json for another backend than
+    torch, `--backend all` profiles each installed one); re-running resumes.
     """
     from ..cluster import resolve_cluster
     from ..cost.remote import ProfileFailed, ProgressSink, profile_cluster
@@ -73,13 +75,38 @@ def cmd(
             def note(self, msg: str) -> None:
                 bar.console.print(msg)
 
-        try:
-            job = profile_cluster(cl, model, out_dir, input_shape=shape, addresses=addresses, cpu_modes=cpu_modes,
-                                  keys=keys, rows_points=points, reps=reps, warmup=warmup, backend=backend,
-                                  precision=precision, probe=not no_links, sink=Sink(),
-                                  throttled=throttled)
-        except ProfileFailed as e:  # a device failed or stopped answering: what was measured is saved
-            raise CheckFailed(f"{e}; what was measured is in {out_dir} (re-run to resume)") from None
+        from ..execute.backends import available_backends, check_backend
+
+        backends = available_backends() if backend == "all" else [backend]
+        for be in backends:  # a wrong name or precision: exit 2 naming the extra / the supported list
+            check_backend(be, precision, where="--backend")
+        jobs = []
+        for be in backends:
+            if len(backends) > 1:
+                bar.console.print(f"backend [bold]{be}[/]")
+                tasks.clear()
+            try:
+                jobs.append(profile_cluster(cl, model, out_dir, input_shape=shape, addresses=addresses,
+                                            cpu_modes=cpu_modes, keys=keys, rows_points=points, reps=reps,
+                                            warmup=warmup, backend=be, precision=precision, probe=not no_links,
+                                            sink=Sink(), throttled=throttled))
+            except ProfileFailed as e:  # a device failed or stopped answering: what was measured is saved
+                raise CheckFailed(f"{e}; what was measured is in {out_dir} (re-run to resume)") from None
+    if len(jobs) > 1:
+        from ..cost.remote import profile_file
+
+        out = {be: [profile_file(d, be if precision == "fp32" else f"{be}/{precision}") for d in cl.names]
+               for be in backends}
+        if json_out:
+            emit_json({"profiles": out_dir, "model": model, "backends": out,
+                       "seconds": round(sum(j.seconds for j in jobs), 1)})
+            return
+        for be, files in out.items():
+            c.print(f"{be}: wrote {out_dir}/{{{', '.join(files)}}}")
+        c.print(f"use them: coinfer plan ... --profiles {out_dir} (each device's cluster-file backend picks its "
+                f"table; auto: the fastest)")
+        return
+    job = jobs[0]
     summary = {"profiles": job.out_dir, "model": model, "seconds": round(job.seconds, 1),
                "measured": job.measured, "resumed": job.resumed, "skipped": job.skipped,
                "links_probed": job.probed, "sweep_points": job.points,
@@ -90,7 +117,10 @@ def cmd(
     if json_out:
         emit_json(summary)
         return
-    c.print(f"wrote [bold]{job.out_dir}[/]/<device>.json for {len(job.profiles)} devices in {job.seconds:.1f} s "
+    from ..cost.remote import profile_file
+
+    fname = profile_file("<device>", backend if precision == "fp32" else f"{backend}/{precision}")
+    c.print(f"wrote [bold]{job.out_dir}[/]/{fname} for {len(job.profiles)} devices in {job.seconds:.1f} s "
             f"({job.points} sweep points measured"
             + (f"; kept {', '.join(job.skipped)}" if job.skipped else "")
             + (f"; resumed {', '.join(job.resumed)}" if job.resumed else "") + ")")

@@ -326,7 +326,7 @@ class ProfileSet:
                 alts.setdefault(dev, {})[prof.backend] = prof
                 out.setdefault(dev, prof)
                 continue
-            if prof.device in out:
+            if prof.device in out and not (prof.device in alts and prof.backend not in alts[prof.device]):
                 raise ProfileError(f"{f}: a second profile for device {prof.device!r}; keep one file per device")
             if not prof.complete:
                 raise ProfileError(f"{f} is an unfinished profile (coinfer profile was interrupted); finish it "
@@ -334,6 +334,9 @@ class ProfileSet:
             if f.stem != prof.device:
                 raise ProfileError(f"{f} holds the profile of device {prof.device!r}; name it "
                                    f"{prof.device}.json (one file per device)")
+            # <device>.json is one of the device's alternatives too (coinfer profile writes the torch
+            # fp32 profile there and the other backends' beside it)
+            alts.setdefault(prof.device, {})[prof.backend] = prof
             out[prof.device] = prof
         if not out:
             raise ProfileError(f"no profiles (*.json) in {str(p)!r}; create them with "

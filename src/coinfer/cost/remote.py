@@ -639,14 +639,22 @@ def _save_atomic(prof: DeviceProfile, path: Any) -> None:
     tmp.replace(p)
 
 
-def existing_profiles(out_dir: str, devices: list[str], model: str, fingerprint: str) -> dict[str, DeviceProfile]:
-    """Profiles already in ``out_dir`` for ``devices`` (complete or not); refuses another model's."""
+def profile_file(device: str, backend: str = "torch") -> str:
+    """The file name of ``device``'s profile on ``backend`` (``backend/precision`` when not fp32):
+    ``<device>.json`` for torch fp32, else ``<device>@<backend>.json`` (``/`` written ``-``), the
+    names :meth:`coinfer.cost.profile.ProfileSet.load_dir` reads as one device's alternatives."""
+    return f"{device}.json" if backend == "torch" else f"{device}@{backend.replace('/', '-')}.json"
+
+
+def existing_profiles(out_dir: str, devices: list[str], model: str, fingerprint: str,
+                      backend: str = "torch") -> dict[str, DeviceProfile]:
+    """Profiles already in ``out_dir`` for ``devices`` on ``backend`` (complete or not); refuses another model's."""
     from pathlib import Path
 
     out: dict[str, DeviceProfile] = {}
     d = Path(out_dir)
     for dev in devices:
-        f = d / f"{dev}.json"
+        f = d / profile_file(dev, backend)
         if not f.is_file():
             continue
         prof = DeviceProfile.load(f)
@@ -709,7 +717,8 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
                     backend: str = "torch", precision: str = "fp32", probe: bool = True, seed: int = 0,
                     sink: ProgressSink | None = None, timeout_s: float = 600.0,
                     throttled: bool = False) -> ProfileJob:
-    """Profile ``model`` on every device of ``cluster`` through the runtime and save ``out_dir/<device>.json``.
+    """Profile ``model`` on every device of ``cluster`` through the runtime and save ``out_dir/<device>.json``
+    (``<device>@<backend>.json`` for another backend or precision than torch fp32: :func:`profile_file`).
 
     Local devices are started as worker processes (with their emulated CPU)
     unless ``addresses`` gives where they run (``coinfer up``); remote ones
@@ -733,7 +742,8 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
     fp = g.fingerprint()
     names = cluster.names
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    have = existing_profiles(out_dir, names, model, fp)
+    be_key = backend if precision == "fp32" else f"{backend}/{precision}"  # the profile's backend field
+    have = existing_profiles(out_dir, names, model, fp, be_key)
     complete = {d for d, p in have.items() if p.complete}
     partial = {d: p for d, p in have.items() if not p.complete}
     todo = [d for d in names if d not in complete]
@@ -770,8 +780,8 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
                 def saved(run: DeviceRun, key: tuple[str, str]) -> None:
                     prof = assemble(run, model, fp, base=partial.get(run.device), links=links[run.device],
                                     runtime=runtime[run.device], emulation=emulation[run.device],
-                                    backend=backend, complete=False)
-                    _save_atomic(prof, Path(out_dir) / f"{run.device}.json")
+                                    backend=be_key, complete=False)
+                    _save_atomic(prof, Path(out_dir) / profile_file(run.device, be_key))
 
                 if todo:
                     skip = {d: set(p.stages) | set(p.whole) for d, p in partial.items()}
@@ -791,11 +801,11 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
     for d in names:
         if d in runs:
             prof = assemble(runs[d], model, fp, base=partial.get(d), links=links[d], runtime=runtime[d],
-                            emulation=emulation[d], backend=backend, graph=g)
+                            emulation=emulation[d], backend=be_key, graph=g)
         else:
             prof = have[d]
             prof.links, prof.runtime = links[d], runtime[d]
-        _save_atomic(prof, Path(out_dir) / f"{d}.json")
+        _save_atomic(prof, Path(out_dir) / profile_file(d, be_key))
         profiles[d] = prof
     points = sum(len(t) for r in runs.values() for t in r.stages.values())
     return ProfileJob(profiles, str(out_dir), time.monotonic() - t0, sorted(runs), sorted(set(partial) & set(runs)),
