@@ -55,7 +55,9 @@ def cmd(
     model: str = typer.Option(None, "--model", "-m", help="default: efficientnet_lite0 (real weights) else resnet18"),
     devices: int = typer.Option(4, "--devices", "-n", help="number of emulated devices (ignored with --cluster)"),
     cluster: str = typer.Option(None, "--cluster", "-c", help="cluster YAML or built-in name (default: demo4)"),
-    strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies"),
+    strategy: str = typer.Option("auto", "--strategy", "-s",
+                                 help="see coinfer strategies (default auto: the best of every planner, "
+                                      "predicted by the cost model)"),
     image: str = typer.Option("chelsea", "--input", help="image file or skimage sample name"),
     repeat: int = typer.Option(5, "--repeat", min=1, help="timed runs of each configuration"),
     out: Path = typer.Option(Path("coinfer-demo"), "--out", help="directory for the Gantt PNG and trace JSON"),
@@ -114,7 +116,8 @@ def cmd(
     tr.save(out / "trace.json")
     tr.gantt(out / "gantt.png", f"{model} · {strategy} over {len(cl.devices)} devices · {m2:.1f} ms")
     result = {
-        "model": model, "strategy": strategy, "devices": {d.name: d.cpu_share for d in cl.devices},
+        "model": model, "strategy": strategy, "base": split.strategy.params.get("base"),
+        "devices": {d.name: d.cpu_share for d in cl.devices}, "devices_used": split.devices_used_names(),
         "cpu_modes": modes, "top5_single": t1, "top5_distributed": t2,
         "identical_top5": [a for a, _ in t1] == [b for b, _ in t2], "max_abs_diff": diff, "rel": rel,
         "latency_single_ms": round(m1, 2), "latency_ms": round(m2, 2), "speedup": round(m1 / m2, 3),
@@ -126,7 +129,11 @@ def cmd(
     if json_out:
         emit_json(result)
     else:
-        c.print(f"[bold]{model}[/] on [bold]{image}[/]: {strategy} plan, {len(split.stages)} stages over "
+        base = split.strategy.params.get("base")
+        used = split.devices_used_names()
+        c.print(f"[bold]{model}[/] on [bold]{image}[/]: {strategy} plan"
+                + (f" (from {base})" if strategy == "auto" and base else "")
+                + f", {len(split.stages)} stages on {', '.join(used)} of "
                 + ", ".join(f"{d.name} ({d.cpu_share} cpu)" for d in cl.devices)
                 + f"; {cl.network.bandwidth_mbps:g} Mbit/s links; cpu limits: {sorted(set(modes.values()))}")
         c.print("  top-5 on the source device alone : " + "; ".join(f"{n} {p:.1%}" for n, p in t1))
