@@ -70,7 +70,9 @@ def fused_boundaries(graph: Graph, weights: dict[str, float], max_redundancy: fl
 
     Starting at the input, a stage is extended to the furthest splittable cut
     point whose exact row split (by ``weights``) adds at most
-    ``max_redundancy`` FLOPs; with 0 every splittable cut point ends a stage.
+    ``max_redundancy`` FLOPs; with 0 every splittable cut point ends a stage
+    (except that zero-FLOP segments, such as a residual block's closing add
+    and ReLU, join the stage before them when that adds no redundant FLOPs).
     """
     split = [c for c, ok in graph.splittable_cuts().items() if ok]
     if not split:
@@ -85,6 +87,13 @@ def fused_boundaries(graph: Graph, weights: dict[str, float], max_redundancy: fl
                 best = j
             elif j - best > 3:
                 break
+        # a zero-FLOP segment after the stage (the add + ReLU closing a residual block) would be a
+        # stage of its own that costs a halo exchange and computes nothing: it joins this stage when
+        # that adds no redundant FLOPs (a pointwise op needs no more rows)
+        base = redundancy(graph, start, split[best], weights)
+        while (best + 1 < len(split) and part_geometry(graph, split[best], split[best + 1], None).flops == 0
+               and redundancy(graph, start, split[best + 1], weights) <= base + 1e-12):
+            best += 1
         out.append(split[best])
         start = split[best]
         i = best + 1
