@@ -105,15 +105,10 @@ def capture_model(spec: str, input_shape: Any = None, seed: int = 0) -> Captured
     if cm is None:
         from .graph.capture import capture
 
-        # the model's own input shape asked for explicitly (a plan's model.input_shape) is the
-        # default capture: re-planning after a device died must not capture the model again
-        dflt = _CACHE.get((spec, None, seed))
-        if shape is not None and dflt is not None and tuple(dflt.graph.input_shape) == shape:
-            cm = dflt
-        else:
-            src = load_module(spec, shape, seed)
-            cm = capture(src.module, src.input_shape, spec)
-            if shape is None:
-                _CACHE[(spec, tuple(src.input_shape), seed)] = cm
+        src = load_module(spec, shape, seed)
+        cm = capture(src.module, src.input_shape, spec)
         _CACHE[key] = cm
+        if shape is None:  # asked for again with its own input shape (a plan's model.input_shape, as
+            # re-planning after a device died does), it is the same capture
+            _CACHE[(spec, tuple(src.input_shape), seed)] = cm
     return cm

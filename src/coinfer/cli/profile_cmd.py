@@ -41,7 +41,13 @@ def cmd(
     torch, `--backend all` profiles each installed one); re-running resumes.
     """
     from ..cluster import resolve_cluster
-    from ..cost.remote import ProfileFailed, ProgressSink, profile_cluster
+    from ..cost.remote import (
+        ProfileFailed,
+        ProgressSink,
+        profile_backend,
+        profile_cluster,
+        profile_file,
+    )
     from ..modelspec import parse_shape
     from ..runtime import upstate
 
@@ -93,10 +99,7 @@ def cmd(
             except ProfileFailed as e:  # a device failed or stopped answering: what was measured is saved
                 raise CheckFailed(f"{e}; what was measured is in {out_dir} (re-run to resume)") from None
     if len(jobs) > 1:
-        from ..cost.remote import profile_file
-
-        out = {be: [profile_file(d, be if precision == "fp32" else f"{be}/{precision}") for d in cl.names]
-               for be in backends}
+        out = {be: [profile_file(d, profile_backend(be, precision)) for d in cl.names] for be in backends}
         if json_out:
             emit_json({"profiles": out_dir, "model": model, "backends": out,
                        "seconds": round(sum(j.seconds for j in jobs), 1)})
@@ -117,9 +120,7 @@ def cmd(
     if json_out:
         emit_json(summary)
         return
-    from ..cost.remote import profile_file
-
-    fname = profile_file("<device>", backend if precision == "fp32" else f"{backend}/{precision}")
+    fname = profile_file("<device>", profile_backend(backend, precision))
     c.print(f"wrote [bold]{job.out_dir}[/]/{fname} for {len(job.profiles)} devices in {job.seconds:.1f} s "
             f"({job.points} sweep points measured"
             + (f"; kept {', '.join(job.skipped)}" if job.skipped else "")

@@ -326,7 +326,7 @@ class ProfileSet:
                 alts.setdefault(dev, {})[prof.backend] = prof
                 out.setdefault(dev, prof)
                 continue
-            if prof.device in out and not (prof.device in alts and prof.backend not in alts[prof.device]):
+            if prof.device in out:
                 raise ProfileError(f"{f}: a second profile for device {prof.device!r}; keep one file per device")
             if not prof.complete:
                 raise ProfileError(f"{f} is an unfinished profile (coinfer profile was interrupted); finish it "

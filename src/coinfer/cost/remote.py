@@ -639,6 +639,11 @@ def _save_atomic(prof: DeviceProfile, path: Any) -> None:
     tmp.replace(p)
 
 
+def profile_backend(backend: str, precision: str = "fp32") -> str:
+    """A profile's ``backend`` field: the backend, ``backend/precision`` when not fp32."""
+    return backend if precision == "fp32" else f"{backend}/{precision}"
+
+
 def profile_file(device: str, backend: str = "torch") -> str:
     """The file name of ``device``'s profile on ``backend`` (``backend/precision`` when not fp32):
     ``<device>.json`` for torch fp32, else ``<device>@<backend>.json`` (``/`` written ``-``), the
@@ -742,7 +747,7 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
     fp = g.fingerprint()
     names = cluster.names
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    be_key = backend if precision == "fp32" else f"{backend}/{precision}"  # the profile's backend field
+    be_key = profile_backend(backend, precision)
     have = existing_profiles(out_dir, names, model, fp, be_key)
     complete = {d for d, p in have.items() if p.complete}
     partial = {d: p for d, p in have.items() if not p.complete}

@@ -428,12 +428,11 @@ class Session:
         if prev is not None and prev.dep != d.dep:
             self._undeploy(prev.dep)
         self.kept[key] = d
-        while len(self.kept) > self.keep_deployments:
-            _, gone = self.kept.popitem(last=False)
-            self._undeploy(gone.dep)
+        self._drop_kept(self.keep_deployments)
 
-    def _drop_kept(self) -> None:
-        while self.kept:
+    def _drop_kept(self, keep: int = 0) -> None:
+        """Undeploy the oldest kept deployments until ``keep`` remain."""
+        while len(self.kept) > keep:
             _, gone = self.kept.popitem(last=False)
             self._undeploy(gone.dep)
 
@@ -448,11 +447,7 @@ class Session:
         """A deployment that failed on some device: forget its waiters, free it on the others."""
         for key in [k for k in list(self.waiters) if k[0] == "deploy_ok" and k[1].startswith(f"{dep}/")]:
             self.waiters.pop(key, None)
-        for d in list(self.alive):
-            try:
-                self.ep.send(d, {"kind": "undeploy", "dep": dep})
-            except Exception:  # noqa: BLE001
-                pass
+        self._undeploy(dep)
 
     def _heartbeat(self) -> None:
         seq = itertools.count()
@@ -607,7 +602,7 @@ class Session:
         if busy:
             raise RuntimeFailure("switch() between requests only")
         kept = self.kept.pop(plan.to_json(), None)
-        if kept is not None and set(kept.devices) <= self.alive and not set(kept.devices) & self.dead:
+        if kept is not None and set(kept.devices) <= self.alive:  # alive and dead are disjoint
             old = self._activate(kept)
             if old is not None:
                 self._keep(old)
@@ -640,10 +635,9 @@ class Session:
             return
         try:
             if self.dep or self.kept:
-                for dep in [self.dep, *(k.dep for k in self.kept.values())]:
-                    if dep:
-                        self._undeploy(dep)
-                self.kept.clear()
+                if self.dep:
+                    self._undeploy(self.dep)
+                self._drop_kept()
                 time.sleep(0.02)
         finally:
             self.stop.set()
