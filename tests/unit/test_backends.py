@@ -133,6 +133,18 @@ def test_torch_layouts_are_exact(branchy, layout: str) -> None:  # type: ignore[
     assert compare(y, ref)[1] <= TOLERANCE
 
 
+@pytest.mark.parametrize("shape", [(1, 64, 56, 224), (2, 64, 33, 70), (1, 3, 224, 224), (1, 512, 7, 7),
+                                   (1, 1, 600, 600), (1, 4096, 1, 1)])
+def test_blocked_nchw_conversion_is_an_exact_copy(shape) -> None:  # type: ignore[no-untyped-def]
+    from coinfer.execute.backends.torch_backend import nchw_contiguous
+
+    x = torch.randn(shape)
+    for src in (x.contiguous(memory_format=torch.channels_last), x, x[:, :, 1:] if shape[2] > 1 else x):
+        y = nchw_contiguous(src)
+        assert y.is_contiguous() and y.shape == src.shape
+        assert torch.equal(y, src)
+
+
 @needs_ort
 @pytest.mark.parametrize("region", [(0, 3, 0, 6), (3, 8, 2, 6), (5, 8, 0, 6), None])
 def test_onnxruntime_part_equals_torch_part(branchy, region) -> None:  # type: ignore[no-untyped-def]

