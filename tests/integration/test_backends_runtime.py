@@ -57,6 +57,8 @@ def test_devices_on_different_backends_stay_exact() -> None:
     assert tr is not None
     comp = [e for e in tr.events if e.lane == "compute"]
     assert comp and all("backend" in e.args for e in comp)
+    # the program thread's CPU time: the instruction's, and the part's within it
+    assert all(0 < e.args["run_cpu_ms"] <= e.args["cpu_ms"] for e in comp)
     by_dev = {e.device: e.args["backend"] for e in comp if e.device in ("d0", "d1")}
     assert by_dev == {"d0": "torch", "d1": "onnxruntime"}
 

@@ -77,12 +77,17 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
             t0 = -1.0
         elif op == "compute":
             info = d.lowered.parts[(ins.tensor, ins.part)]  # type: ignore[index]
+            c0 = time.thread_time()
             x = st.store.assemble(ins.tensor - 1, info.in_region or _full(_shape(d, ins.tensor - 1)))
             runner = d.runner(ins.tensor, ins.part)  # type: ignore[arg-type]
+            c1 = time.thread_time()
             y = runner(x)
+            c2 = time.thread_time()
             st.store.add(ins.tensor, info.out_region, y)
             ev.append(["compute", ins.text(), t0, _now_ms(), {"flops": info.flops, "backend": runner.backend,
-                                                              "precision": runner.precision}])
+                                                              "precision": runner.precision,
+                                                              "cpu_ms": round((time.thread_time() - c0) * 1e3, 3),
+                                                              "run_cpu_ms": round((c2 - c1) * 1e3, 3)}])
             t0 = -1.0
         elif op == "send":
             v = st.store.assemble(ins.tensor, ins.region)
