@@ -97,12 +97,17 @@ def test_env_step_reward_is_inverse_simulated_latency(captured) -> None:  # type
     assert env.history[-1]["latency_ms"] == info["latency_ms"] and env.best is not None
 
 
-def test_plan_tiny_budget_verifies_exactly_and_caches(captured, cache: Path) -> None:  # type: ignore[no-untyped-def]
+def test_plan_tiny_budget_verifies_exactly_and_caches(captured, cache: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import tempfile
+
     from coinfer.execute.local import TOLERANCE, InProcessExecutor, compare
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where stable-baselines3's default logger writes
     t0 = time.perf_counter()
     res = run("distredge", _req(captured, train_episodes=40))
     first_s = time.perf_counter() - t0
+    assert not list(tmp_path.glob("SB3-*")), "training left a stable-baselines3 log directory behind"
     plan = res.plan
     assert res.info["trained"] and res.info["episodes"] == 40 and plan.strategy.name == "distredge"
     assert all(s.halo == "exact" for s in plan.stages) and plan.wire.lossless

@@ -293,9 +293,12 @@ def train(env: Any, algo: str = "ddpg", episodes: int = 4000, seed: int = 0,
           progress: Progress | None = None) -> tuple[Any, float, float]:
     """Train ``episodes`` episodes; returns (agent, wall seconds, CPU seconds). ``env.history`` holds the curve."""
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     steps_per = len(env.volumes)
     agent = make_agent(algo, env, seed, episodes, steps_per)
+    # without a logger of its own, every learn() makes an empty /tmp/SB3-<date> directory
+    agent.set_logger(Logger(folder=None, output_formats=[]))
     total = episodes * steps_per
 
     class CB(BaseCallback):  # type: ignore[misc]
