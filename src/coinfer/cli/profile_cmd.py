@@ -27,6 +27,8 @@ def cmd(
     throttled: bool = typer.Option(False, "--throttled", help="measure the model under the emulated CPU quota "
                                    "(slower; by default the local workers started here sweep without it: "
                                    "CPU-time profiles do not depend on it)"),
+    evict_mb: int = typer.Option(256, "--evict-mb", help="MiB written before every timed run so that it starts "
+                                 "on cold caches, as a part does inside a request (0: time back to back)"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory (default: the cluster's security.keys)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
@@ -95,7 +97,7 @@ def cmd(
                 jobs.append(profile_cluster(cl, model, out_dir, input_shape=shape, addresses=addresses,
                                             cpu_modes=cpu_modes, keys=keys, rows_points=points, reps=reps,
                                             warmup=warmup, backend=be, precision=precision, probe=not no_links,
-                                            sink=Sink(), throttled=throttled))
+                                            sink=Sink(), throttled=throttled, evict_mb=evict_mb))
             except ProfileFailed as e:  # a device failed or stopped answering: what was measured is saved
                 raise CheckFailed(f"{e}; what was measured is in {out_dir} (re-run to resume)") from None
     if len(jobs) > 1:

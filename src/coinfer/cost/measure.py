@@ -21,7 +21,8 @@ from __future__ import annotations
 import datetime as _dt
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
@@ -96,12 +97,60 @@ def _clock(name: str) -> Callable[[], float]:
         raise ValueError(f"clock {name!r} is not one of {sorted(CLOCKS)}") from None
 
 
+EVICT_MB = 256
+"""Default size of the buffer written before every timed run (:func:`evicting`)."""
+
+
+class _Evictor:
+    """Writes a buffer of ``mb`` MiB: the caches then hold it, not the part's weights and activations."""
+
+    def __init__(self, mb: int) -> None:
+        import numpy as np
+
+        self.buf = np.ones((mb << 20) // 8)
+
+    def __call__(self) -> None:
+        self.buf += 1.0
+
+
+_EVICT: list[_Evictor] = []
+
+
+@contextmanager
+def evicting(mb: int = EVICT_MB) -> Iterator[None]:
+    """Time every run inside on cold caches: write ``mb`` MiB before each timed run (0: off).
+
+    A part runs once per request in a worker, between other parts, other
+    devices' processes and the transport: its weights and inputs are no
+    longer in the caches. Timed back to back, it finds them there and the
+    profile prices it too low — measured on ResNet-18's 2x2 grid parts (one
+    thread): a layer-3 tile 1.31 ms warm, 1.86 ms after writing 256 MiB, 2.09
+    ms in CPU time inside a worker during requests; the effect grows with the
+    buffer up to ~256 MiB (32: +0.2 ms, 128: +0.4 ms) on this host's large
+    last-level cache. The buffer is freed on exit.
+    """
+    if mb <= 0:
+        yield
+        return
+    _EVICT.append(_Evictor(mb))
+    try:
+        yield
+    finally:
+        _EVICT.pop()
+
+
+def _evict() -> None:
+    if _EVICT:
+        _EVICT[-1]()
+
+
 def _median_ms(fn: Callable[[], Any], reps: int, warmup: int, clock: str = "wall") -> float:
     clk = _clock(clock)
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(max(reps, 1)):
+        _evict()
         t0 = clk()
         fn()
         ts.append(clk() - t0)
@@ -175,6 +224,8 @@ def run_timed(cm: CapturedModel, geom: PartGeom, reps: int = 5, warmup: int = 1,
         for it in range(warmup + max(reps, 1)):
             bufs: dict[str, torch.Tensor] = {geom.start: x}
             run = 0.0
+            if it >= warmup:
+                _evict()
             for idx, (ng, node) in enumerate(zip(geom.nodes, runner.nodes)):
                 t0 = clk()
                 ins = []
@@ -211,26 +262,35 @@ CHAIN_SCALE_MIN, CHAIN_SCALE_MAX = 0.25, 1.5
 
 
 def chain_scale(prof: DeviceProfile, graph: Graph, whole_ms: float) -> float:
-    """The factor on chained costs that makes the whole model, as one part, cost ``whole_ms``.
+    """The factor on the spatial segments' chained costs that makes the whole model, as one part, cost ``whole_ms``.
 
-    ``whole = first segment + scale x sum(chained costs)`` (full height);
-    clamped to [0.25, 1.5]; 1 when a segment's chained cost is missing or the
-    chained costs are too small to scale reliably. (MobileNetV2's pairs add
-    up to 2-3x its whole-model time on a throttled device — every pair
-    converts layouts at both ends — so its scale is ~0.35: the former lower
-    clamp of 0.5 priced a half-model part on a 0.15-share device at 2.2x its
-    measured time.)
+    ``whole = first segment + sum(flat chained costs) + scale x sum(spatial chained costs)``
+    (full height); clamped to [0.25, 1.5]; 1 when a segment's chained cost is
+    missing or the spatial chained costs are too small to scale reliably.
+    Only feature-map segments are scaled: what a chain saves there (layout
+    conversions, fusion, cache reuse across convolutions) is what pairs
+    cannot see; a flat segment after the flatten (a linear layer, memory-bound
+    on its weights) costs its chained figure — measured: VGG-16's classifier
+    runs in 30 ms of CPU in a request, its chained costs add up to 27.5 ms, and
+    the model-wide scale of 0.86 had priced it at 23.7 ms. (MobileNetV2's
+    pairs add up to 2-3x its whole-model time on a throttled device — every
+    pair converts layouts at both ends — so its scale is ~0.35: the former
+    lower clamp of 0.5 priced a half-model part on a 0.15-share device at 2.2x
+    its measured time.)
     """
     segs = segments(graph)
     first = _full_ms(prof, (segs[0][0], segs[0][1]))
-    rest = 0.0
-    for s, e, _ in segs[1:]:
+    spatial = flat = 0.0
+    for s, e, split in segs[1:]:
         if (s, e) not in prof.chained:
             return 1.0
-        rest += prof.chained[(s, e)]
-    if first is None or rest <= 0.2 * whole_ms:
+        if split:
+            spatial += prof.chained[(s, e)]
+        else:
+            flat += prof.chained[(s, e)]
+    if first is None or spatial <= 0.2 * whole_ms:
         return 1.0
-    return round(min(CHAIN_SCALE_MAX, max(CHAIN_SCALE_MIN, (whole_ms - first) / rest)), 4)
+    return round(min(CHAIN_SCALE_MAX, max(CHAIN_SCALE_MIN, (whole_ms - first - flat) / spatial)), 4)
 
 
 def _full_ms(prof: DeviceProfile, key: tuple[str, str]) -> float | None:
@@ -275,7 +335,8 @@ def profile_device(cm: CapturedModel, device: str, *, rows_points: int = 6, reps
                    links: dict[str, LinkProbe] | None = None, progress: Progress | None = None,
                    calibrate: bool = True, clock: str = "wall", sweep: str = "geometric",
                    emulation: dict[str, Any] | None = None, checkpoint: Checkpoint | None = None,
-                   chain: bool = True, known_full: dict[tuple[str, str], float] | None = None) -> DeviceProfile:
+                   chain: bool = True, known_full: dict[tuple[str, str], float] | None = None,
+                   evict_mb: int = EVICT_MB) -> DeviceProfile:
     """Profile model ``cm`` on this process as device ``device``.
 
     For every cut-point segment: splittable ones get a rows sweep, others a
@@ -308,8 +369,20 @@ def profile_device(cm: CapturedModel, device: str, *, rows_points: int = 6, reps
     is called after every measured segment (to save partial progress).
     ``links`` are the link probes measured by the caller (the runtime);
     ``known_full``: full-height latencies of skipped segments (for the
-    chained factor of the segment after one).
+    chained factor of the segment after one). ``evict_mb``: every timed run
+    starts on cold caches (:func:`evicting`; 0: warm, back to back).
     """
+    with evicting(evict_mb):
+        return _profile_device(cm, device, rows_points, reps, warmup, backend, precision, layer_reps, resume, skip,
+                               links, progress, calibrate, clock, sweep, emulation, checkpoint, chain, known_full)
+
+
+def _profile_device(cm: CapturedModel, device: str, rows_points: int, reps: int, warmup: int, backend: str,
+                    precision: str, layer_reps: int, resume: DeviceProfile | None,
+                    skip: set[tuple[str, str]] | None, links: dict[str, LinkProbe] | None,
+                    progress: Progress | None, calibrate: bool, clock: str, sweep: str,
+                    emulation: dict[str, Any] | None, checkpoint: Checkpoint | None, chain: bool,
+                    known_full: dict[tuple[str, str], float] | None) -> DeviceProfile:
     from .calibrate import machine_info, measure_host
 
     g = cm.graph
@@ -318,11 +391,14 @@ def profile_device(cm: CapturedModel, device: str, *, rows_points: int = 6, reps
                          emulation=emulation, complete=False)
     if resume is not None and resume.fingerprint == fp and resume.device == device and resume.timing == prof.timing:
         prof.stages.update(resume.stages)
+        prof.cols.update(resume.cols)
         prof.whole.update(resume.whole)
         prof.chained.update(resume.chained)
         prof.samples = list(resume.samples)
     done = set(prof.stages) | set(prof.whole) | set(skip or ())
-    chain_reps = max(1, reps // 2)  # the pairs and the whole model: full height, costly; fewer repetitions
+    # the pairs and the whole model: as many repetitions as the sweep points (one run each made chain_scale
+    # vary 0.35-1.1 between four identical devices: VGG-16 on eq4, 5 Dec)
+    chain_reps = reps
     segs = segments(g)
     for k, (s, e, split) in enumerate(segs):
         if progress is not None:
@@ -344,6 +420,15 @@ def profile_device(cm: CapturedModel, device: str, *, rows_points: int = 6, reps
                     if nxt is not None and nxt not in table:
                         todo.append(nxt)
             prof.stages[(s, e)] = sorted(table.items())
+            if w >= 4:  # narrower parts (grid tiles) at about half the height
+                r_mid = max(1, h // 2)
+                pts = {w: table[r_mid] if r_mid in table else
+                       measure_part(cm, part_geometry(g, s, e, (0, r_mid, 0, w), "exact"), reps, warmup, clock,
+                                    backend, precision)}
+                for c in sorted({w // 2, w // 4} - {0, 1}):
+                    pts[c] = measure_part(cm, part_geometry(g, s, e, (0, r_mid, 0, c), "exact"), reps, warmup,
+                                          clock, backend, precision)
+                prof.cols[(s, e)] = (r_mid, sorted(pts.items()))
             sample_at = sorted({min(table), max(table)})
             geoms = [part_geometry(g, s, e, (0, r, 0, w), "exact") for r in sample_at]
         else:

@@ -152,6 +152,7 @@ class CostModel:
         self._ref_cache: dict[Any, float] = {}
         self._link_cache: dict[tuple[str, str], tuple[float, float]] = {}
         self._speed_cache: dict[str, float] = {}
+        self._width_cache: dict[tuple[str, tuple[str, str]], list[tuple[int, float]]] = {}
 
     # -- devices ------------------------------------------------------------
     def device(self, name: str) -> Device:
@@ -364,7 +365,42 @@ class CostModel:
         base = interpolate(table, rows)
         ref = self._reference_ms(seg, rows)
         actual = self._analytic_ngs(self.calibration, 1.0, ngs)
-        return base * (actual / ref) if ref > 0 else base
+        t = base * (actual / ref) if ref > 0 else base
+        if region is not None and region[3] - region[2] < node.width and seg in prof.cols:
+            t *= self._width_factor(prof, seg, region[3] - region[2])
+        return t
+
+    def _width_factor(self, prof: DeviceProfile, seg: tuple[str, str], cols: int) -> float:
+        """What a part ``cols`` wide costs beyond its analytic share of a full-width slab (1 at full width).
+
+        From the profile's ``cols`` points (the segment at one row count,
+        narrower left-anchored widths): measured ratio to the full width over
+        the analytic model's ratio for the same geometries, interpolated in
+        the width, clamped to [0.5, 3].
+        """
+        key = (prof.device, seg)
+        g = self._width_cache.get(key)
+        if g is None:
+            s, e = seg
+            w = self._nodes[e].width
+            rows, pts = prof.cols[seg]
+            full = dict(pts).get(w)
+            out: list[tuple[int, float]] = []
+            if full:
+                a_full = self._analytic_ngs(self.calibration, 1.0, part_geometry(self.graph, s, e, (0, rows, 0, w)).nodes)
+                for c, ms in pts:
+                    if c >= w:
+                        continue
+                    a = self._analytic_ngs(self.calibration, 1.0, part_geometry(self.graph, s, e, (0, rows, 0, c)).nodes)
+                    if a > 0 and a_full > 0:
+                        out.append((c, min(3.0, max(0.5, (ms / full) / (a / a_full)))))
+            g = sorted(out) + [(w, 1.0)] if out else []
+            self._width_cache[key] = g
+        if not g:
+            return 1.0
+        if cols <= g[0][0]:
+            return g[0][1]
+        return interpolate(g, cols)
 
     def _chained_ms(self, prof: DeviceProfile, seg: tuple[str, str], alone: float) -> float:
         """A segment's cost after its predecessor in one part, from its cost ``alone`` (profile units).
@@ -375,7 +411,8 @@ class CostModel:
         """
         table = prof.stages.get(seg)
         full = table[-1][1] if table else prof.whole.get(seg)
-        delta = prof.chained[seg] * prof.chain_scale
+        # chain_scale is fitted on the feature-map (swept) segments only (coinfer.cost.measure.chain_scale)
+        delta = prof.chained[seg] * (prof.chain_scale if table else 1.0)
         if not full or full <= 0:
             return delta
         return delta * (alone / full)

@@ -9,6 +9,12 @@ for one device and one model (name + structural fingerprint):
   latency is step-like, not linear, in the rows a device computes; the cost
   model interpolates them piecewise-linearly;
 * ``whole``: latencies of stages run whole (non-splittable stages, the tail);
+* ``cols``: per swept segment, its cost at one row count (about half the
+  height) over narrower widths, left-anchored, the full width included:
+  a grid tile does not cost its share of the FLOPs of a full-width slab
+  (fixed per-part costs, narrower kernels) — ResNet-18's half-width 7-row
+  tiles took 0.80–1.10 of the full-width slab's time where the FLOPs say
+  0.6; the cost model corrects partial-width parts with it;
 * ``chained``: per segment, what it adds (ms, full height; may be
   negative) when it runs in one part right after the segment before it:
   ``pair - previous alone``. A part's cost is not the sum of its segments':
@@ -138,10 +144,15 @@ class DeviceProfile:
     chain_scale: float = 1.0
     whole_model_ms: float | None = None  # the whole model as one part, full height (what chain_scale matches)
     samples: list[LayerSample] = field(default_factory=list)  # regression samples of a partial profile
+    # per swept segment: (rows, [(cols, ms), ...]) — the segment at ``rows`` rows and narrower widths
+    # (left-anchored), the full width included: what a grid tile costs against a full-width slab
+    cols: dict[StageKey, tuple[int, list[tuple[int, float]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key, pts in self.stages.items():
             self.stages[key] = sorted((int(r), float(ms)) for r, ms in pts)
+        for key, (rows, cpts) in self.cols.items():
+            self.cols[key] = (int(rows), sorted((int(c), float(ms)) for c, ms in cpts))
         if self.timing not in TIMINGS:
             raise ProfileError(f"profile of {self.device}: timing {self.timing!r} is not one of {TIMINGS}")
 
@@ -159,7 +170,10 @@ class DeviceProfile:
             "machine": dict(self.machine),
             "backend": self.backend,
             "stages": [{"start": s, "end": e, "rows": [[r, ms] for r, ms in pts],
-                        **({"chained": self.chained[(s, e)]} if (s, e) in self.chained else {})}
+                        **({"chained": self.chained[(s, e)]} if (s, e) in self.chained else {}),
+                        **({"cols": {"rows": self.cols[(s, e)][0],
+                                     "points": [[c, ms] for c, ms in self.cols[(s, e)][1]]}}
+                           if (s, e) in self.cols else {})}
                        for (s, e), pts in self.stages.items()],
             "whole": [{"start": s, "end": e, "ms": ms,
                        **({"chained": self.chained[(s, e)]} if (s, e) in self.chained else {})}
@@ -192,12 +206,22 @@ class DeviceProfile:
         try:
             chained: dict[StageKey, float] = {}
             stages: dict[StageKey, list[tuple[int, float]]] = {}
+            cols: dict[StageKey, tuple[int, list[tuple[int, float]]]] = {}
             for i, s in enumerate(d.get("stages") or []):
-                _check_keys(s, {"start", "end", "rows", "chained"}, f"{where}.stages[{i}]", {"start", "end", "rows"})
+                _check_keys(s, {"start", "end", "rows", "chained", "cols"}, f"{where}.stages[{i}]",
+                            {"start", "end", "rows"})
                 pts = [(int(r), float(ms)) for r, ms in s["rows"]]
                 if not pts or any(r < 1 or not (math.isfinite(ms) and ms >= 0) for r, ms in pts):
                     raise ProfileError(f"{where}.stages[{i}]: rows must be [rows >= 1, ms >= 0] pairs")
                 stages[(str(s["start"]), str(s["end"]))] = pts
+                if "cols" in s:
+                    c = s["cols"]
+                    _check_keys(c, {"rows", "points"}, f"{where}.stages[{i}].cols", {"rows", "points"})
+                    cpts = [(int(w), float(ms)) for w, ms in c["points"]]
+                    if int(c["rows"]) < 1 or not cpts or any(w < 1 or not (math.isfinite(ms) and ms >= 0)
+                                                             for w, ms in cpts):
+                        raise ProfileError(f"{where}.stages[{i}].cols: rows >= 1 and [cols >= 1, ms >= 0] pairs")
+                    cols[(str(s["start"]), str(s["end"]))] = (int(c["rows"]), cpts)
                 if "chained" in s:
                     chained[(str(s["start"]), str(s["end"]))] = _chain(s["chained"], f"{where}.stages[{i}]")
             whole: dict[StageKey, float] = {}
@@ -242,6 +266,7 @@ class DeviceProfile:
             complete=bool(d.get("complete", True)), samples=samples, chained=chained,
             chain_scale=_chain(d.get("chain_scale", 1.0), f"{where}.chain_scale"),
             whole_model_ms=None if d.get("whole_model_ms") is None else float(d["whole_model_ms"]),
+            cols=cols,
         )
 
     @classmethod

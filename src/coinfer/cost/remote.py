@@ -46,9 +46,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..cluster import Cluster
 from ..errors import UserError
+from .measure import EVICT_MB
 from .profile import DeviceProfile, LinkProbe, ProfileError
 from .regression import LayerSample, fit
 from .runtime import BUILTIN_RUNTIME, RuntimeCosts
+
+MAX_EVICT_MB = 4096  # a profiling request may not make a worker allocate more than this for cache eviction
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runtime.transport import Message
@@ -248,6 +251,8 @@ def _model_job(w: Any, dep: str, coord: str, spec: dict[str, Any]) -> None:
             seg["ms"] = prof.whole[key]
         if key in prof.chained:
             seg["chained"] = prof.chained[key]
+        if key in prof.cols:
+            seg["cols"] = [prof.cols[key][0], [[c, ms] for c, ms in prof.cols[key][1]]]
         w.ep.send(coord, {"kind": "profile_progress", "dep": dep, "device": w.name, "what": key[1][:200],
                           "done": 0, "total": 0, "segment": seg})
 
@@ -257,7 +262,8 @@ def _model_job(w: Any, dep: str, coord: str, spec: dict[str, Any]) -> None:
                           warmup=int(spec.get("warmup", 1)), backend=str(spec.get("backend", "torch")),
                           precision=str(spec.get("precision", "fp32")), layer_reps=int(spec.get("layer_reps", 1)),
                           skip=skip, progress=progress, calibrate=False, clock=str(spec.get("clock", "wall")),
-                          emulation=spec.get("emulation"), checkpoint=checkpoint, known_full=known)
+                          emulation=spec.get("emulation"), checkpoint=checkpoint, known_full=known,
+                          evict_mb=min(max(int(spec.get("evict_mb", EVICT_MB)), 0), MAX_EVICT_MB))
     _reply(w, coord, dep, {"ok": True, "op": "model", "device": w.name, "machine": prof.machine,
                            "timing": prof.timing, "fingerprint": prof.fingerprint, "model": prof.model,
                            "backend": prof.backend, "whole_model_ms": prof.whole_model_ms})
@@ -275,6 +281,7 @@ class DeviceRun:
     whole: dict[tuple[str, str], float] = field(default_factory=dict)
     samples: list[LayerSample] = field(default_factory=list)
     chained: dict[tuple[str, str], float] = field(default_factory=dict)
+    cols: dict[tuple[str, str], tuple[int, list[tuple[int, float]]]] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     done_segments: int = 0
     total_segments: int = 0
@@ -289,6 +296,9 @@ def _seg_from_wire(run: DeviceRun, seg: dict[str, Any]) -> tuple[str, str]:
             run.whole[key] = float(seg["ms"])
         if seg.get("chained") is not None:
             run.chained[key] = float(seg["chained"])
+        if seg.get("cols") is not None:
+            rows, pts = seg["cols"]
+            run.cols[key] = (int(rows), sorted((int(c), float(ms)) for c, ms in pts))
         run.samples += [LayerSample(str(f), tuple(float(v) for v in x), float(ms)) for f, x, ms in seg["samples"]]
     except (KeyError, TypeError, ValueError) as e:
         raise ProfileFailed(f"{run.device}: malformed segment from the worker ({e})") from None
@@ -518,7 +528,7 @@ class RemoteProfiler:
                       skip: dict[str, set[tuple[str, str]]] | None = None,
                       known_full: dict[str, dict[tuple[str, str], float]] | None = None, rows_points: int = 6, reps: int = 3,
                       warmup: int = 1, backend: str = "torch", precision: str = "fp32", seed: int = 0,
-                      on_segment: Callable[[DeviceRun, tuple[str, str]], None] | None = None,
+                      evict_mb: int = EVICT_MB, on_segment: Callable[[DeviceRun, tuple[str, str]], None] | None = None,
                       progress: Callable[[str, int, int, str], None] | None = None) -> dict[str, DeviceRun]:
         """Profile ``model`` on every device of ``devices`` in parallel; returns what each measured."""
         devs = devices or self.cluster.names
@@ -531,6 +541,7 @@ class RemoteProfiler:
             spec = {"op": "model", "model": model, "input_shape": None if input_shape is None else list(input_shape),
                     "seed": seed, "rows_points": rows_points, "reps": reps, "warmup": warmup, "backend": backend,
                     "precision": precision, "clock": "cpu" if emu else "wall", "emulation": emu,
+                    "evict_mb": evict_mb,
                     "skip": [list(k) for k in sorted((skip or {}).get(dev, set()))],
                     "known_full": [[a, b, ms] for (a, b), ms in sorted((known_full or {}).get(dev, {}).items())]}
             dep = f"{self.job}-model-{dev}"
@@ -574,12 +585,14 @@ def assemble(run: DeviceRun, model: str, fingerprint: str, *, base: DeviceProfil
         prof.stages.update(base.stages)
         prof.whole.update(base.whole)
         prof.chained.update(base.chained)
+        prof.cols.update(base.cols)
         samples += base.samples
         if base.machine:
             prof.machine = dict(base.machine)
     prof.stages.update(run.stages)
     prof.whole.update(run.whole)
     prof.chained.update(run.chained)
+    prof.cols.update(run.cols)
     samples += run.samples
     if res.get("machine"):
         prof.machine = dict(res["machine"])
@@ -721,7 +734,7 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
                     keys: str | None = None, rows_points: int = 6, reps: int = 3, warmup: int = 1,
                     backend: str = "torch", precision: str = "fp32", probe: bool = True, seed: int = 0,
                     sink: ProgressSink | None = None, timeout_s: float = 600.0,
-                    throttled: bool = False) -> ProfileJob:
+                    throttled: bool = False, evict_mb: int = EVICT_MB) -> ProfileJob:
     """Profile ``model`` on every device of ``cluster`` through the runtime and save ``out_dir/<device>.json``
     (``<device>@<backend>.json`` for another backend or precision than torch fp32: :func:`profile_file`).
 
@@ -796,7 +809,8 @@ def profile_cluster(cluster: Cluster, model: str, out_dir: str, *, input_shape: 
                         runs = rp.profile_model(model, input_shape, devices=todo, skip=skip, known_full=known,
                                                 rows_points=rows_points,
                                                 reps=reps, warmup=warmup, backend=backend, precision=precision,
-                                                seed=seed, on_segment=saved, progress=sink.device)
+                                                seed=seed, evict_mb=evict_mb, on_segment=saved,
+                                                progress=sink.device)
                     finally:
                         free.restore()
     finally:
