@@ -192,3 +192,19 @@ def test_resimulate_keeps_measurements_and_repredicts(tmp_path: Path, graph) -> 
     assert r.exit_code == 2 and "does not exist" in r.output
     r = invoke("bench", "--validate", "--resimulate", run_dir / "validation.csv")
     assert r.exit_code == 2 and "--profiles-root" in r.output
+
+
+def test_rounds_merge_into_the_median_of_all_runs() -> None:
+    a = V.Measured(10.0, [9.0, 10.0, 11.0], Trace([], {"r": "a"}), {"latency_ms": 10.0, "bytes_moved": 1})
+    b = V.Measured(20.0, [19.0, 20.0, 30.0], Trace([], {"r": "b"}), {"latency_ms": 20.0, "bytes_moved": 2})
+    c = V.Measured(14.0, [13.0, 14.0, 15.0], Trace([], {"r": "c"}), {"latency_ms": 14.0, "bytes_moved": 3})
+    m = V.merge_measured([a, b, c])
+    assert m.latencies_ms == [9.0, 10.0, 11.0, 19.0, 20.0, 30.0, 13.0, 14.0, 15.0]
+    assert m.latency_ms == 14.0 and m.summary["latency_ms"] == 14.0
+    assert m.trace.meta["r"] == "c" and m.summary["bytes_moved"] == 3  # the round closest to the median
+    assert V.merge_measured([a]).latency_ms == 10.0
+
+
+def test_validate_rejects_zero_rounds(tmp_path: Path) -> None:
+    r = CliRunner().invoke(build_app(), ["bench", "--validate", "--rounds", "0", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "rounds" in r.output

@@ -41,6 +41,9 @@ def cmd(
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     priority: bool = typer.Option(False, "--priority", help="emulated devices get their CPU share even on a "
                                   "loaded host (cgroup v1: a high-weight group; see docs/simulator.md)"),
+    rounds: int = typer.Option(1, "--rounds", min=1, help="with --validate: measure every case this many times, "
+                               "in rotated order, and take the median of all runs (spreads slow spells of the "
+                               "host over the cases)"),
     resim: list[str] = typer.Option(None, "--resimulate", help="with --validate: predict the cases of this "  # noqa: B008
                                     "validation.csv again (saved plans, current model, --profiles-root) without "
                                     "re-measuring; repeatable"),
@@ -51,7 +54,7 @@ def cmd(
         _resimulate(resim, profiles_root, out, json_out)
     elif validate:
         _validate(cluster, clusters, models, bandwidths, kinds, out, profiles_root, repeat, warmup, keys, json_out,
-                  priority)
+                  priority, rounds)
     else:
         _compare(model, cluster, strategies, profiles, input_shape, repeat, warmup, keys, json_out, priority)
 
@@ -156,7 +159,7 @@ def _report(results: list[Any], outp: Path, json_out: bool, what: str = "") -> N
 
 def _validate(cluster: str | None, clusters: str | None, models: str | None, bandwidths: str | None,
               kinds: str | None, out: str, profiles_root: str | None, repeat: int, warmup: int, keys: str | None,
-              json_out: bool, priority: bool = False) -> None:
+              json_out: bool, priority: bool = False, rounds: int = 1) -> None:
     from ..cluster import resolve_cluster
     from ..errors import UserError
     from ..sim import validation as V
@@ -192,6 +195,13 @@ def _validate(cluster: str | None, clusters: str | None, models: str | None, ban
         c.print(f"  {r.case:<34} predicted {r.predicted_ms:8.1f} ms  measured {r.measured_ms:8.1f} ms  "
                 f"error {r.error:+6.1%}  (ideal machine {r.ideal_ms:.1f}; load {r.load:.1f})")
 
+    from ..cost.remote import ProgressSink
+
+    class Notes(ProgressSink):
+        def note(self, msg: str) -> None:
+            if msg.startswith("round"):
+                c.print(f"  {msg} ({len(cases)} cases; results after the last round)")
+
     results = V.validate(cases, outp, repeat=repeat, warmup=warmup, profiles_root=profiles_root, keys=keys,
-                         on_result=show, priority=priority)
+                         on_result=show, priority=priority, rounds=rounds, sink=Notes())
     _report(results, outp, json_out)

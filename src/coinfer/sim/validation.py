@@ -417,9 +417,20 @@ def profiles_for(bed: Testbed, model: str, cluster: Cluster, root: str | Path, *
     return str(out)
 
 
-def run_case(bed: Testbed, case: Case, cluster: Cluster, profiles: str | None, *, repeat: int = 5,
-             warmup: int = 1, traces_dir: str | Path | None = None) -> CaseResult:
-    """Plan, simulate (with and without the runtime's overheads) and measure one case."""
+@dataclass
+class Prepared:
+    """One case planned and simulated, ready to measure."""
+
+    case: Case
+    cluster: Cluster
+    plan: Plan
+    devices: int  # devices with a program
+    sim: Any
+    ideal: Any
+
+
+def prepare_case(case: Case, cluster: Cluster, profiles: str | None) -> Prepared:
+    """Plan and simulate one case (with and without the runtime's overheads)."""
     from ..cost.model import load_cost_model
     from ..modelspec import capture_model
     from ..plan.lower import lower
@@ -429,10 +440,21 @@ def run_case(bed: Testbed, case: Case, cluster: Cluster, profiles: str | None, *
     costs = load_cost_model(g, cluster, profiles)
     plan = PLANNERS[case.kind](case.model, g, cluster, costs)
     low = lower(plan, g)
-    sim = simulate(low, costs)
-    ideal = simulate(low, costs, overheads=False)
-    load = load_average()
-    meas = bed.measure(plan, cluster, repeat=repeat, warmup=warmup)
+    return Prepared(case, cluster, plan, len(low.programs), simulate(low, costs),
+                    simulate(low, costs, overheads=False))
+
+
+def merge_measured(rounds: list[Measured]) -> Measured:
+    """Several measurements of one plan as one: the median of all runs, the trace of the round closest to it."""
+    lats = [v for m in rounds for v in m.latencies_ms]
+    med = statistics.median(lats)
+    best = min(rounds, key=lambda m: abs(m.latency_ms - med))
+    return Measured(med, lats, best.trace, {**best.summary, "latency_ms": med})
+
+
+def case_result(p: Prepared, meas: Measured, load: float, traces_dir: str | Path | None = None) -> CaseResult:
+    """The row of one case: predicted vs measured (and the traces saved under ``traces_dir``)."""
+    case, plan, sim, ideal = p.case, p.plan, p.sim, p.ideal
     if traces_dir is not None:
         d = Path(traces_dir)
         d.mkdir(parents=True, exist_ok=True)
@@ -442,29 +464,67 @@ def run_case(bed: Testbed, case: Case, cluster: Cluster, profiles: str | None, *
         plan.save(d / f"{case.name}.plan.json")
     m = meas.latency_ms
     return CaseResult(case.name, case.model, case.kind, case.cluster_name, case.mbps, len(plan.stages),
-                      len(low.programs), round(sim.latency_ms, 3), round(m, 3), round((sim.latency_ms - m) / m, 4),
+                      p.devices, round(sim.latency_ms, 3), round(m, 3),
+                      round((sim.latency_ms - m) / m, 4),
                       round(sim.energy_j, 5), round(float(meas.summary["energy_j"]), 5), int(sim.bytes_moved),
                       int(meas.summary["bytes_moved"]), round(ideal.latency_ms, 3),
                       [round(v, 2) for v in meas.latencies_ms], round(load, 2),
                       str(meas.summary.get("energy_source", "model")))
 
 
+def run_case(bed: Testbed, case: Case, cluster: Cluster, profiles: str | None, *, repeat: int = 5,
+             warmup: int = 1, traces_dir: str | Path | None = None) -> CaseResult:
+    """Plan, simulate (with and without the runtime's overheads) and measure one case."""
+    p = prepare_case(case, cluster, profiles)
+    load = load_average()
+    return case_result(p, bed.measure(p.plan, cluster, repeat=repeat, warmup=warmup), load, traces_dir)
+
+
 def validate(cases: list[Case], out_dir: str | Path, *, repeat: int = 5, warmup: int = 1,
              profiles_root: str | Path | None = None, keys: str | None = None, traces: bool = True,
              on_result: Callable[[CaseResult], None] | None = None, sink: Any = None,
-             priority: bool = False) -> list[CaseResult]:
-    """Measure and simulate every case (profiling each model on each cluster first); see the module doc."""
+             priority: bool = False, rounds: int = 1) -> list[CaseResult]:
+    """Measure and simulate every case (profiling each model on each cluster first); see the module doc.
+
+    ``rounds`` > 1 measures every case that many times, the cases in a
+    rotated order each round (``repeat`` requests each time), and takes the
+    median of all its runs: a slow spell of the host then spreads over the
+    cases instead of landing on the few measured during it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(profiles_root) if profiles_root else out / "profiles"
+    tdir = out / "traces" if traces else None
     results: list[CaseResult] = []
     with Testbed(keys=keys, priority=priority) as bed:
+        if rounds <= 1:
+            for case in cases:
+                base = pinned_backend(resolve_cluster(case.cluster_name))
+                prof = profiles_for(bed, case.model, base, root, sink=sink)
+                r = run_case(bed, case, base.with_bandwidth(case.mbps), prof, repeat=repeat, warmup=warmup,
+                             traces_dir=tdir)
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+            return results
+        prepared = []
         for case in cases:
             base = pinned_backend(resolve_cluster(case.cluster_name))
             prof = profiles_for(bed, case.model, base, root, sink=sink)
-            cl = base.with_bandwidth(case.mbps)
-            r = run_case(bed, case, cl, prof, repeat=repeat, warmup=warmup,
-                         traces_dir=out / "traces" if traces else None)
+            prepared.append(prepare_case(case, base.with_bandwidth(case.mbps), prof))
+        meas: list[list[Measured]] = [[] for _ in prepared]
+        loads: list[list[float]] = [[] for _ in prepared]
+        n = len(prepared)
+        for k in range(rounds):
+            if sink is not None and hasattr(sink, "note"):
+                sink.note(f"round {k + 1}/{rounds}")
+            for j in range(n):
+                i = (j + k * max(1, n // rounds)) % n
+                p = prepared[i]
+                loads[i].append(load_average())
+                meas[i].append(bed.measure(p.plan, p.cluster, repeat=repeat, warmup=warmup))
+        for i, p in enumerate(prepared):
+            r = case_result(p, merge_measured(meas[i]), statistics.mean(loads[i]), tdir)
             results.append(r)
             if on_result is not None:
                 on_result(r)
