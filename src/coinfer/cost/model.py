@@ -11,7 +11,10 @@
        piecewise-linearly at the rows of the part, per cut-point segment of the
        stage; a part that is not a top-anchored full-width slab (a grid tile, a
        slab with halo on both sides, a zero-halo tile) is corrected by the
-       ratio of the analytic costs of its actual and of the table's geometry;
+       ratio of the analytic costs of its actual and of the table's geometry,
+       and a narrower part also by the segment's measured width points
+       (``cols``: what a half- or quarter-width part costs beyond its
+       analytic share);
        a segment that follows another in the same part costs its
        ``chained`` figure instead (what it adds after its predecessor: the
        backend fuses across the boundary and converts layouts once per part);
