@@ -208,3 +208,34 @@ def test_rounds_merge_into_the_median_of_all_runs() -> None:
 def test_validate_rejects_zero_rounds(tmp_path: Path) -> None:
     r = CliRunner().invoke(build_app(), ["bench", "--validate", "--rounds", "0", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "rounds" in r.output
+
+
+def test_validate_rounds_rotate_and_report_each_case_after_its_last_round(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    order: list[str] = []
+    reported: list[str] = []
+
+    class Bed:
+        def __init__(self, **kw: object) -> None: ...
+
+        def __enter__(self) -> Bed:
+            return self
+
+        def __exit__(self, *a: object) -> None: ...
+
+        def measure(self, plan: str, cluster: object, **kw: object) -> V.Measured:
+            order.append(plan)
+            return V.Measured(float(len(order)), [float(len(order))], Trace([], {}), {"latency_ms": 0.0})
+
+    monkeypatch.setattr(V, "Testbed", Bed)
+    monkeypatch.setattr(V, "profiles_for", lambda *a, **k: "p")
+    monkeypatch.setattr(V, "prepare_case", lambda case, cl, prof: V.Prepared(case, cl, case.name, 4, None, None))
+    monkeypatch.setattr(V, "case_result", lambda p, m, load, tdir: (p.case.name, m.latencies_ms))
+    cases = V.validation_cases(("resnet18",), ("rows", "grid", "whole"), ("eq4",), (100.0,))
+    names = [c.name for c in cases]
+    res = V.validate(cases, tmp_path, rounds=3, on_result=lambda r: reported.append(r[0]))  # type: ignore[arg-type,return-value]
+    assert order == names + names[1:] + names[:1] + names[2:] + names[:2]  # rotated by one case per round
+    assert reported == names[2:] + names[:2]  # in the order of the last round
+    assert [r[0] for r in res] == names and res[0][1] == [1.0, 6.0, 8.0]  # type: ignore[index]
+    order.clear()
+    assert [r[0] for r in V.validate(cases, tmp_path)] == names and order == names  # type: ignore[index]

@@ -200,7 +200,7 @@ def _validate(cluster: str | None, clusters: str | None, models: str | None, ban
     class Notes(ProgressSink):
         def note(self, msg: str) -> None:
             if msg.startswith("round"):
-                c.print(f"  {msg} ({len(cases)} cases; results after the last round)")
+                c.print(f"  {msg} ({len(cases)} cases; each case's result after its last round)")
 
     results = V.validate(cases, outp, repeat=repeat, warmup=warmup, profiles_root=profiles_root, keys=keys,
                          on_result=show, priority=priority, rounds=rounds, sink=Notes())

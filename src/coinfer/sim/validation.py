@@ -497,37 +497,28 @@ def validate(cases: list[Case], out_dir: str | Path, *, repeat: int = 5, warmup:
     tdir = out / "traces" if traces else None
     results: list[CaseResult] = []
     with Testbed(keys=keys, priority=priority) as bed:
-        if rounds <= 1:
-            for case in cases:
-                base = pinned_backend(resolve_cluster(case.cluster_name))
-                prof = profiles_for(bed, case.model, base, root, sink=sink)
-                r = run_case(bed, case, base.with_bandwidth(case.mbps), prof, repeat=repeat, warmup=warmup,
-                             traces_dir=tdir)
-                results.append(r)
-                if on_result is not None:
-                    on_result(r)
-            return results
         prepared = []
         for case in cases:
             base = pinned_backend(resolve_cluster(case.cluster_name))
             prof = profiles_for(bed, case.model, base, root, sink=sink)
             prepared.append(prepare_case(case, base.with_bandwidth(case.mbps), prof))
+        n, rounds = len(prepared), max(1, rounds)
         meas: list[list[Measured]] = [[] for _ in prepared]
         loads: list[list[float]] = [[] for _ in prepared]
-        n = len(prepared)
+        done: dict[int, CaseResult] = {}
         for k in range(rounds):
-            if sink is not None and hasattr(sink, "note"):
+            if rounds > 1 and sink is not None and hasattr(sink, "note"):
                 sink.note(f"round {k + 1}/{rounds}")
             for j in range(n):
                 i = (j + k * max(1, n // rounds)) % n
                 p = prepared[i]
                 loads[i].append(load_average())
                 meas[i].append(bed.measure(p.plan, p.cluster, repeat=repeat, warmup=warmup))
-        for i, p in enumerate(prepared):
-            r = case_result(p, merge_measured(meas[i]), statistics.mean(loads[i]), tdir)
-            results.append(r)
-            if on_result is not None:
-                on_result(r)
+                if k == rounds - 1:  # the case's last measurement: its result now
+                    done[i] = case_result(p, merge_measured(meas[i]), statistics.mean(loads[i]), tdir)
+                    if on_result is not None:
+                        on_result(done[i])
+        results = [done[i] for i in range(n)]
     return results
 
 
