@@ -188,3 +188,14 @@ def test_malformed_width_points_are_refused(cm, cols) -> None:  # type: ignore[n
     d["stages"][0]["cols"] = cols
     with pytest.raises(ProfileError, match="cols|malformed"):
         DeviceProfile.from_dict(d)
+
+
+def test_profiles_size_the_cold_cache_buffer_by_the_model(cm) -> None:  # type: ignore[no-untyped-def]
+    from coinfer.cost.measure import EVICT_MB
+    from coinfer.cost.remote import auto_evict_mb
+    from coinfer.modelspec import capture_model
+
+    assert auto_evict_mb(cm.graph, 4) == 16  # a tiny model: the floor
+    mb = auto_evict_mb(capture_model("mobilenet_v2").graph, 4)
+    assert 50 <= mb <= 60 and auto_evict_mb(capture_model("mobilenet_v2").graph, 2) == pytest.approx(mb / 2, abs=1)
+    assert auto_evict_mb(capture_model("vgg16").graph, 4) == EVICT_MB  # capped

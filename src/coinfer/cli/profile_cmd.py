@@ -27,8 +27,9 @@ def cmd(
     throttled: bool = typer.Option(False, "--throttled", help="measure the model under the emulated CPU quota "
                                    "(slower; by default the local workers started here sweep without it: "
                                    "CPU-time profiles do not depend on it)"),
-    evict_mb: int = typer.Option(256, "--evict-mb", help="MiB written before every timed run so that it starts "
-                                 "on cold caches, as a part does inside a request (0: time back to back)"),
+    evict_mb: int = typer.Option(None, "--evict-mb", min=0, help="MiB written before every timed run so that it "
+                                 "starts on cold caches, as a part does inside a request (default: the devices x "
+                                 "the model's weights, at most 256; 0: time back to back)"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory (default: the cluster's security.keys)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
