@@ -390,7 +390,7 @@ class CostModel:
             full = dict(pts).get(w)
             out: list[tuple[int, float]] = []
             if full:
-                a_full = self._analytic_ngs(self.calibration, 1.0, part_geometry(self.graph, s, e, (0, rows, 0, w)).nodes)
+                a_full = self._reference_ms(seg, rows)  # the full-width slab's analytic cost
                 for c, ms in pts:
                     if c >= w:
                         continue

@@ -495,7 +495,6 @@ def validate(cases: list[Case], out_dir: str | Path, *, repeat: int = 5, warmup:
     out.mkdir(parents=True, exist_ok=True)
     root = Path(profiles_root) if profiles_root else out / "profiles"
     tdir = out / "traces" if traces else None
-    results: list[CaseResult] = []
     with Testbed(keys=keys, priority=priority) as bed:
         prepared = []
         for case in cases:
