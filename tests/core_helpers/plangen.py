@@ -16,10 +16,21 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from coinfer.graph.geometry import region_bytes
+from coinfer.graph.geometry import features_layer, region_bytes
 from coinfer.graph.ir import OUTPUT, Graph
 from coinfer.plan.lower import INPUT, Lowered
-from coinfer.plan.plan import Grid, ModelRef, Plan, RowPart, Rows, Stage, StrategyRef, Whole
+from coinfer.plan.plan import (
+    FeaturePart,
+    Features,
+    Grid,
+    ModelRef,
+    Plan,
+    RowPart,
+    Rows,
+    Stage,
+    StrategyRef,
+    Whole,
+)
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 DEVICE_NAMES = ("d0", "d1", "d2", "d3", "d4", "d5")
@@ -94,12 +105,19 @@ def random_plan(draw: Draw, g: Graph, *, max_stages: int = 5, max_parts: int = 6
         kinds = ["whole"]
         if stage_is_splittable(g, prev, end) and not (last and final_whole):
             kinds += ["rows", "rows", "grid", "grid"]
+        elif features_layer(g, prev, end)[0] is not None:
+            kinds += ["features"]
         kind = draw(st.sampled_from(kinds[1:] if end == forced else kinds))
         halo = "zero" if allow_zero and kind != "whole" and draw(st.booleans()) else "exact"
         schedule = "dynamic" if allow_dynamic and kind != "whole" and draw(st.integers(0, 7)) == 0 else "static"
-        exchange = "via_source" if allow_dynamic and draw(st.integers(0, 7)) == 0 else "direct"
-        if kind == "whole":
-            part: Any = Whole(draw(dev))
+        exchange = "via_source" if allow_dynamic and kind != "features" and draw(st.integers(0, 7)) == 0 \
+            else "direct"
+        if kind == "features":
+            halo = "exact"
+            b = boundaries(draw, node.shape[1], max_parts)
+            part: Any = Features(tuple(FeaturePart(draw(dev), (a, c)) for a, c in itertools.pairwise(b)))
+        elif kind == "whole":
+            part = Whole(draw(dev))
         elif kind == "rows":
             b = boundaries(draw, node.height, max_parts)
             part = Rows(tuple(RowPart(draw(dev), (a, c)) for a, c in itertools.pairwise(b)), schedule)
@@ -129,7 +147,8 @@ class _Held:
     def _mask(self, t: int) -> Any:
         if t not in self.masks:
             sh = self.shapes[t]
-            self.masks[t] = np.zeros(sh[2:], bool) if len(sh) == 4 else np.zeros((1, 1), bool)
+            self.masks[t] = np.zeros(sh[2:], bool) if len(sh) == 4 else \
+                np.zeros((1, sh[1]) if len(sh) == 2 else (1, 1), bool)  # flat: feature ranges
         return self.masks[t]
 
     def add(self, t: int, r: tuple[int, int, int, int] | None) -> None:

@@ -23,10 +23,15 @@ def test_one_stage_per_layer_via_source_tail_on_source(alexnet) -> None:
     res = run("modnn", PlanRequest(g, cl, "alexnet"))
     p = res.plan
     ends = layer_ends(g)
-    assert [s.until for s in p.stages[:-1]] == ends
-    assert all(s.exchange == "via_source" for s in p.stages[:-1])
-    assert p.stages[-1].partition == Whole("d0") and p.stages[-1].until == "output"  # FC tail on the source
-    assert "FC" in res.info["fc"] or "fc" in res.info["fc"].lower()
+    assert [s.until for s in p.stages[:len(ends)]] == ends
+    assert all(s.exchange == "via_source" for s in p.stages if s.partition.type != "whole")
+    # the FC layers split by weights (output features), gathered at the source too
+    assert [(s.until, s.partition.type) for s in p.stages[len(ends):]] == [
+        ("classifier_2", "features"), ("classifier_5", "features"), ("output", "features")]
+    assert res.info["fc"] == "split by features over the devices"
+    off = run("modnn", PlanRequest(g, cl, "alexnet", params={"fc_split": "false"}))
+    assert off.plan.stages[-1].partition == Whole("d0") and off.plan.stages[-1].until == "output"
+    assert off.info["fc"] == "whole on the source"
     # no worker sends to another worker: every piece goes through the source
     lw = lower(p, g)
     for dev, prog in lw.programs.items():

@@ -137,7 +137,7 @@ BROKEN = {
     "unknown_partition_field": (_set("stages.2.partition.rows", [0, 1]), ["unknown field(s) ['rows'] in stages[2].partition"]),
     "missing_field": (_mut(lambda d: d.pop("source")), ["missing field(s) ['source'] in plan"]),
     "format": (_set("format", "coinfer.plan/0"), ["is not 'coinfer.plan/1'"]),
-    "partition_type": (_set("stages.0.partition.type", "cols"), ["type 'cols' is unknown; use whole, rows or grid"]),
+    "partition_type": (_set("stages.0.partition.type", "cols"), ["type 'cols' is unknown; use whole, rows, grid or features"]),
     "halo": (_set("stages.0.halo", "approx"), ["halo 'approx' is unknown; use exact or zero"]),
     "schedule": (_set("stages.1.partition.schedule", "greedy"), ["schedule 'greedy' is unknown; use static or dynamic"]),
     "exchange": (_set("stages.1.exchange", "broadcast"), ["exchange 'broadcast' is unknown"]),

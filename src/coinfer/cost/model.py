@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..cluster import Cluster, ClusterError, Device, Power
@@ -309,6 +310,15 @@ class CostModel:
         key = (device, geom.start, geom.end, geom.halo, geom.out_region)
         v = self._part_cache.get(key)
         if v is not None:
+            return v
+        end = self._nodes[geom.end]
+        if geom.out_region is not None and len(end.shape) == 2:
+            # a features part (one linear layer's output range): the whole stage's cost in
+            # proportion — the layer is bound by reading its weights, and reads that share of them
+            whole = replace(geom, out_region=None, nodes=[
+                NodeGeom(ng.name, None, ng.edges, None, self._nodes[ng.name].flops) for ng in geom.nodes])
+            v = self.part_ms(device, whole) * (geom.out_region[3] - geom.out_region[2]) / end.shape[1]
+            self._part_cache[key] = v
             return v
         prof = self.profiles.get(device)
         if prof is None or prof.empty:

@@ -18,7 +18,7 @@ from ..graph.capture import CapturedModel
 from ..graph.geometry import PartGeom, part_geometry
 from ..graph.ir import Graph
 from ..plan.plan import Part, Plan
-from .part import PartRunner
+from .part import PartRunner, concat_features
 
 Tensor = torch.Tensor
 
@@ -93,7 +93,9 @@ class InProcessExecutor:
         for si, parts in enumerate(self.parts):
             end_node = self.graph[self.plan.stages[si].until]
             single = len(parts) == 1
-            out = None if single else torch.empty(end_node.shape, dtype=cur.dtype)
+            flat = len(end_node.shape) == 2
+            out = None if single or flat else torch.empty(end_node.shape, dtype=cur.dtype)
+            pieces = []
             for part, runner in parts:
                 ir = runner.geom.in_region
                 xin = cur if ir is None else _crop(cur, ir)
@@ -102,12 +104,16 @@ class InProcessExecutor:
                 if timed:
                     timings.append(PartTiming(si, part.index, part.device,
                                               1e3 * (time.perf_counter() - t0), runner.geom.flops))
-                if out is None:
+                if flat and not single:
+                    pieces.append((part.region, y))
+                elif out is None:
                     out = y
                 else:
                     r = part.region
                     assert r is not None
                     out[:, :, r[0]:r[1], r[2]:r[3]] = y
+            if pieces:
+                out = concat_features(pieces, si)
             assert out is not None
             cur = out
         return LocalRun(cur, timings)

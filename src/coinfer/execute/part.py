@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.capture import CapturedModel
-from ..graph.geometry import PartGeom, region_shape
+from ..graph.geometry import PartGeom, Region, region_shape
 from .backends import CompiledPart, PartCache, build_part
 
 Tensor = torch.Tensor
@@ -77,6 +77,18 @@ class PartRunner:
             )
         with torch.no_grad():
             return self.part(x)
+
+
+def concat_features(pieces: list[tuple[Region | None, Tensor]], tensor: int | str = "") -> Tensor:
+    """A flat ``(N, F)`` tensor from pieces holding feature ranges ``(0, 1, c0, c1)`` that tile ``0..F``."""
+    srt = sorted(pieces, key=lambda p: 0 if p[0] is None else p[0][2])
+    at = 0
+    for r, v in srt:
+        c0 = 0 if r is None else r[2]
+        if c0 != at:
+            raise RuntimeError(f"internal: features [{at},{c0}) of s{tensor} are missing")
+        at = c0 + v.shape[1]
+    return srt[0][1] if len(srt) == 1 else torch.cat([v for _, v in srt], dim=1)
 
 
 def run_part(cm: CapturedModel, geom: PartGeom, x: Tensor, backend: str = "torch",

@@ -138,9 +138,92 @@ class PartGeom:
 
 
 def region_shape(node: Node, region: Region | None) -> tuple[int, ...]:
-    if region is None or not node.is_feature_map:
+    if region is None:
+        return tuple(node.shape)
+    if not node.is_feature_map:
+        if len(node.shape) == 2:  # a feature range [c0, c1) of a flat (N, F) tensor
+            return (node.shape[0], region[3] - region[2])
         return tuple(node.shape)
     return (node.shape[0], node.shape[1], region[1] - region[0], region[3] - region[2])
+
+
+def feature_region(c0: int, c1: int) -> Region:
+    """The region of a flat ``(N, F)`` tensor holding features ``[c0, c1)`` (a ``features`` part)."""
+    return (0, 1, c0, c1)
+
+
+FEATURE_SUFFIX_OPS = frozenset({"act"})  # element-wise ops that may follow the split linear layer
+
+
+def features_layer(graph: Graph, start: str, end: str) -> tuple[str | None, str]:
+    """The linear layer a ``features`` partition of stage (start, end] splits, or (None, why not).
+
+    A stage can be split by output features (MoDNN's partition of fully connected
+    layers) when its output is flat ``(N, F)`` and it computes exactly one linear
+    layer followed only by element-wise activations: every part then needs the
+    whole stage input, computes the rows ``[c0, c1)`` of the weight matrix, and
+    its outputs concatenate to the stage output exactly. Nodes before the linear
+    layer (a flatten, a global pooling — not spatial ones) are computed by every part.
+    """
+    start, end = graph.resolve(start), graph.resolve(end)
+    if len(graph[end].shape) != 2:
+        return None, f"its output {end} is not a flat (N, F) tensor"
+    nodes = stage_nodes(graph, start, end)
+    lin = [n for n in nodes if n.op == "linear"]
+    if len(lin) != 1:
+        return None, (f"it has {len(lin)} linear layers; end the stage right after one linear layer "
+                      f"(and its activation)")
+    before = nodes[:nodes.index(lin[0])]
+    spatial = [n for n in before if n.spatial]
+    if spatial:
+        return None, (f"it computes {spatial[-1].name} ({spatial[-1].op}), which every part would repeat, "
+                      f"before the linear layer; start the stage after the last splittable cut point")
+    after = nodes[nodes.index(lin[0]) + 1:]
+    prev = lin[0].name
+    for n in after:
+        if n.op not in FEATURE_SUFFIX_OPS or list(n.inputs) != [prev]:
+            return None, (f"{n.name} ({n.op}) follows the linear layer {lin[0].name}; only element-wise "
+                          f"activations may; end the stage at {prev}")
+        prev = n.name
+    return lin[0].name, ""
+
+
+def weight_share(node: Node, ng: NodeGeom) -> float:
+    """The share of ``node``'s parameters a part computing ``ng`` needs (a features part: its rows)."""
+    if node.op == "linear" and ng.region is not None and len(node.shape) == 2:
+        return (ng.region[3] - ng.region[2]) / node.shape[1]
+    return 1.0
+
+
+def _features_geometry(graph: Graph, start: str, end: str, nodes: list[Node], out_region: Region) -> PartGeom:
+    lin, why = features_layer(graph, start, end)
+    if lin is None:
+        raise GraphError(f"stage ({start}, {end}] cannot be split by features: {why}")
+    F = graph[end].shape[1]
+    c0, c1 = out_region[2], out_region[3]
+    if out_region[:2] != (0, 1) or not 0 <= c0 < c1 <= F:
+        raise GraphError(f"features [{c0},{c1}) of {end} are empty or outside 0..{F}")
+    geoms: list[NodeGeom] = []
+    split = False
+    for n in nodes:
+        split = split or n.name == lin
+        r = out_region if split else None
+        fl = round(n.flops * (c1 - c0) / F) if split else n.flops
+        geoms.append(NodeGeom(n.name, r, tuple(EdgeGeom(i, None) for i in n.inputs), None, fl))
+    return PartGeom(start, end, "exact", out_region, None, geoms, _free_after(geoms, end))
+
+
+def _free_after(geoms: list[NodeGeom], end: str) -> dict[int, tuple[str, ...]]:
+    """Buffers to free after their last use inside a part (never the part's output)."""
+    last: dict[str, int] = {}
+    for idx, g in enumerate(geoms):
+        for e in g.edges:
+            last[e.src] = idx
+    free_after: dict[int, list[str]] = {}
+    for name, idx in last.items():
+        if name != end:
+            free_after.setdefault(idx, []).append(name)
+    return {k: tuple(v) for k, v in free_after.items()}
 
 
 def region_bytes(node: Node, region: Region | None, itemsize: int = 4) -> int:
@@ -223,6 +306,11 @@ def part_geometry(graph: Graph, start: str, end: str, out_region: Region | None,
     spatial = graph.segment_is_spatial(start, end)
     if out_region is not None and not spatial and end_node.is_feature_map and out_region == full(end_node):
         out_region = None  # a whole partition of a non-spatial stage ending at a feature map
+    if out_region is not None and len(end_node.shape) == 2:
+        if out_region == feature_region(0, end_node.shape[1]):
+            out_region = None  # all the features: the whole stage
+        elif features_layer(graph, start, end)[0] is not None:
+            return _features_geometry(graph, start, end, nodes, out_region)
     if out_region is not None and not spatial:
         raise GraphError(
             f"stage ({start}, {end}] is not splittable (it contains global pooling, flatten, "
@@ -297,18 +385,7 @@ def part_geometry(graph: Graph, start: str, end: str, out_region: Region | None,
         geoms.append(NodeGeom(n.name, r, tuple(edges), counts, fl))
 
     # 3. free buffers after their last use inside the part
-    last: dict[str, int] = {}
-    for idx, g in enumerate(geoms):
-        for e in g.edges:
-            last[e.src] = idx
-    free_after: dict[int, list[str]] = {}
-    for name, idx in last.items():
-        if name != end:
-            free_after.setdefault(idx, []).append(name)
-    return PartGeom(
-        start, end, halo, regions[end], regions[start], geoms,
-        {k: tuple(v) for k, v in free_after.items()},
-    )
+    return PartGeom(start, end, halo, regions[end], regions[start], geoms, _free_after(geoms, end))
 
 
 def halo_rows(graph: Graph, start: str, end: str, out_region: Region) -> int:

@@ -8,11 +8,11 @@ import sys
 import types
 from typing import Any
 
-from .plan import (Grid, ModelRef, Part, Plan, PlanError, RowPart, Rows, Stage, StrategyRef, Whole,
-                   Wire)
+from .plan import (FeaturePart, Features, Grid, ModelRef, Part, Plan, PlanError, RowPart, Rows, Stage,
+                   StrategyRef, Whole, Wire)
 
-__all__ = ["Grid", "ModelRef", "Part", "Plan", "PlanError", "RowPart", "Rows", "Stage",
-           "StrategyRef", "Whole", "Wire"]
+__all__ = ["FeaturePart", "Features", "Grid", "ModelRef", "Part", "Plan", "PlanError", "RowPart", "Rows",
+           "Stage", "StrategyRef", "Whole", "Wire"]
 
 
 class _CallablePlanModule(types.ModuleType):

@@ -7,18 +7,21 @@ parts must tile 0..224").
 
 A plan is a list of stages; each ends at a cut point (``until``) and has a
 partition: ``whole`` (one device), ``rows`` (parts by output rows, full
-width) or ``grid`` (row x column tiles). Ranges are half-open, in the stage's
+width), ``grid`` (row x column tiles) or ``features`` (a stage of one linear
+layer split by output features). Ranges are half-open, in the stage's
 *output* coordinates, and must tile the output exactly.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any
 
-from ..graph.geometry import HALO_MODES, Region
+from ..graph.geometry import HALO_MODES, Region, feature_region, features_layer
 from ..graph.ir import OUTPUT, Graph, GraphError
 
 FORMAT = "coinfer.plan/1"
@@ -109,12 +112,34 @@ class Grid:
                 "devices": [list(r) for r in self.devices], "schedule": self.schedule}
 
 
-Partition = Union[Whole, Rows, Grid]
+@dataclass(frozen=True)
+class FeaturePart:
+    device: str
+    features: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Features:
+    """A stage of one linear layer (plus activations) split by output features (MoDNN's FC partition).
+
+    Every part reads the whole stage input and computes features ``[c0, c1)``
+    of the flat ``(N, F)`` output; the parts must tile ``0..F``. Exact.
+    """
+
+    parts: tuple[FeaturePart, ...]
+    type: str = "features"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "features",
+                "parts": [{"device": p.device, "features": list(p.features)} for p in self.parts]}
+
+
+Partition = Whole | Rows | Grid | Features
 
 
 def partition_from_dict(d: Any, where: str) -> Partition:
     if not isinstance(d, dict) or "type" not in d:
-        raise PlanError(f"{where} needs a 'type': whole, rows or grid")
+        raise PlanError(f"{where} needs a 'type': whole, rows, grid or features")
     t = d["type"]
     if t == "whole":
         _check_keys(d, {"type", "device"}, where, {"device"})
@@ -138,7 +163,16 @@ def partition_from_dict(d: Any, where: str) -> Partition:
             raise PlanError(f"{where}.devices must be a matrix (list of lists) of device names")
         return Grid(tuple(d["rows"]), tuple(d["cols"]), tuple(tuple(str(x) for x in r) for r in devs),
                     str(d.get("schedule", "static")))
-    raise PlanError(f"{where}.type {t!r} is unknown; use whole, rows or grid")
+    if t == "features":
+        _check_keys(d, {"type", "parts"}, where, {"parts"})
+        if not isinstance(d["parts"], list) or not d["parts"]:
+            raise PlanError(f"{where}.parts must be a non-empty list")
+        fparts = []
+        for i, p in enumerate(d["parts"]):
+            _check_keys(p, {"device", "features"}, f"{where}.parts[{i}]", {"device", "features"})
+            fparts.append(FeaturePart(str(p["device"]), _int_pair(p["features"], f"{where}.parts[{i}].features")))
+        return Features(tuple(fparts))
+    raise PlanError(f"{where}.type {t!r} is unknown; use whole, rows, grid or features")
 
 
 @dataclass(frozen=True)
@@ -297,6 +331,8 @@ class Plan:
         if isinstance(p, Rows):
             return [Part(stage, i, rp.device, (rp.rows[0], rp.rows[1], 0, node.width))
                     for i, rp in enumerate(p.parts)]
+        if isinstance(p, Features):
+            return [Part(stage, i, fp.device, feature_region(*fp.features)) for i, fp in enumerate(p.parts)]
         out = []
         k = 0
         for i in range(len(p.rows) - 1):
@@ -316,7 +352,7 @@ class Plan:
             p = s.partition
             if isinstance(p, Whole):
                 used.add(p.device)
-            elif isinstance(p, Rows):
+            elif isinstance(p, (Rows, Features)):
                 used.update(rp.device for rp in p.parts)
             else:
                 used.update(d for row in p.devices for d in row)
@@ -374,7 +410,7 @@ class Plan:
                 raise PlanError(f"{where}: halo {s.halo!r} is unknown; use exact or zero")
             if s.exchange not in EXCHANGES:
                 raise PlanError(f"{where}: exchange {s.exchange!r} is unknown; use direct or via_source")
-            self._validate_partition(g, i, s, where, split.get(end, False) and g.segment_is_spatial(prev, end))
+            self._validate_partition(g, i, s, where, split.get(end, False) and g.segment_is_spatial(prev, end), prev)
             prev_idx, prev = idx, end
         if g.resolve(self.stages[-1].until) != g.output.name:
             raise PlanError(
@@ -383,7 +419,7 @@ class Plan:
             )
         return g
 
-    def _validate_partition(self, g: Graph, i: int, s: Stage, where: str, splittable: bool) -> None:
+    def _validate_partition(self, g: Graph, i: int, s: Stage, where: str, splittable: bool, prev: str) -> None:
         p = s.partition
         node = g[s.until]
         devset = set(self.devices)
@@ -394,6 +430,17 @@ class Plan:
 
         if isinstance(p, Whole):
             known(p.device)
+            return
+        if isinstance(p, Features):
+            for fp in p.parts:
+                known(fp.device)
+            lin, why = features_layer(g, prev, node.name)
+            if lin is None:
+                raise PlanError(f"{where}: a features partition needs a stage of one linear layer and its "
+                                f"activations, but {why}")
+            if s.halo != "exact":
+                raise PlanError(f"{where}: a features partition is exact; drop halo from this stage")
+            _check_tiling([fp.features for fp in p.parts], node.shape[1], "features", where)
             return
         if not splittable:
             raise PlanError(
@@ -406,11 +453,11 @@ class Plan:
         if isinstance(p, Rows):
             for rp in p.parts:
                 known(rp.device)
-            _check_tiling([rp.rows for rp in p.parts], H, f"rows", where)
+            _check_tiling([rp.rows for rp in p.parts], H, "rows", where)
             return
         assert isinstance(p, Grid)
         for k, n, size in (("rows", p.rows, H), ("cols", p.cols, W)):
-            if len(n) < 2 or n[0] != 0 or n[-1] != size or any(b <= a for a, b in zip(n, n[1:])):
+            if len(n) < 2 or n[0] != 0 or n[-1] != size or any(b <= a for a, b in itertools.pairwise(n)):
                 raise PlanError(
                     f"{where}: grid {k} {list(n)} must increase strictly from 0 to {size} "
                     f"(the output is {H}x{W})"
@@ -430,7 +477,7 @@ def _check_tiling(ranges: list[tuple[int, int]], size: int, what: str, where: st
         if not (0 <= a < b <= size):
             raise PlanError(f"{where}: {what} [{a},{b}) is empty or outside 0..{size}; parts must tile 0..{size}")
     srt = sorted(ranges)
-    for (a0, b0), (a1, b1) in zip(srt, srt[1:]):
+    for (a0, b0), (a1, b1) in itertools.pairwise(srt):
         if a1 < b0:
             raise PlanError(f"{where}: {what} [{a0},{b0}) and [{a1},{b1}) overlap; parts must tile 0..{size}")
         if a1 > b0:

@@ -1,7 +1,7 @@
 """Per-request state on a worker: pieces of tensors it holds, and a mailbox of arrivals.
 
 A *piece* is a region of a stage's output tensor (``tensor`` = stage index,
--1 the model input). Pieces come from local computation or from peers;
+-1 the model input); of a flat ``(N, F)`` tensor, a feature range ``(0, 1, c0, c1)``. Pieces come from local computation or from peers;
 :meth:`TensorStore.assemble` cuts any region out of them (copying only when a
 region spans several pieces).
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..execute.part import concat_features
 from ..graph.geometry import Region, area, intersect, is_empty
 
 Key = tuple[int, "Region | None", str]  # (tensor, region, from-device)
@@ -45,10 +46,18 @@ class TensorStore:
             full = [p for p in pieces if p[0] is None]
             if full:
                 return full[0][1]
+            if all(v.dim() == 2 for _, v in pieces):  # feature ranges of a flat tensor (features parts)
+                return concat_features(pieces, tensor)
             raise RuntimeError(f"internal: whole tensor s{tensor} requested but only regions are held")
         for r, v in pieces:
             if r == region:
                 return v
+        if pieces[0][1].dim() == 2:
+            for r, v in pieces:
+                c0 = 0 if r is None else r[2]
+                if c0 <= region[2] and region[3] <= c0 + v.shape[1]:
+                    return v[:, region[2] - c0:region[3] - c0]
+            raise RuntimeError(f"internal: features {region[2:]} of s{tensor} are not within one piece held")
         for r, v in pieces:  # a region fully inside one piece: a view
             if r is None:
                 return v[:, :, region[0]:region[1], region[2]:region[3]]

@@ -299,7 +299,7 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
     g = req.graph
     costs = req.costs if req.costs is not None else CostModel(g, req.cluster)
     known = {"grid", "until", "head", "tail", "wire", "lossless", "pool", "depth", "gamma", "window_ms",
-             "tile_deadline_ms", "devices"}
+             "tile_deadline_ms", "devices", "fc_split"}
     unknown = set(req.params) - known
     if unknown:
         raise StrategyError(f"adcnn: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")

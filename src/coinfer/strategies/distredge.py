@@ -341,7 +341,7 @@ def _bool(v: Any) -> bool:
           exact=True, needs_costs=True)
 def plan_distredge(req: PlanRequest) -> PlanResult:
     """Partition into layer volumes, then split each with the trained (or cached) policy."""
-    known = set(DEFAULTS) | {"policy", "retrain", "costs", "wire", "shaping"}
+    known = set(DEFAULTS) | {"policy", "retrain", "costs", "wire", "shaping", "fc_split"}
     unknown = set(req.params) - known
     if unknown:
         raise StrategyError(f"distredge: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")

@@ -21,11 +21,15 @@ Here:
 * rows, not columns: every zoo input is square, and BODP splits the longer
   side; a device whose share rounds below ``min_rows`` (default 1) is left out
   of that layer;
-* the non-splittable tail (global pooling, flatten, FC) runs **whole on the
-  source**: the plan format has no FC-by-weights partition, so MoDNN's
-  MSCC split of sparse FC layers is not implemented.
+* fully connected layers are split by weights: every linear layer of the
+  tail with ≥ 4 MB of weights is a ``features`` stage, each device computing
+  a contiguous range of output neurons in proportion to its predicted speed
+  on the layer (:mod:`coinfer.strategies.features`); the rest of the tail
+  (global pooling, small layers) runs whole on the source. MoDNN's Modified
+  Spectral Co-Clustering reorders the neurons of *sparse* layers to cut the
+  traffic; the zoo's layers are dense, so it is not implemented.
 
-Parameters: ``devices`` (subset), ``min_rows``. The objective is ignored
+Parameters: ``devices`` (subset), ``min_rows``, ``fc_split`` (default true). The objective is ignored
 (MoDNN has one fixed rule) and recorded.
 """
 
@@ -34,7 +38,7 @@ from __future__ import annotations
 from ..graph.geometry import part_geometry
 from ..plan.plan import Stage
 from .common import split_rows
-from .registry import PlanRequest, PlanResult, StrategyError, register
+from .registry import FC_SPLIT, PlanRequest, PlanResult, StrategyError, flag_param, register
 from .spatial import (
     FastCosts,
     cost_model,
@@ -70,12 +74,13 @@ def plan_modnn(req: PlanRequest) -> PlanResult:
         weights_per_layer.append(len(split))
         prev = e
     stages += tail_whole(g, ends[-1], req.source)
-    params = {"objective": req.objective, "min_rows": min_rows}
+    params = {"objective": req.objective, "min_rows": min_rows,
+              FC_SPLIT: flag_param(req.param(FC_SPLIT, True), FC_SPLIT)}
     if req.deadline_ms is not None:
         params["deadline_ms"] = req.deadline_ms
     if req.param("devices") is not None:
         params["devices"] = devices
     plan = req.make_plan(stages, "modnn", params)
     info = {"layers": len(ends), "tail_on": req.source, "devices_per_layer": weights_per_layer,
-            "fc": "whole on the source (MoDNN's FC-by-weights split is not implemented)"}
+            "fc": "split by features over the devices" if params[FC_SPLIT] else "whole on the source"}
     return PlanResult(plan, info)

@@ -125,11 +125,41 @@ def info(name: str) -> StrategyInfo:
     return _REGISTRY[name]
 
 
+FC_SPLIT = "fc_split"  # a parameter every strategy takes: split the FC tail by features (features.py)
+
+
+def flag_param(v: object, key: str) -> bool:
+    t = str(v).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise StrategyError(f"--param {key}={v!r}: use true or false")
+
+
 def run(name: str, req: PlanRequest) -> PlanResult:
-    """Plan with strategy ``name``; the plan is validated against the graph."""
+    """Plan with strategy ``name``; the plan is validated against the graph.
+
+    ``params["fc_split"]`` (any strategy; ``modnn`` defaults to true): the
+    plan's fully connected tail is then split by output features over the
+    devices (:func:`coinfer.strategies.features.split_fc_tail`).
+    """
     s = info(name)
-    if s.needs_costs:
+    asked = req.params.get(FC_SPLIT)
+    fc = None if asked is None else flag_param(asked, FC_SPLIT)
+    if s.needs_costs or fc:
         req.cost_model()
     res = s.fn(req)
+    if fc is None:
+        fc = bool(res.plan.strategy.params.get(FC_SPLIT, False))
+    if fc:
+        from .features import split_fc_tail
+
+        via = any(s.exchange == "via_source" for s in res.plan.stages)  # MoDNN: everything through the source
+        plan = split_fc_tail(res.plan, req.graph, req.costs, res.plan.devices_used_names(),
+                             exchange="via_source" if via else "direct")
+        if plan is not res.plan:
+            res = PlanResult(plan, dict(res.info, fc_split=[s.until for s in plan.stages
+                                                            if s.partition.type == "features"]))
     res.plan.validate(req.graph)
     return res

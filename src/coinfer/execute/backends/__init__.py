@@ -72,7 +72,8 @@ def program_signature(prog: PartProgram) -> Hashable:
     sig: list[Any] = [prog.in_shape, prog.out_shape]
     for st in prog.steps:
         sig.append((st.out, st.node.name, tuple((s.buf, s.slice) for s in st.srcs), tuple(st.pads),
-                    st.geom.pool_counts, st.whole, st.act.name if st.act else None, tuple(st.fused)))
+                    st.geom.pool_counts, st.whole, st.act.name if st.act else None, tuple(st.fused),
+                    None if st.node.is_feature_map else st.geom.region))  # a features part's range
     return tuple(sig)
 
 
