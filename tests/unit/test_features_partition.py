@@ -213,3 +213,16 @@ def test_modnn_splits_fc_layers_by_default(captured) -> None:  # type: ignore[no
     assert compare(y, c.ref)[1] <= TOLERANCE
     with pytest.raises(StrategyError, match="fc_split='maybe': use true or false"):
         run("even", PlanRequest(c.graph, cl, c.name, params={"fc_split": "maybe"}))
+
+
+def test_auto_refinement_offers_the_fc_split_and_it_predicts_faster(captured) -> None:  # type: ignore[no-untyped-def]
+    from coinfer.strategies.auto import _fc_variants, _score
+
+    c = captured("vgg16")
+    req = PlanRequest(c.graph, builtin_cluster("eq4"), "vgg16")
+    base = run("aofl", req).plan
+    (split,) = _fc_variants(req, base)
+    assert [s.partition.type for s in split.stages][-3:] == ["features"] * 3
+    assert _fc_variants(req, split) == []  # nothing left to split
+    cache: dict = {}  # type: ignore[type-arg]
+    assert _score(req, split, cache)[1] < _score(req, base, cache)[1]

@@ -69,7 +69,8 @@ def _cluster(bandwidth: float | None, backend: str) -> Any:
     return cl.model_copy(update={"network": cl.network.model_copy(update=net), "devices": devs})
 
 
-def candidate_plans(model: str, cl: Any, only: list[str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+def candidate_plans(model: str, cl: Any, only: list[str] | None,
+                    fc_split: str = "both") -> tuple[dict[str, Any], dict[str, str]]:
     from coinfer.modelspec import capture_model
     from coinfer.strategies import PlanRequest, names, run
 
@@ -86,13 +87,22 @@ def candidate_plans(model: str, cl: Any, only: list[str] | None) -> tuple[dict[s
             tries += [("even/mr=0", "even", {"max_redundancy": 0.0}), ("even/mr=0.3", "even", {"max_redundancy": 0.3})]
     if not only or "balanced" in only:  # this benchmark's halo-balanced row/grid plans (balanced.py)
         tries += [(f"balanced/sc={sc}", "balanced", {"stage_cost": sc}) for sc in BALANCED_STAGE_COSTS]
+    if fc_split != "off":  # the same plans with the FC tail split by features (coinfer.strategies.features)
+        fc = [(f"{label}+fc", s, {**params, "fc_split": "true"}) for label, s, params in tries if s != "local"]
+        tries = tries[:1] + fc if fc_split == "on" else tries + fc
     for label, s, params in tries:
         try:
             if s == "balanced":
                 sys.path.insert(0, str(Path(__file__).resolve().parent))
                 from balanced import plan_balanced
 
-                plan = plan_balanced(cm.graph, cl, model, **params)
+                from coinfer.cost.model import CostModel
+                from coinfer.strategies.features import split_fc_tail
+
+                split = params.get("fc_split") == "true"
+                plan = plan_balanced(cm.graph, cl, model, **{k: v for k, v in params.items() if k != "fc_split"})
+                if split:
+                    plan = split_fc_tail(plan, cm.graph, CostModel(cm.graph, cl))
                 plan.validate(cm.graph)
             else:
                 plan = run(s, PlanRequest(cm.graph, cl, model, params=params)).plan
@@ -185,7 +195,7 @@ def emulation_check(lc: Any, cl: Any, model: str, repeat: int) -> dict[str, Any]
 
 
 def measure(model: str, cl: Any, lc: Any, repeat: int, warmup: int, only: list[str] | None,
-            gantt: Path | None) -> dict[str, Any]:
+            gantt: Path | None, fc_split: str = "both") -> dict[str, Any]:
     from coinfer.execute.local import TOLERANCE, compare, reference_output
     from coinfer.inputs import random_input
     from coinfer.modelspec import capture_model
@@ -194,7 +204,7 @@ def measure(model: str, cl: Any, lc: Any, repeat: int, warmup: int, only: list[s
     cm = capture_model(model)
     x = random_input(tuple(cm.graph.input_shape), 0)
     ref = reference_output(cm, x)
-    plans, skipped = candidate_plans(model, cl, only)
+    plans, skipped = candidate_plans(model, cl, only, fc_split)
     sessions = {label: Session(p, cl, lc.addresses, **SESSION_KW) for label, p in plans.items()}
     lat: dict[str, list[float]] = {k: [] for k in sessions}
     exact = {k: all(st.halo == "exact" for st in p.stages) and p.wire.lossless for k, p in plans.items()}
@@ -252,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="torch", help="every device's execution backend (default torch)")
     ap.add_argument("--period-ms", type=float, default=None,
                     help="cgroup CPU quota period (default: the launcher's, 10 ms)")
+    ap.add_argument("--fc-split", choices=("off", "on", "both"), default="both",
+                    help="also (both) or only (on) run every plan with its FC tail split by features")
     ap.add_argument("--emulation-check", action="store_true")
     ap.add_argument("--gantt", type=Path, default=None, help="write the median run's Gantt PNG + trace per plan")
     ap.add_argument("--json", action="store_true")
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.emulation_check:
             out["emulation"] = emulation_check(lc, cl, a.models.split(",")[-1], max(3, a.repeat // 2))
         for m in a.models.split(","):
-            out["models"].append(measure(m, cl, lc, a.repeat, a.warmup, only, a.gantt))
+            out["models"].append(measure(m, cl, lc, a.repeat, a.warmup, only, a.gantt, a.fc_split))
     finally:
         for lim in limiters:
             lim.close()

@@ -11,7 +11,9 @@ moves no single paper makes together:
   split a fused stage at an inner cut point (the reverse);
 * drop the slowest device from a stage (its rows go to the others);
 * run a whole stage on another device;
-* switch an exact plan's wire codec to lz4 (lossless) when links are slow.
+* switch an exact plan's wire codec to lz4 (lossless) when links are slow;
+* split the fully connected tail by output features over the devices
+  (MoDNN's FC partition, :mod:`coinfer.strategies.features`).
 
 Every move keeps the plan exact, so the result verifies like the rest. By
 construction its predicted objective is no worse than any strategy it
@@ -28,7 +30,7 @@ from typing import Any, Callable
 from ..graph.ir import Graph
 from ..plan.plan import Plan, RowPart, Rows, Stage, Whole, Wire
 from .common import split_rows
-from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, info, names, register
+from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, info, names, register, run
 
 SKIP_BY_DEFAULT = {"auto", "distredge"}  # distredge trains a policy: opt in with include=[...]
 
@@ -105,13 +107,22 @@ def _wire_variants(plan: Plan) -> list[Plan]:
     return []
 
 
+def _fc_variants(req: PlanRequest, plan: Plan) -> list[Plan]:
+    """The plan with its fully connected tail split by features (when it has one to split)."""
+    from .features import split_fc_tail
+
+    via = any(s.exchange == "via_source" for s in plan.stages)
+    new = split_fc_tail(plan, req.graph, req.cost_model(), req.devices, exchange="via_source" if via else "direct")
+    return [] if new is plan else [new]
+
+
 def _refine(req: PlanRequest, start: Plan, deadline: float, score: Callable[[Plan], float],
             speeds: dict[str, float]) -> tuple[Plan, int]:
     best, best_s, steps = start, score(start), 0
     improved = True
     while improved and time.monotonic() < deadline:
         improved = False
-        for cand in _rows_variants(req.graph, best, speeds) + _wire_variants(best):
+        for cand in _rows_variants(req.graph, best, speeds) + _wire_variants(best) + _fc_variants(req, best):
             if time.monotonic() >= deadline:
                 break
             try:
@@ -144,8 +155,7 @@ def plan_auto(req: PlanRequest) -> PlanResult:
             continue
         sub = PlanRequest(req.graph, req.cluster, req.model, req.cost_model(), req.objective, req.deadline_ms, {})
         try:
-            res = info(name).fn(sub)
-            res.plan.validate(req.graph)
+            res = run(name, sub)
             obj, lat, en = _score(req, res.plan, cache)
         except Infeasible as e:
             report[name] = {"infeasible": str(e).splitlines()[0][:200]}

@@ -8,7 +8,7 @@ rows of *sparse* layers to cut communication; the zoo's layers are dense, so
 contiguous ranges are what it would find.) A fully connected layer is
 memory-bound — VGG-16's first one reads 411 MB of weights per inference —
 so computing it whole on one device caps the speedup of any spatial plan
-(docs/strategies.md § features).
+(docs/strategies/fc-split.md).
 
 :func:`split_fc_tail` rewrites the last (whole) stage of a plan: every
 linear layer of it with at least ``min_mb`` of weights becomes its own
