@@ -136,7 +136,7 @@ def build(dep: str, plan_json: str, device: str, coord: str, seed: int = 0,
     for (s, p), info in lowered.parts.items():
         if info.device == device or s in dyn:
             for ng in lowered.geoms[(s, p)].nodes:
-                w = weight_share(cm.graph[ng.name], ng)
+                w = weight_share(cme.graph[ng.name], ng)
                 share[ng.name] = min(1.0, share.get(ng.name, 0.0) + w) if w < 1.0 else 1.0
     mine = set(share)
     cme = cme.restrict(mine)
