@@ -42,10 +42,12 @@ def test_fc_layers_split_by_features_run_exactly_on_workers() -> None:
         with Session(whole, cl, lc.addresses) as s:
             s(xs[0])
             mem_whole = {d: s.memory[d]["weights_bytes"] for d in cl.names}
+            rss_whole = {d: s.memory[d]["rss_bytes"] for d in cl.names}
         with Session(plan, cl, lc.addresses) as s:
             ys = [s(x) for x in xs]
             tr = s.last_trace
             mem = {d: s.memory[d]["weights_bytes"] for d in cl.names}
+            rss = {d: s.memory[d]["rss_bytes"] for d in cl.names}
             backends = s.backends
     for x, y in zip(xs, ys, strict=True):
         assert compare(y, reference_output(cm, x))[1] <= TOLERANCE
@@ -59,6 +61,8 @@ def test_fc_layers_split_by_features_run_exactly_on_workers() -> None:
     assert mem_whole["d0"] > fc_bytes
     assert all(mem[d] < 0.6 * fc_bytes for d in cl.names), (mem, fc_bytes)
     assert sum(mem.values()) > fc_bytes
+    # ... and resident: d2 (torch) grew by about its share, not by the whole classifier
+    assert rss["d2"] - rss_whole["d2"] < 0.6 * fc_bytes, (rss, rss_whole, fc_bytes)
     # (the stage starting with AlexNet's adaptive pooling of a 1x1 map to 6x6 falls back to torch:
     # onnxruntime's export has no such upsampling pool)
     assert ort in backends["d1"]

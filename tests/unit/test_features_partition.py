@@ -226,3 +226,17 @@ def test_auto_refinement_offers_the_fc_split_and_it_predicts_faster(captured) ->
     assert _fc_variants(req, split) == []  # nothing left to split
     cache: dict = {}  # type: ignore[type-arg]
     assert _score(req, split, cache)[1] < _score(req, base, cache)[1]
+
+
+def test_a_features_part_holds_only_its_rows_of_the_weights(alex) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the slice was a view, which kept the whole weight matrix alive in every worker."""
+    from coinfer.execute.backends.optimize import part_program
+
+    g = alex.graph
+    head, end = _cut_before_classifier(g), _linear_ends(g)[0]
+    prog = part_program(alex.cm, part_geometry(g, head, end, feature_region(100, 300)))
+    (lin,) = [st for st in prog.steps if st.op == "linear"]
+    w = lin.params["weight"]
+    assert w.shape[0] == 200
+    assert w.untyped_storage().nbytes() == w.numel() * 4  # its own storage, not the full matrix's
+    assert lin.params["bias"].untyped_storage().nbytes() == 200 * 4

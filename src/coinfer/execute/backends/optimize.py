@@ -190,7 +190,8 @@ def part_program(cm: CapturedModel, geom: PartGeom, *, fold: bool = True, fuse: 
         params = {k: v for k, v in cm.tensors.get(n.name, {}).items() if v is not None}
         if n.op == "linear" and ng.region is not None:  # a features part: its rows of the weight matrix
             c0, c1 = ng.region[2], ng.region[3]
-            params = {k: v[c0:c1].contiguous() for k, v in params.items()}
+            # a copy, not a view: a view would keep the whole matrix alive in the worker
+            params = {k: v[c0:c1].clone() for k, v in params.items()}
         st = Step(n.name, n, ng, srcs, pads, params)
         steps.append(st)
         step_of[n.name] = st
