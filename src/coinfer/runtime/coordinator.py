@@ -142,7 +142,8 @@ class Session:
                  cpu_modes: dict[str, str] | None = None, adapter: Adapter | None = None,
                  hello_timeout_s: float = 30.0, keep_deployments: int | None = None,
                  prepare: list[Plan] | None = None) -> None:
-        self.plan = plan
+        self._plan = plan  # the plan to deploy first; after that, the active deployment's
+        self.current: _Deployment | None = None  # the deployment requests run on
         # switch(): earlier deployments stay built (plan JSON -> deployment), oldest evicted first.
         # Default: none, unless plans are prepared (then all of them and the first plan): a kept
         # deployment holds its parts' memory on the workers
@@ -179,10 +180,6 @@ class Session:
         self.dead_at: dict[str, float] = {}  # device -> time.monotonic() it was declared dead
         self.info: dict[str, dict[str, Any]] = {}
         self.req_ids = itertools.count(1)
-        self.dep: str | None = None
-        self.deployed_on: list[str] = []
-        self.backends: dict[str, list[str]] = {}  # device -> backends of its parts (deploy_ok)
-        self.memory: dict[str, dict[str, Any]] = {}  # device -> {weights_bytes, rss_bytes} after the build
         self.last_trace: Trace | None = None
         self.recoveries: list[RecoveryEvent] = []
         self.stop = threading.Event()
@@ -413,11 +410,32 @@ class Session:
 
     def _activate(self, d: _Deployment) -> _Deployment | None:
         """Make ``d`` the deployment requests run on; returns the one it replaces."""
-        old = None if self.dep is None else _Deployment(self.plan, self.dep, self.deployed_on, self.backends,
-                                                         self.memory)
-        self.plan, self.dep, self.deployed_on = d.plan, d.dep, d.devices
-        self.backends, self.memory = d.backends, d.memory
+        old, self.current, self._plan = self.current, d, d.plan
         return old
+
+    # the active deployment, read-only (``_activate`` replaces it as a whole)
+    @property
+    def plan(self) -> Plan:
+        """The plan requests run on (before the first deployment: the plan given)."""
+        return self._plan
+
+    @property
+    def dep(self) -> str | None:
+        return None if self.current is None else self.current.dep
+
+    @property
+    def deployed_on(self) -> list[str]:
+        return [] if self.current is None else self.current.devices
+
+    @property
+    def backends(self) -> dict[str, list[str]]:
+        """device -> the backends computing its parts (from its deploy_ok)."""
+        return {} if self.current is None else self.current.backends
+
+    @property
+    def memory(self) -> dict[str, dict[str, Any]]:
+        """device -> {weights_bytes, rss_bytes} after the build."""
+        return {} if self.current is None else self.current.memory
 
     def _keep(self, d: _Deployment) -> None:
         if self.keep_deployments <= 0:
