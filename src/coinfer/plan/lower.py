@@ -43,8 +43,14 @@ class Instr:
     part: int | None = None
     nbytes: int = 0
 
-    def text(self) -> str:
-        r = "" if self.region is None else " rows[{},{}) cols[{},{})".format(*self.region)
+    def text(self, flat: bool = False) -> str:
+        """One line; ``flat``: the tensor is a flat ``(N, F)`` one, its region a feature range."""
+        if self.region is None:
+            r = ""
+        elif flat:
+            r = " features[{},{})".format(*self.region[2:])
+        else:
+            r = " rows[{},{}) cols[{},{})".format(*self.region)
         t = "input" if self.tensor == INPUT else f"s{self.tensor}"
         if self.op == "recv":
             return f"recv    {t}{r} from {self.peer} ({self.nbytes} B)"
@@ -106,9 +112,10 @@ class Lowered:
 
     def text(self) -> str:
         lines = []
+        flat = {INPUT: len(self.stages[0].in_shape) == 2} | {s.stage: len(s.out_shape) == 2 for s in self.stages}
         for dev, prog in self.programs.items():
             lines.append(f"== {dev} ({len(prog)} instructions)")
-            lines += [f"  {i:3d}  {ins.text()}" for i, ins in enumerate(prog)]
+            lines += [f"  {i:3d}  {ins.text(flat.get(ins.tensor, False))}" for i, ins in enumerate(prog)]
         return "\n".join(lines)
 
     def bytes_moved(self) -> int:
