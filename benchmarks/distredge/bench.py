@@ -76,7 +76,7 @@ def phase_plan(args: argparse.Namespace) -> None:
     import torch
 
     from coinfer import strategies
-    from coinfer.cost.model import CostModel
+    from coinfer.cost.model import CostModel, load_cost_model
     from coinfer.modelspec import capture_model
     from coinfer.sim.run import simulate_lowered
     from coinfer.strategies import PlanRequest, run
@@ -93,11 +93,21 @@ def phase_plan(args: argparse.Namespace) -> None:
         cl = _cluster(cname)
         for model in args.models.split(","):
             g = capture_model(model).graph
-            profs = emulated_profiles(cl, model, g, note=lambda s: print("  " + s, flush=True), timing=args.timing)
-            costs = CostModel(g, cl, profs)
+            if args.worker_profiles:  # profiles made through the workers by `coinfer profile` (validated)
+                wdir = Path(args.worker_profiles) / cname / model
+                if not wdir.is_dir():
+                    raise SystemExit(f"no worker profiles in {wdir}: run flock {LOCK} coinfer profile "
+                                     f"{CLUSTERS.get(cname, cname)} --model {model} -o {wdir}")
+                costs = load_cost_model(g, cl, str(wdir))
+                print(f"  costs from the worker profiles in {wdir}", flush=True)
+            else:
+                profs = emulated_profiles(cl, model, g, note=lambda s: print("  " + s, flush=True),
+                                          timing=args.timing)
+                costs = CostModel(g, cl, profs)
             pdir = RES / "plans" / _case(cname, model)
             pdir.mkdir(parents=True, exist_ok=True)
-            row: dict[str, Any] = {"cluster": cname, "model": model, "episodes": args.episodes, "timing": args.timing,
+            row: dict[str, Any] = {"cluster": cname, "model": model, "episodes": args.episodes,
+                                   "timing": "worker profiles" if args.worker_profiles else args.timing,
                                    "missing_baselines": missing, "load_start": load(), "nice": os.nice(0),
                                    "plans": {}}
             for s in base:
@@ -313,10 +323,20 @@ def phase_all(args: argparse.Namespace) -> None:
     me = [sys.executable, str(Path(__file__).resolve())]
     common = ["--clusters", args.clusters, "--episodes", str(args.episodes), "--algos", args.algos,
               "--timing", args.timing, "--results", str(RES)]
-    for model in args.models.split(","):  # one locked run per model (each a few minutes)
-        pre = ["flock", LOCK] if args.timing == "wall" else ["nice", "-n", "10"]
-        subprocess.run([*pre, *me, "profile", "--models", model, "--clusters", args.clusters,
-                        "--timing", args.timing, "--results", str(RES)], check=True)
+    if args.worker_profiles:  # `coinfer profile` through the workers: timed, one locked run per case
+        exe = str(Path(sys.executable).parent / "coinfer")
+        for cname in args.clusters.split(","):
+            for model in args.models.split(","):
+                wdir = Path(args.worker_profiles) / cname / model
+                if not wdir.is_dir():
+                    subprocess.run(["flock", LOCK, exe, "profile", CLUSTERS.get(cname, cname), "--model", model,
+                                    "-o", str(wdir)], check=True)
+        common += ["--worker-profiles", args.worker_profiles]
+    else:
+        for model in args.models.split(","):  # one locked run per model (each a few minutes)
+            pre = ["flock", LOCK] if args.timing == "wall" else ["nice", "-n", "10"]
+            subprocess.run([*pre, *me, "profile", "--models", model, "--clusters", args.clusters,
+                            "--timing", args.timing, "--results", str(RES)], check=True)
     subprocess.run(["nice", "-n", "10", *me, "plan", "--models", args.models, *common]
                    + (["--retrain"] if args.retrain else []), check=True)
     if args.cases:
@@ -336,6 +356,9 @@ def main() -> None:
     ap.add_argument("--algos", default="ddpg,td3", help="the first one's plan is the distredge result")
     ap.add_argument("--shaping", default="none", help="reward shaping for the plan phase: none | progress")
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--worker-profiles", default=None,
+                    help="plan phase: price with profiles made through the workers (`coinfer profile`, the "
+                         "simulator's validated route) in DIR/<cluster>/<model> instead of emulated tables")
     ap.add_argument("--timing", choices=["wall", "cpu"], default="cpu",
                     help="emulated profiles: cpu (thread CPU time at full speed, the quota applied by the cost "
                          "model; robust to other processes' load: run niced) or wall (sustained runs under the "
