@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from . import zoo  # noqa: E402  (light: no torch at import)
-from .plan.plan import Plan  # noqa: E402
+from . import zoo
+from .plan.plan import Plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph.capture import CapturedModel

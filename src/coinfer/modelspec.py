@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch.nn as nn
+    from torch import nn
 
     from .graph.capture import CapturedModel
 
@@ -70,7 +70,7 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
                 raise ModelError(f"{mod_name!r} has no attribute {attr!r} (model {spec!r})")
         if shape is None:
             raise ModelError(f"model {spec!r} is an import path: give --input-shape N,C,H,W")
-        import torch.nn as nn
+        from torch import nn
 
         obj = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
         if not isinstance(obj, nn.Module):

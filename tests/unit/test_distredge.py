@@ -16,8 +16,14 @@ from coinfer.cluster import builtin_cluster, parse_cluster
 from coinfer.cost import CostModel
 from coinfer.graph.geometry import part_geometry
 from coinfer.strategies import PlanRequest, StrategyError, run
-from coinfer.strategies.distredge import (Partitioner, actions_to_rows, cluster_fingerprint, partition_volumes,
-                                          rows_from_fractions, volume_rows)
+from coinfer.strategies.distredge import (
+    Partitioner,
+    actions_to_rows,
+    cluster_fingerprint,
+    partition_volumes,
+    rows_from_fractions,
+    volume_rows,
+)
 
 MODEL = "alexnet_digits"  # 64x64: fast to plan and to verify
 runner = CliRunner()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import machine_oversubscribed
 from typer.testing import CliRunner
 
 import coinfer
@@ -17,7 +18,6 @@ from coinfer.plan.lower import lower
 from coinfer.plan.plan import Plan
 from coinfer.sim import simulate
 from coinfer.trace import Trace
-from conftest import machine_oversubscribed
 
 MODEL = "alexnet_digits"  # small: 64x64 input
 runner = CliRunner()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 
@@ -56,7 +57,7 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             from ..strategies.registry import Infeasible
 
             if isinstance(e, Infeasible):

@@ -41,11 +41,11 @@ def cmd(
     from ..api import _cluster
     from ..cost.model import load_cost_model
     from ..modelspec import capture_model
+    from ..plan.plan import Wire
     from ..strategies import PlanRequest
     from ..strategies.distredge import ALGOS
     from ..strategies.registry import StrategyError
     from ..train.distredge import plan_with_policy, plot_curve
-    from ..plan.plan import Wire
 
     if algo not in ALGOS:
         raise StrategyError(f"--algo {algo!r} is unknown; use one of {', '.join(ALGOS)}")

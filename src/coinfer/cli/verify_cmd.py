@@ -21,12 +21,11 @@ def cmd(
                                 help="take each device's backend/precision from this cluster file instead"),
 ) -> None:
     """Check that a plan's output equals the unpartitioned model (exit 1 above tolerance)."""
+    from ..execute.backends import check_backend
     from ..execute.local import TOLERANCE, InProcessExecutor, compare, reference_output
     from ..inputs import make_input
     from ..modelspec import capture_model
     from ..plan.plan import Plan
-
-    from ..execute.backends import check_backend
 
     plan = Plan.load(plan_path)
     check_backend(backend, precision)

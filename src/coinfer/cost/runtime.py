@@ -169,7 +169,7 @@ class CpuBucket:
     host's cores allow).
     """
 
-    __slots__ = ("share", "period", "quota", "phase", "used", "spent", "debt", "free", "bp", "sp", "runs")
+    __slots__ = ("bp", "debt", "free", "period", "phase", "quota", "runs", "share", "sp", "spent", "used")
 
     def __init__(self, quota: CpuQuota | None, speed: tuple[list[float], list[float]] | None = None,
                  record: bool = False) -> None:
@@ -249,7 +249,7 @@ class CpuBucket:
                     v, change = sp[i], (bp[i + 1] if i + 1 < nb else math.inf)
             else:
                 v, change = 1.0, math.inf
-            stop = end if end < change else change
+            stop = min(change, end)
             wall = stop - t
             if wall <= 1e-12:  # at a boundary
                 t = stop

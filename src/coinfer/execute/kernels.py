@@ -9,7 +9,7 @@ match torch's ``count_include_pad`` / ``ceil_mode`` semantics.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

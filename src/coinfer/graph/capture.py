@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .ir import ExitBranch, Graph, GraphError, Node

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 # Op kinds. "Spatial" ops compute an output region from a local input window,
 # so they can be split by rows / tiles; the rest only run as whole stages.

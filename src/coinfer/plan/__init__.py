@@ -8,8 +8,21 @@ import sys
 import types
 from typing import Any
 
-from .plan import (FeaturePart, Features, Grid, ModelRef, Part, Plan, PlanError, RowPart, Rows, Stage,
-                   StrategyRef, Whole, Wire)
+from .plan import (
+    FeaturePart,
+    Features,
+    Grid,
+    ModelRef,
+    Part,
+    Plan,
+    PlanError,
+    RowPart,
+    Rows,
+    Stage,
+    StrategyRef,
+    Whole,
+    Wire,
+)
 
 __all__ = ["FeaturePart", "Features", "Grid", "ModelRef", "Part", "Plan", "PlanError", "RowPart", "Rows",
            "Stage", "StrategyRef", "Whole", "Wire"]

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-import statistics
-from collections import OrderedDict, deque
 import os
 import secrets
 import socket
+import statistics
 import threading
 import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -238,7 +239,7 @@ class Session:
                 continue
             try:
                 self._dispatch(m)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("coordinator failed to handle %s", m.header.get("kind"))
 
     def _dispatch(self, m: Message) -> None:
@@ -667,7 +668,7 @@ class Session:
     def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

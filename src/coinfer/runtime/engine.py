@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -42,10 +43,7 @@ def _last_uses(program: list[Instr]) -> dict[int, list[int]]:
     for i, ins in enumerate(program):
         if ins.op in ("recv", "send", "output"):
             last[ins.tensor] = i
-        elif ins.op == "compute":
-            last[ins.tensor - 1] = i
-            last.setdefault(ins.tensor, i)
-        elif ins.op in ("dyn_master",):
+        elif ins.op == "compute" or ins.op in ("dyn_master",):
             last[ins.tensor - 1] = i
             last.setdefault(ins.tensor, i)
     out: dict[int, list[int]] = {}

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from . import wire
 from ..execute.backends import available_backends
+from . import wire
 from .deployment import DeployError, Deployment, build
 from .engine import run_program
 from .shaping import LinkShaper
@@ -88,7 +88,7 @@ class Worker:
                 continue
             try:
                 self.handle(m)
-            except Exception as e:  # noqa: BLE001 - the worker must stay up
+            except Exception as e:
                 log.exception("%s: handling a message failed", self.name)
                 sender = m.sender if isinstance(m, (Message, BadMessage)) else ""
                 self._error(sender, f"internal error: {type(e).__name__}: {e}", "internal")
@@ -203,7 +203,7 @@ class Worker:
             except DeployError as e:
                 self._error(sender, str(e), "deploy_failed", dep)
                 return
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 log.exception("deploy failed")
                 self._error(sender, f"deploy failed: {type(e).__name__}: {e}", "deploy_failed", dep)
                 return
@@ -270,7 +270,7 @@ class Worker:
             ok = False
             if "cancelled" not in str(e):
                 self._error(d.coord, f"request {st.req} aborted on {self.name}: {e}", "aborted", d.dep, st.req)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             ok = False
             log.exception("request failed")
             self._error(d.coord, f"request {st.req} failed on {self.name}: {type(e).__name__}: {e}",

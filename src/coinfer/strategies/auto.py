@@ -24,8 +24,9 @@ much the refinement gained.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from ..graph.ir import Graph
 from ..plan.plan import Plan, RowPart, Rows, Stage, Whole, Wire

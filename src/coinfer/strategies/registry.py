@@ -7,8 +7,9 @@ never measures (profilers do) and never touches sockets or torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..cluster import Cluster
 from ..graph.ir import Graph

@@ -10,8 +10,8 @@ optimised: real strategies (CoEdge, DistrEdge, ...) live in their own modules.
 
 from __future__ import annotations
 
-from ..plan.plan import Stage, Whole
 from ..graph.ir import OUTPUT
+from ..plan.plan import Stage, Whole
 from .common import fused_boundaries, rows_stage, tail_stage
 from .registry import PlanRequest, PlanResult, StrategyError, register
 

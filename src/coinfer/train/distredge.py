@@ -62,7 +62,12 @@ from ..cost.profile import DeviceProfile, ProfileSet
 from ..graph.ir import Graph
 from ..paths import cache_dir
 from ..plan.plan import Wire
-from ..strategies.distredge import (choose_tail, cluster_fingerprint, costs_fingerprint, partition_volumes)
+from ..strategies.distredge import (
+    choose_tail,
+    cluster_fingerprint,
+    costs_fingerprint,
+    partition_volumes,
+)
 from ..strategies.registry import PlanRequest, PlanResult, StrategyError
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (episodes done, total, metrics)
