@@ -210,20 +210,22 @@ def _features_geometry(graph: Graph, start: str, end: str, nodes: list[Node], ou
         r = out_region if split else None
         fl = round(n.flops * (c1 - c0) / F) if split else n.flops
         geoms.append(NodeGeom(n.name, r, tuple(EdgeGeom(i, None) for i in n.inputs), None, fl))
-    return PartGeom(start, end, "exact", out_region, None, geoms, _free_after(geoms, end))
+    return PartGeom(start, end, "exact", out_region, None, geoms,
+                    free_after_last_read([[e.src for e in ng.edges] for ng in geoms], end))
 
 
-def _free_after(geoms: list[NodeGeom], end: str) -> dict[int, tuple[str, ...]]:
-    """Buffers to free after their last use inside a part (never the part's output)."""
+def free_after_last_read(reads: list[list[str]], keep: str) -> dict[int, tuple[str, ...]]:
+    """Step index -> the buffers read for the last time at that step (``reads[i]``: what step i
+    reads), except ``keep`` (a part's output). Shared by the geometry and the part program."""
     last: dict[str, int] = {}
-    for idx, g in enumerate(geoms):
-        for e in g.edges:
-            last[e.src] = idx
-    free_after: dict[int, list[str]] = {}
+    for idx, bufs in enumerate(reads):
+        for b in bufs:
+            last[b] = idx
+    free: dict[int, list[str]] = {}
     for name, idx in last.items():
-        if name != end:
-            free_after.setdefault(idx, []).append(name)
-    return {k: tuple(v) for k, v in free_after.items()}
+        if name != keep:
+            free.setdefault(idx, []).append(name)
+    return {k: tuple(v) for k, v in free.items()}
 
 
 def region_bytes(node: Node, region: Region | None, itemsize: int = 4) -> int:
@@ -385,7 +387,8 @@ def part_geometry(graph: Graph, start: str, end: str, out_region: Region | None,
         geoms.append(NodeGeom(n.name, r, tuple(edges), counts, fl))
 
     # 3. free buffers after their last use inside the part
-    return PartGeom(start, end, halo, regions[end], regions[start], geoms, _free_after(geoms, end))
+    return PartGeom(start, end, halo, regions[end], regions[start], geoms,
+                    free_after_last_read([[e.src for e in ng.edges] for ng in geoms], end))
 
 
 def halo_rows(graph: Graph, start: str, end: str, out_region: Region) -> int:

@@ -137,6 +137,17 @@ class Features:
 Partition = Whole | Rows | Grid | Features
 
 
+def _ranged_parts(parts: Any, key: str, where: str) -> list[tuple[str, tuple[int, int]]]:
+    """``[{"device": d, key: [a, b]}, ...]`` (a rows or features partition's parts), checked."""
+    if not isinstance(parts, list) or not parts:
+        raise PlanError(f"{where}.parts must be a non-empty list")
+    out = []
+    for i, p in enumerate(parts):
+        _check_keys(p, {"device", key}, f"{where}.parts[{i}]", {"device", key})
+        out.append((str(p["device"]), _int_pair(p[key], f"{where}.parts[{i}].{key}")))
+    return out
+
+
 def partition_from_dict(d: Any, where: str) -> Partition:
     if not isinstance(d, dict) or "type" not in d:
         raise PlanError(f"{where} needs a 'type': whole, rows, grid or features")
@@ -146,13 +157,8 @@ def partition_from_dict(d: Any, where: str) -> Partition:
         return Whole(str(d["device"]))
     if t == "rows":
         _check_keys(d, {"type", "parts", "schedule"}, where, {"parts"})
-        if not isinstance(d["parts"], list) or not d["parts"]:
-            raise PlanError(f"{where}.parts must be a non-empty list")
-        parts = []
-        for i, p in enumerate(d["parts"]):
-            _check_keys(p, {"device", "rows"}, f"{where}.parts[{i}]", {"device", "rows"})
-            parts.append(RowPart(str(p["device"]), _int_pair(p["rows"], f"{where}.parts[{i}].rows")))
-        return Rows(tuple(parts), str(d.get("schedule", "static")))
+        return Rows(tuple(RowPart(dev, r) for dev, r in _ranged_parts(d["parts"], "rows", where)),
+                    str(d.get("schedule", "static")))
     if t == "grid":
         _check_keys(d, {"type", "rows", "cols", "devices", "schedule"}, where, {"rows", "cols", "devices"})
         for k in ("rows", "cols"):
@@ -165,13 +171,7 @@ def partition_from_dict(d: Any, where: str) -> Partition:
                     str(d.get("schedule", "static")))
     if t == "features":
         _check_keys(d, {"type", "parts"}, where, {"parts"})
-        if not isinstance(d["parts"], list) or not d["parts"]:
-            raise PlanError(f"{where}.parts must be a non-empty list")
-        fparts = []
-        for i, p in enumerate(d["parts"]):
-            _check_keys(p, {"device", "features"}, f"{where}.parts[{i}]", {"device", "features"})
-            fparts.append(FeaturePart(str(p["device"]), _int_pair(p["features"], f"{where}.parts[{i}].features")))
-        return Features(tuple(fparts))
+        return Features(tuple(FeaturePart(dev, r) for dev, r in _ranged_parts(d["parts"], "features", where)))
     raise PlanError(f"{where}.type {t!r} is unknown; use whole, rows, grid or features")
 
 

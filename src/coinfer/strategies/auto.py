@@ -112,8 +112,7 @@ def _fc_variants(req: PlanRequest, plan: Plan) -> list[Plan]:
     """The plan with its fully connected tail split by features (when it has one to split)."""
     from .features import split_fc_tail
 
-    via = any(s.exchange == "via_source" for s in plan.stages)
-    new = split_fc_tail(plan, req.graph, req.cost_model(), req.devices, exchange="via_source" if via else "direct")
+    new = split_fc_tail(plan, req.graph, req.cost_model(), req.devices)
     return [] if new is plan else [new]
 
 

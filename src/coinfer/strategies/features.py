@@ -36,32 +36,36 @@ MIN_FEATURES = 16  # the smallest share of a device (fewer: its features go to t
 
 
 def feature_stages(graph: Graph, start: str, device: str, devices: list[str],
-                   speed: dict[str, float] | None = None, min_mb: float = MIN_MB,
+                   costs: CostModel | None = None, min_mb: float = MIN_MB,
                    exchange: str = "direct") -> list[Stage]:
     """Stages from cut point ``start`` to the output: big linear layers split by features.
 
     Each stage ends at the furthest cut point that keeps it one linear layer
     (plus the flatten / pooling before and activations after); layers with
-    at least ``min_mb`` MB of weights are split in proportion to ``speed``
-    (default equal), the rest run whole on ``device``. ``exchange``: of the
-    split stages (``via_source``: MoDNN's gather at the source and redistribution).
+    at least ``min_mb`` MB of weights are split in proportion to each device's
+    speed on the stage (``1 / costs.part_ms`` of the whole stage; equal without
+    ``costs``), the rest run whole on ``device``. ``exchange``: of the split
+    stages (``via_source``: MoDNN's gather at the source and redistribution).
     """
     g = graph
     cuts = [c for c in g.cut_points() if g.index(c) > g.index(g.resolve(start))]
     out: list[Stage] = []
-    cur = g.resolve(start)
+
     def splits_from(a: str) -> list[str]:
         return [c for c in cuts if g.index(c) > g.index(a) and features_layer(g, a, c)[0] is not None]
 
+    def whole_until(until: str, dev: str) -> None:  # joins a whole stage on ``dev`` just before it
+        if out and isinstance(out[-1].partition, Whole) and out[-1].partition.device == dev:
+            out[-1] = replace(out[-1], until=until)
+        else:
+            out.append(Stage(until, Whole(dev)))
+
+    cur = g.resolve(start)
     while cur != g.output.name:
         ok = splits_from(cur)
         if not ok:  # whole up to the first cut point a features stage can start from (none: the output)
             nxt = next((c for c in cuts if g.index(c) > g.index(cur) and splits_from(c)), None)
-            until = OUTPUT if nxt is None else nxt
-            if out and isinstance(out[-1].partition, Whole) and out[-1].partition.device == device:
-                out[-1] = replace(out[-1], until=until)
-            else:
-                out.append(Stage(until, Whole(device)))
+            whole_until(OUTPUT if nxt is None else nxt, device)
             if nxt is None:
                 break
             cur = nxt
@@ -69,29 +73,33 @@ def feature_stages(graph: Graph, start: str, device: str, devices: list[str],
         end = ok[-1]
         lin = features_layer(g, cur, end)[0]
         assert lin is not None
-        F = g[end].shape[1]
-        w = speed or {d: 1.0 for d in devices}
-        split = split_rows(F, {d: w.get(d, 0.0) for d in devices}, MIN_FEATURES) \
-            if g[lin].param_bytes >= min_mb * 1e6 else [(device, (0, F))]
         until = OUTPUT if end == g.output.name else end
+        F = g[end].shape[1]
+        split: list[tuple[str, tuple[int, int]]] = [(device, (0, F))]
+        if g[lin].param_bytes >= min_mb * 1e6:
+            if costs is None:
+                speed = {d: 1.0 for d in devices}
+            else:
+                geom = part_geometry(g, cur, end, None)
+                speed = {d: 1.0 / max(costs.part_ms(d, geom), 1e-9) for d in devices}
+            split = split_rows(F, speed, MIN_FEATURES)
         if len(split) > 1:
             out.append(Stage(until, Features(tuple(FeaturePart(d, r) for d, r in split)), exchange=exchange))
-        elif out and isinstance(out[-1].partition, Whole) and out[-1].partition.device == split[0][0]:
-            out[-1] = replace(out[-1], until=until)  # joins the whole stage before it
         else:
-            out.append(Stage(until, Whole(split[0][0])))
+            whole_until(until, split[0][0])
         cur = end
     return out
 
 
 def split_fc_tail(plan: Plan, graph: Graph, costs: CostModel | None = None,
-                  devices: list[str] | None = None, min_mb: float = MIN_MB, exchange: str = "direct") -> Plan:
+                  devices: list[str] | None = None, min_mb: float = MIN_MB) -> Plan:
     """``plan`` with its final whole stage's big linear layers split by features (see the module).
 
     Shares follow ``costs`` (1 / the device's predicted latency of the
-    whole layer) or are equal without one. ``exchange``: as the plan's other
-    stages exchange (``via_source`` for MoDNN, whose ``via_source`` plans keep it). A plan whose last stage is not
-    whole, or whose tail has no linear layer, comes back unchanged.
+    whole layer) or are equal without one. The split stages exchange as the
+    plan does: through the source when any of its stages does (MoDNN), else
+    directly. A plan whose last stage is not whole, or whose tail has no
+    linear layer to split, comes back unchanged.
     """
     g = graph.for_exit(plan.exit)
     last = plan.stages[-1]
@@ -99,15 +107,8 @@ def split_fc_tail(plan: Plan, graph: Graph, costs: CostModel | None = None,
         return plan
     start = plan.stage_bounds(g)[-1][0]
     devs = [d for d in (devices or plan.devices) if d in plan.devices]
-    new: list[Stage] = []
-    cur = start
-    for st in feature_stages(g, start, last.partition.device, devs, None, min_mb, exchange):
-        if isinstance(st.partition, Features) and costs is not None:
-            geom = part_geometry(g, cur, st.until, None)
-            speed = {d: 1.0 / max(costs.part_ms(d, geom), 1e-9) for d in devs}
-            st = feature_stages(g, cur, last.partition.device, devs, speed, min_mb, exchange)[0]
-        new.append(st)
-        cur = g.resolve(st.until)
+    exchange = "via_source" if any(s.exchange == "via_source" for s in plan.stages) else "direct"
+    new = feature_stages(g, start, last.partition.device, devs, costs, min_mb, exchange)
     if all(isinstance(s.partition, Whole) for s in new):
         return plan
     params = dict(plan.strategy.params, fc_split=True)

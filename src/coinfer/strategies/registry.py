@@ -156,9 +156,7 @@ def run(name: str, req: PlanRequest) -> PlanResult:
     if fc:
         from .features import split_fc_tail
 
-        via = any(s.exchange == "via_source" for s in res.plan.stages)  # MoDNN: everything through the source
-        plan = split_fc_tail(res.plan, req.graph, req.costs, res.plan.devices_used_names(),
-                             exchange="via_source" if via else "direct")
+        plan = split_fc_tail(res.plan, req.graph, req.costs, res.plan.devices_used_names())
         if plan is not res.plan:
             res = PlanResult(plan, dict(res.info, fc_split=[s.until for s in plan.stages
                                                             if s.partition.type == "features"]))

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ...graph.capture import CapturedModel
-from ...graph.geometry import NodeGeom, Pads, PartGeom, Region, region_shape
+from ...graph.geometry import NodeGeom, Pads, PartGeom, Region, free_after_last_read, region_shape
 from ...graph.ir import GEOMETRY_OPS, Node
 
 Tensor = torch.Tensor
@@ -197,16 +197,9 @@ def part_program(cm: CapturedModel, geom: PartGeom, *, fold: bool = True, fuse: 
         step_of[n.name] = st
 
     # 3. free buffers after their last reader (never the part's output)
-    last: dict[str, int] = {}
+    free = free_after_last_read([[s.buf for s in st.srcs] for st in steps], geom.end)
     for i, st in enumerate(steps):
-        for s in st.srcs:
-            last[s.buf] = i
-    free: dict[int, list[str]] = {}
-    for buf, i in last.items():
-        if buf != geom.end:
-            free.setdefault(i, []).append(buf)
-    for i, st in enumerate(steps):
-        st.free = tuple(free.get(i, ()))
+        st.free = free.get(i, ())
     return PartProgram(geom.start, geom.end, shapes[geom.start], shapes[geom.end] if geom.nodes else
                        shapes[geom.start], steps, regions, shapes, folded, fused_acts)
 
