@@ -255,42 +255,47 @@ def part_int8(args: argparse.Namespace) -> None:
     cl = parse_cluster({"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": 1.0} for i in range(4)],
                         "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False}})
     plan = run("proportional", PlanRequest(g, cl, "efficientnet_lite0", CostModel(g, cl))).plan
-    plan.wire = Wire("raw", "int8")
+    quants = args.int8_quant.split(",")
+    res: dict[str, Any] = {"images": n, "stages": len(plan.stages), "plan": "proportional rows, exact"}
     lc = LocalCluster(cl, emulate_cpu=False).start()
     t0 = time.time()
     try:
-        with Session(plan, cl, lc.addresses, replan=False) as s:
-            ys = []
-            for i in range(n):
-                ys.append(s(x[i:i + 1]))
+        for q in quants:  # every transfer of the plan quantised with q (results return raw)
+            plan.wire = Wire("raw", q)
+            with Session(plan, cl, lc.addresses, replan=False) as s:
+                ys = []
+                for i in range(n):
+                    ys.append(s(x[i:i + 1]))
                 moved = sum(int(e.args.get("bytes", 0)) for e in s.last_trace.events if e.lane == "send")
+            changed = int((torch.cat(ys).argmax(1) != ref).sum())
+            res[q] = {"changed": changed, "share": round(changed / n, 4), "bytes_per_request": moved}
+            print(f"{q}: top-1 changed on {changed}/{n} augmented images ({100 * changed / n:.2f}%) over real "
+                  f"workers, {len(plan.stages)} stages, {moved} bytes sent per request", flush=True)
     finally:
         lc.stop()
-    top = torch.cat(ys).argmax(1)
-    changed = int((top != ref).sum())
-    res = {"images": n, "changed": changed, "share": round(changed / n, 4), "stages": len(plan.stages),
-           "bytes_per_request_raw": moved, "wall_s": round(time.time() - t0), "plan": "proportional rows, exact"}
-    # and the same for the adcnn FDSP plan: int8 vs its own lossless result (in process, codecs emulated)
+    res["wall_s"] = round(time.time() - t0)
+    # and the same for the adcnn FDSP plan: quantised vs its own lossless result (in process, codecs emulated)
     from coinfer.cluster import resolve_cluster
 
     cl8 = resolve_cluster("het8")
     outs = {}
-    for wire in ("raw", "int8"):
+    for wire in ("raw", *quants):
         p = run("adcnn", PlanRequest(g, cl8, "efficientnet_lite0", CostModel(g, cl8),
                                      params={"grid": "2x2", "wire": wire, "pool": "workers", "head": "auto"})).plan
         emu = fdsp.WireExecutor(cm, p)
         with torch.no_grad():
             outs[wire] = torch.cat([emu(x[i:i + 8]) for i in range(0, n, 8)]).argmax(1)
-    res["adcnn_2x2_int8_vs_raw_changed_share"] = round(float((outs["int8"] != outs["raw"]).float().mean()), 4)
+    for q in quants:
+        res[q]["adcnn_2x2_vs_raw_changed_share"] = round(float((outs[q] != outs["raw"]).float().mean()), 4)
+        print(f"adcnn 2x2 {q} vs raw: {res[q]['adcnn_2x2_vs_raw_changed_share'] * 100:.2f}%", flush=True)
     res["adcnn_2x2_raw_agreement_with_plain"] = round(float((outs["raw"] == ref).float().mean()), 4)
-    print(f"int8: top-1 changed on {changed}/{n} augmented images ({100 * changed / n:.2f}%) over real workers; "
-          f"adcnn 2x2 int8 vs raw: {res['adcnn_2x2_int8_vs_raw_changed_share'] * 100:.2f}%", flush=True)
     save("int8", res)
 
 
 def part_int8cuts(args: argparse.Namespace) -> None:
-    """int8 over one link: EfficientNet-Lite0 split once at a cut point (source -> d1, the tail on d1 and
-    the output back, both int8-coded), in process with the real codecs; share of changed top-1 per cut."""
+    """int8 over one link: EfficientNet-Lite0 split once at a cut point (source -> d1 int8-coded, the tail
+    on d1, its result back unquantised as in the runtime), in process with the real codecs; share of changed
+    top-1 per cut and quantisation."""
     import torch
 
     from coinfer.modelspec import capture_model
@@ -302,15 +307,16 @@ def part_int8cuts(args: argparse.Namespace) -> None:
     n = args.int8_images
     x, ref = _int8_images(cm, n)
     out = []
-    for cut in args.int8_cuts.split(","):
-        emu = fdsp.WireExecutor(cm, Plan.from_json(_two_stage_json(g, cut)))
-        with torch.no_grad():
-            top = torch.cat([emu(x[i:i + 8]) for i in range(0, n, 8)]).argmax(1)
-        changed = int((top != ref).sum())
-        out.append({"cut": cut, "shape": list(g[cut].shape), "images": n, "changed": changed,
-                    "share": round(changed / n, 4), "messages_per_image": emu.stats["messages"] / n})
-        print(f"int8 at {cut} {list(g[cut].shape)}: top-1 changed on {changed}/{n}", flush=True)
-        save("int8cuts", out)
+    for q in args.int8_quant.split(","):
+        for cut in args.int8_cuts.split(","):
+            emu = fdsp.WireExecutor(cm, Plan.from_json(_two_stage_json(g, cut, q)))
+            with torch.no_grad():
+                top = torch.cat([emu(x[i:i + 8]) for i in range(0, n, 8)]).argmax(1)
+            changed = int((top != ref).sum())
+            out.append({"quant": q, "cut": cut, "shape": list(g[cut].shape), "images": n, "changed": changed,
+                        "share": round(changed / n, 4), "messages_per_image": emu.stats["messages"] / n})
+            print(f"{q} at {cut} {list(g[cut].shape)}: top-1 changed on {changed}/{n}", flush=True)
+            save("int8cuts", out)
 
 
 def _int8_images(cm, n: int):  # type: ignore[no-untyped-def]
@@ -326,7 +332,7 @@ def _int8_images(cm, n: int):  # type: ignore[no-untyped-def]
     return x, ref
 
 
-def _two_stage_json(g: Any, cut: str) -> str:
+def _two_stage_json(g: Any, cut: str, quant: str = "int8") -> str:
     """A plan: d0 computes up to ``cut``, d1 the rest (its output returns to d0)."""
     return json.dumps({"format": "coinfer.plan/1",
                        "model": {"name": "efficientnet_lite0", "input_shape": list(g.input_shape),
@@ -334,7 +340,7 @@ def _two_stage_json(g: Any, cut: str) -> str:
                        "devices": ["d0", "d1"], "source": "d0", "strategy": {"name": "manual", "params": {}},
                        "stages": [{"until": cut, "partition": {"type": "whole", "device": "d0"}},
                                   {"until": "output", "partition": {"type": "whole", "device": "d1"}}],
-                       "exit": None, "wire": {"codec": "raw", "quant": "int8"}, "predicted": None})
+                       "exit": None, "wire": {"codec": "raw", "quant": quant}, "predicted": None})
 
 
 # -- distill ---------------------------------------------------------------------------------------------
@@ -376,6 +382,7 @@ def main() -> None:
     ap.add_argument("--ratio-head", default="auto", help="adcnn head for the ratio part: auto (input) or act")
     ap.add_argument("--ratio-mbps", type=float, default=88.0)
     ap.add_argument("--int8-images", type=int, default=200)
+    ap.add_argument("--int8-quant", default="int8,int8c", help="int8 parts: quantisations to compare")
     ap.add_argument("--int8-cuts", default="_swish,add,add_1,add_3,add_5,add_8,_swish_1")
     ap.add_argument("--distill", default="2x2", help="grid[@until],...")
     ap.add_argument("--distill-steps", type=int, default=100)

@@ -110,7 +110,7 @@ def test_zoo_models_exact_over_workers(cluster4, model):
 
 
 @pytest.mark.parametrize("codec,quant,tol", [("lz4", None, TOLERANCE), ("zstd", None, TOLERANCE),
-                                             ("raw", "int8", 0.05)])
+                                             ("raw", "int8", 0.05), ("raw", "int8c", 0.05)])
 def test_wire_codecs(cluster4, codec, quant, tol):
     cl, lc = cluster4
     cm = capture_model("resnet18")
@@ -123,6 +123,25 @@ def test_wire_codecs(cluster4, codec, quant, tol):
         assert rel <= TOLERANCE
     else:
         assert rel > 0  # int8 really quantised the transfers
+
+
+def test_quantised_wire_leaves_the_model_input_and_output_alone(cluster4):
+    """Quantisation is for activations (Plan.wire_for): an int8 plan whose only transfers are the input
+    going out and the output coming back is exact; one more stage boundary makes it approximate."""
+    cl, lc = cluster4
+    cm = capture_model("resnet18")
+    g = cm.graph
+    x = random_input(tuple(g.input_shape), 4)
+    offload = _request(cm, cl).make_plan([Stage("output", Whole("d1"))], "test-offload", wire=Wire("raw", "int8"))
+    mid = [c for c, ok in g.splittable_cuts().items() if ok][3]
+    two = _request(cm, cl).make_plan([Stage(mid, Whole("d1")), Stage("output", Whole("d2"))], "test-two",
+                                     wire=Wire("raw", "int8"))
+    with Session(offload, cl, lc.addresses) as s:
+        assert _check(s, cm, offload, x) <= TOLERANCE
+        sends = [e for e in s.last_trace.events if e.lane == "send"]
+        assert sends, "the offload plan sends the output back"
+    with Session(two, cl, lc.addresses) as s:
+        assert _check(s, cm, two, x, 0.05) > TOLERANCE
 
 
 def test_dynamic_tiles_exact(cluster4):

@@ -138,7 +138,7 @@ def _tensor(draw: st.DrawFn) -> tuple[dict[str, Any], list[Any]]:
     arr = np.zeros(shape, dtype=dtype) if dtype == "bool" else \
         np.arange(math.prod(shape), dtype=dtype).reshape(shape)
     codec = draw(st.sampled_from(["raw", "lz4", "zstd"]))
-    quant = draw(st.sampled_from([None, "int8"])) if dtype.startswith("float") else None
+    quant = draw(st.sampled_from([None, "int8", "int8c"])) if dtype.startswith("float") else None
     return wire.encode_tensor(arr, codec, quant)
 
 

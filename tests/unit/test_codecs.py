@@ -63,6 +63,46 @@ def test_int8_error_is_at_most_half_a_step(codec: str) -> None:
         assert ratio(meta) >= 4.0 - 1e-9 if codec == "raw" else ratio(meta) > 3.5
 
 
+@pytest.mark.parametrize("codec", C.CODECS)
+def test_int8c_error_is_at_most_half_a_channel_step(codec: str) -> None:
+    # channels of very different ranges (as after a linear bottleneck): per channel planes, not per tensor
+    x = (RNG.standard_normal((2, 6, 9, 11)) * np.array([0.01, 0.1, 1, 10, 100, 0.5]).reshape(1, 6, 1, 1)
+         + np.arange(6).reshape(1, 6, 1, 1)).astype(np.float32)
+    x[1, 2] = 3.25  # a constant plane decodes exactly
+    meta, buf = encode(x, codec, "int8c")
+    y = decode(meta, buf).astype(np.float64)
+    assert y.shape == x.shape and decode(meta, buf).dtype == np.float32
+    steps = (x.max((2, 3)).astype(np.float64) - x.min((2, 3))) / 255  # (N, C)
+    err = np.abs(y - x).max((2, 3))
+    assert np.all(err <= steps / 2 * (1 + 1e-6) + np.spacing(np.abs(x).max((2, 3))))
+    assert err[1, 2] == 0.0
+    assert np.all(err[:, 0] < 1e-3)  # the small channel keeps its resolution
+    assert meta["scale"] == pytest.approx(steps.max(), rel=1e-6)
+    # per-tensor int8 on the same tensor loses the small channels entirely
+    m8, b8 = encode(x, "raw", "int8")
+    assert np.abs(decode(m8, b8)[:, 0] - x[:, 0]).max() > 100 * err[:, 0].max()
+    if codec == "raw":  # 8 bytes of scale and zero per channel plane
+        assert meta["nbytes"] == x.size + 8 * 12
+    # flat tensors are one group; empty tensors have none
+    for z in (np.linspace(-3, 5, 100, dtype=np.float32).reshape(4, 25), np.zeros((1, 3, 0, 2), np.float32)):
+        mz, bz = encode(z, codec, "int8c")
+        assert np.abs(decode(mz, bz) - z).max(initial=0.0) <= mz["scale"] / 2 + 1e-6
+        if codec == "raw":
+            assert mz["nbytes"] == z.size + (8 if z.size else 0)
+
+
+def test_int8c_rejects_bad_channel_parameters() -> None:
+    x = RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    meta, buf = encode(x, "raw", "int8c")
+    for bad in (np.float32(np.nan), np.float32(-1.0)):
+        b = bytearray(buf)
+        b[0:4] = bad.tobytes()  # the first channel's scale
+        with pytest.raises(CodecError, match="int8c"):
+            decode(meta, bytes(b))
+    with pytest.raises(CodecError, match="bytes"):
+        decode({**meta, "nbytes": len(buf) - 8}, bytes(buf)[:-8])
+
+
 def test_int8_constant_and_empty_tensors_are_exact() -> None:
     for x in (np.full((3, 3), 2.5, np.float32), np.zeros((0, 4), np.float32), np.float32(7.0)):
         meta, buf = encode(np.asarray(x), "raw", "int8")

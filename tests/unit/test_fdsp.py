@@ -31,7 +31,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.mark.parametrize("quant", ["int8", "int4"])
+@pytest.mark.parametrize("quant", ["int8", "int8c", "int4"])
 @pytest.mark.parametrize("signed", [False, True])
 def test_fake_quant_equals_codec_roundtrip(quant: str, signed: bool) -> None:
     g = torch.Generator().manual_seed(3)

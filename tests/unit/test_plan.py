@@ -228,3 +228,19 @@ def test_docs_concepts_examples_are_valid(vgg) -> None:  # type: ignore[no-untyp
     for heading in ("## Supported ops", "## Cluster file", "## Plan file", "## Halo: exact vs zero",
                     "## Graph IR and cut points", "## Measured"):
         assert heading in text
+
+
+def test_wire_for_quantises_activations_only(vgg) -> None:  # type: ignore[no-untyped-def]
+    d = _vgg_plan(vgg)
+    d["wire"] = {"codec": "zstd", "quant": "int8c"}
+    p = Plan.from_json(json.dumps(d))
+    p.validate(vgg)
+    # tensors: -1 the model input, 0 and 1 the outputs of the first two stages, 2 the model output
+    assert [p.wire_for(t) for t in (-1, 0, 1, 2)] == [("zstd", None), ("zstd", "int8c"), ("zstd", "int8c"),
+                                                      ("zstd", None)]
+    d["wire"] = {"codec": "lz4", "quant": None}
+    assert {Plan.from_json(json.dumps(d)).wire_for(t) for t in (-1, 0, 2)} == {("lz4", None)}
+    # int4 (ADCNN: FDSP fine-tunes with quantised image tiles) quantises the input too, not the output
+    d["wire"] = {"codec": "raw", "quant": "int4"}
+    assert [Plan.from_json(json.dumps(d)).wire_for(t) for t in (-1, 0, 2)] == [("raw", "int4"), ("raw", "int4"),
+                                                                                ("raw", None)]

@@ -140,9 +140,13 @@ def test_quantised_wire_shrinks_bytes_and_time() -> None:
     g = toy_graph()
     ms = {("d0", "a"): 10.0, ("d1", "a"): 20.0, ("d0", "b"): 5.0}
     res = simulate(lower(two_device_plan(g, Wire("raw", "int8")), g), FixedCosts(g, cluster(), ms))
-    assert res.raw_bytes == 100_000 and res.bytes_moved == 25_000
-    # 12.5 ms each way: scatter [0,12.5] -> 13.5; d1 [13.5,33.5]; back [33.5,46] -> 47; tail [47,52]
-    assert res.latency_ms == pytest.approx(52.0)
+    # the scatter is the model input, which is never quantised (Plan.wire_for): 50,000 B; the return
+    # is an activation: 12,500 B
+    assert res.raw_bytes == 100_000 and res.bytes_moved == 62_500
+    # scatter [0,50] -> 51; d1 [51,71]; back 12.5 ms [71,83.5] -> 84.5; tail [84.5,89.5]
+    assert res.latency_ms == pytest.approx(89.5)
+    sends = sorted((e.start_ms, e.args["wire_bytes"]) for e in res.trace.events if e.lane == "send")
+    assert sends == [(0.0, 50_000), (71.0, 12_500)]
 
 
 def scatter_plan(g: Graph) -> Plan:

@@ -8,7 +8,7 @@ last one. Throughput = payload bytes ÷ (first send → ack received), the best
 of ``--repeat`` runs. Goal: ≥ 1.5 GB/s.
 
     .venv/bin/python benchmarks/runtime/transport/bench.py [--sizes 1,4,16] [--count 64] [--json]
-    [--codec raw|lz4|zstd] [--quant int8] [--curve]   # variants (not part of the goal)
+    [--codec raw|lz4|zstd] [--quant int8|int8c|int4] [--curve]   # variants (not part of the goal)
     [--baseline]   # also plain pyzmq (DEALER -> ROUTER, copy=False, no coinfer) for the ceiling here
 """
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=64, help="tensors per run")
     ap.add_argument("--repeat", type=int, default=5, help="runs per size (best is reported)")
     ap.add_argument("--codec", default="raw", choices=["raw", "lz4", "zstd"])
-    ap.add_argument("--quant", default=None, choices=["int8", "int4"])
+    ap.add_argument("--quant", default=None, choices=["int8", "int8c", "int4"])
     ap.add_argument("--curve", action="store_true", help="CURVE-encrypted sockets")
     ap.add_argument("--baseline", action="store_true", help="also measure plain pyzmq (the ceiling here)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")

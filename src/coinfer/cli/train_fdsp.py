@@ -18,7 +18,7 @@ def cmd(
                               help="digits_cnn (labelled, sklearn digits) or an RGB zoo model (distillation, "
                                    "e.g. efficientnet_lite0)"),
     grid: str = typer.Option(..., "--grid", "-g", help="FDSP tiles, RxC (e.g. 2x2); the same grid as the plan"),
-    wire: str = typer.Option("int4", "--wire", help="quantisation in the loop: int4 (ADCNN), int8, raw, ..."),
+    wire: str = typer.Option("int4", "--wire", help="quantisation in the loop: int4 (ADCNN), int8, int8c, raw, ..."),
     epochs: int = typer.Option(12, "--epochs", help="digits: fine-tuning epochs"),
     base_epochs: int = typer.Option(25, "--base-epochs", help="digits: epochs of the unpartitioned model (cached)"),
     steps: int = typer.Option(150, "--steps", help="distillation: optimiser steps"),

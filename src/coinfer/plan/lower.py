@@ -29,9 +29,9 @@ from typing import Any
 
 from ..graph.geometry import PartGeom, Region, intersect, is_empty, part_geometry, region_bytes
 from ..graph.ir import Graph
-from .plan import Plan, Whole
+from .plan import INPUT_TENSOR, Plan, Whole
 
-INPUT = -1
+INPUT = INPUT_TENSOR
 
 
 @dataclass(frozen=True)

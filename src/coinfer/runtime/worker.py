@@ -59,9 +59,12 @@ class Worker:
     # -- sending (WorkerIO) -----------------------------------------------------
     def send_tensor(self, peer: str, header: dict[str, Any], value: torch.Tensor, *, shaped: bool) -> None:
         d = self.deployments.get(str(header.get("dep")))
-        codec, quant = ("raw", None) if d is None else (d.plan.wire.codec, d.plan.wire.quant)
-        if header["kind"] == "result":
-            codec, quant = "raw", None
+        kind = header["kind"]
+        codec, quant = "raw", None
+        if d is not None and kind != "result":
+            # the tensor a message carries: data names it; a tile is its stage's input, a tile_out its output
+            t = header["tensor"] if kind == "data" else header["stage"] - (kind == "tile")
+            codec, quant = d.plan.wire_for(int(t))
         arr = value.detach().contiguous().numpy()
         meta, frames = wire.encode_tensor(arr, codec, quant)
         if header["kind"] == "data":

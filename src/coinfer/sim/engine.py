@@ -111,7 +111,7 @@ class _Engine:
         self.tracing = tracing
         plan = lowered.plan
         self.src = plan.source
-        self.codec, self.quant = plan.wire.codec, plan.wire.quant
+        self.plan = plan
         self.devs = list(lowered.programs)
         missing = [d for d in self.devs if d not in costs.cluster.names]
         if missing:
@@ -156,14 +156,15 @@ class _Engine:
             self.t[d] = self.cpu[d].run(rt.loopback_ms(nb), rt.recv_ms(nb))
 
     # -- links ----------------------------------------------------------------
-    def _transfer(self, a: str, b: str, nbytes: int, issue: float, name: str, **args: Any) -> _Xfer:
+    def _transfer(self, a: str, b: str, nbytes: int, tensor: int, issue: float, name: str, **args: Any) -> _Xfer:
         res: Any = (a, b) if self.nic == "per_link" else a
         start = max(issue, self.egress_free.get(res, 0.0))
-        ser = self.costs.serialize_ms(a, b, nbytes, self.codec, self.quant, start)
+        codec, quant = self.plan.wire_for(tensor)
+        ser = self.costs.serialize_ms(a, b, nbytes, codec, quant, start)
         end = start + ser
         self.egress_free[res] = end
         lat = self.costs.link(a, b)[1]
-        wire = self.costs.wire_bytes(nbytes, self.codec, self.quant)
+        wire = self.costs.wire_bytes(nbytes, codec, quant)
         self.tx[a] += ser
         self.wire_total += wire
         self.raw_total += nbytes
@@ -243,7 +244,7 @@ class _Engine:
             if op == "send":
                 assert ins.peer is not None
                 self.t[d] = self._send_cpu(d, self.t[d], ins.nbytes)
-                x = self._transfer(d, ins.peer, ins.nbytes, self.t[d], ins.text() if self.tracing else "", instr=i)
+                x = self._transfer(d, ins.peer, ins.nbytes, ins.tensor, self.t[d], ins.text() if self.tracing else "", instr=i)
                 key = (d, ins.peer, ins.tensor, ins.region)
                 self.mail.setdefault(key, deque()).append(x)
                 w = self.waiting.pop(key, None)
@@ -327,13 +328,13 @@ class _Engine:
                         arrive = end
                     else:
                         issue = self._send_cpu(src, now, info.in_bytes)
-                        x = self._transfer(src, d, info.in_bytes, issue, f"send tile s{s}.p{p} to {d}", tile=True)
+                        x = self._transfer(src, d, info.in_bytes, s - 1, issue, f"send tile s{s}.p{p} to {d}", tile=True)
                         got = self._arrive(d, x, info.in_bytes, free[d])
                         self._received(d, x, f"recv tile s{s}.p{p} from {src}", got, tile=True)
                         begin = max(got, free[d])
                         end = self._compute(d, begin, s, p, name, tile=True)
                         free[d] = self._send_cpu(d, end, info.out_bytes)
-                        y = self._transfer(d, src, info.out_bytes, free[d], f"send tile_out s{s}.p{p} to {src}",
+                        y = self._transfer(d, src, info.out_bytes, s, free[d], f"send tile_out s{s}.p{p} to {src}",
                                            tile=True)
                         # the master handles the output when it arrives (in arrival order, below), not now:
                         # charging its CPU at dispatch would block its next sends until this tile is back

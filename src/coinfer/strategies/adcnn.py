@@ -77,7 +77,7 @@ from ..plan.plan import Grid, Stage, Whole, Wire
 from .registry import PlanRequest, PlanResult, StrategyError, register
 
 GRIDS_AUTO = ((2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8))
-WIRES = {"int4": ("raw", "int4"), "int8": ("raw", "int8"), "raw": ("raw", None), "lz4": ("lz4", None),
+WIRES = {"int4": ("raw", "int4"), "int8": ("raw", "int8"), "int8c": ("raw", "int8c"), "raw": ("raw", None), "lz4": ("lz4", None),
          "zstd": ("zstd", None)}
 
 
@@ -102,17 +102,17 @@ def parse_grid(v: Any) -> tuple[int, int] | None:
 
 
 def parse_wire(v: Any, lossless: bool) -> Wire:
-    """``int4`` / ``int8`` / ``raw`` / ``lz4`` / ``zstd`` / ``int4+zstd`` -> :class:`Wire`."""
+    """``int4`` / ``int8`` / ``int8c`` / ``raw`` / ``lz4`` / ``zstd`` / ``int4+zstd`` -> :class:`Wire`."""
     txt = str(v or "int4").lower()
     quant: str | None = None
     codec = "raw"
     for piece in txt.split("+"):
-        if piece in ("int4", "int8"):
+        if piece in ("int4", "int8", "int8c"):
             quant = piece
         elif piece in ("raw", "lz4", "zstd"):
             codec = piece
         else:
-            raise StrategyError(f"wire {v!r} is unknown; use int4, int8, raw, lz4, zstd or e.g. int4+zstd")
+            raise StrategyError(f"wire {v!r} is unknown; use int4, int8, int8c, raw, lz4, zstd or e.g. int4+zstd")
     if lossless and quant is not None:
         raise StrategyError(
             f"wire {txt} quantises activations ({quant}) but the plan was asked to be lossless "
@@ -244,8 +244,13 @@ def build_plan(req: PlanRequest, costs: CostModel, grid: tuple[int, int], head: 
 
 
 def _tile_rates(costs: CostModel, g: Graph, geoms: list[Any], pool: list[str], wire: Wire,
-                src: str) -> tuple[dict[str, float], float]:
-    """Predicted mean per-tile time per device (compute, or its transfers if longer) and the fastest."""
+                src: str, head: str | None) -> tuple[dict[str, float], float]:
+    """Predicted mean per-tile time per device (compute, or its transfers if longer) and the fastest.
+
+    As the runtime does (``Plan.wire_for``), tiles that are the model output are not quantised, tiles of
+    the model input only by int4."""
+    q_in = None if head is None and wire.quant != "int4" else wire.quant
+    q_out = None if g.resolve(geoms[0].end) == g.output.name else wire.quant
     sample = geoms[:: max(1, len(geoms) // 4)]
     per: dict[str, float] = {}
     for d in pool:
@@ -255,8 +260,8 @@ def _tile_rates(costs: CostModel, g: Graph, geoms: list[Any], pool: list[str], w
             if d != src:
                 nin = math.prod(geom.in_shape(g)) * 4
                 nout = math.prod(geom.out_shape(g)) * 4
-                xfer = costs.transfer_ms(src, d, nin, wire.codec, wire.quant) + \
-                    costs.transfer_ms(d, src, nout, wire.codec, wire.quant)
+                xfer = costs.transfer_ms(src, d, nin, wire.codec, q_in) + \
+                    costs.transfer_ms(d, src, nout, wire.codec, q_out)
                 comp = max(comp, xfer)
             tot += comp
         per[d] = tot / len(sample)
@@ -275,14 +280,16 @@ def choose_tail(req: PlanRequest, costs: CostModel, end: str, wire: Wire, which:
             raise StrategyError(f"tail={which!r} is not source, auto or a device of the cluster {req.devices}")
         return which
     if g.resolve(end) == g.output.name or wire.quant is not None:
-        return src  # a quantised wire would quantise the model's output on its way back
+        # a quantised wire: the tile outputs, gathered (quantised) at the source, would be quantised a
+        # second time on their way to another tail device
+        return src
     nin, nout = g[end].out_bytes, g.output.out_bytes
     best, best_ms = src, math.inf
     for d in req.devices:
         ms = costs.stage_ms(d, end, g.output.name, None)
         if d != src:
-            ms += costs.transfer_ms(src, d, nin, wire.codec, wire.quant) + \
-                costs.transfer_ms(d, src, nout, wire.codec, wire.quant)
+            ms += costs.transfer_ms(src, d, nin, wire.codec, None) + \
+                costs.transfer_ms(d, src, nout, wire.codec, None)
         if ms < best_ms * (1 - 1e-3):
             best, best_ms = d, ms
     return best
@@ -355,7 +362,7 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
             last_err = e
             continue
         tail = choose_tail(req, costs, end, wire, str(req.param("tail", "auto")))
-        per, fastest = _tile_rates(costs, g, tg, list(req.devices), wire, req.source)
+        per, fastest = _tile_rates(costs, g, tg, list(req.devices), wire, req.source, head)
         window = float(req.param("window_ms", max(30.0, 2.0 * fastest)))
         ntiles = grid[0] * grid[1]
         depths = [depth] if depth is not None else sorted({1, 2, 4, ntiles})

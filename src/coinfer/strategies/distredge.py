@@ -346,7 +346,7 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
     if unknown:
         raise StrategyError(f"distredge: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
     wire_p = str(req.param("wire", "raw")).lower()
-    if wire_p in ("int4", "int8") or "int" in wire_p:
+    if "int" in wire_p:
         raise StrategyError(
             f"wire={wire_p}: DistrEdge plans are exact (lossless-only) and {wire_p} quantises activations; "
             f"use --param wire=raw, lz4 or zstd (or the adcnn strategy for 4-bit transfers)"

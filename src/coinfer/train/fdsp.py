@@ -188,7 +188,8 @@ def __getattr__(name: str) -> Callable[[], nn.Module]:
 def fake_quant(x: Tensor, quant: str | None) -> Tensor:
     """What ``codecs.encode`` + ``decode`` with ``quant`` do to each sample of ``x``; STE gradient.
 
-    ``int8``: affine over [min, max], 255 steps. ``int4``: ADCNN's clipped
+    ``int8``: affine over [min, max], 255 steps; ``int8c``: the same per channel plane (per sample and
+    channel for 3+ dimensions, as the codec's groups). ``int4``: ADCNN's clipped
     ReLU to [0, max] with 15 steps when the sample is non-negative, else
     symmetric [-7, 7] steps of max|x|/7.
     """
@@ -196,10 +197,16 @@ def fake_quant(x: Tensor, quant: str | None) -> Tensor:
         return x
     dims = tuple(range(1, x.dim()))
     xd = x.detach().double()  # the codecs compute in float64: same rounding at the .5 boundaries
-    if quant == "int8":
+    if quant in ("int8", "int8c"):
+        if quant == "int8c":
+            dims = tuple(range(2, x.dim())) if x.dim() >= 3 else dims
         lo = xd.amin(dims, keepdim=True)
         hi = xd.amax(dims, keepdim=True)
-        scale = (hi - lo) / 255.0
+        if quant == "int8c":  # the codec stores scale and zero as float32
+            lo = lo.float().double()
+            scale = ((hi - lo) / 255.0).float().double()
+        else:
+            scale = (hi - lo) / 255.0
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.clamp(torch.round((xd - lo) / safe), 0, 255) * scale + lo
     elif quant == "int4":
@@ -215,7 +222,7 @@ def fake_quant(x: Tensor, quant: str | None) -> Tensor:
         q_sym = torch.clamp(torch.round(xd / ss), -7, 7) * s_sym
         q = torch.where(pos, q_pos, q_sym)
     else:
-        raise FdspError(f"quant {quant!r} is unknown; use int8, int4 or none")
+        raise FdspError(f"quant {quant!r} is unknown; use int8, int8c, int4 or none")
     return x + (q.to(x.dtype) - x).detach()
 
 
@@ -304,7 +311,9 @@ class FdspForward(nn.Module):
     """The model as an ADCNN plan computes it — head whole, FDSP tiles, tail whole — differentiable.
 
     Tile inputs and outputs pass :func:`fake_quant` with the layout's wire
-    quantisation (``quant_tiles=False`` turns that off). Works on batches (a
+    quantisation as the runtime applies it (:meth:`Plan.wire_for`: never to the
+    model output, to the model input only with int4; ``quant_tiles=False``
+    turns it off). Works on batches (a
     tile's quantisation statistics are per sample, as one message per request).
     """
 
@@ -315,7 +324,10 @@ class FdspForward(nn.Module):
         self.cm = live_model(module, shape, name)
         g = self.cm.graph
         self.layout = layout
-        self.quant = layout.wire.quant if quant_tiles else None
+        q = layout.wire.quant if quant_tiles else None
+        # as the runtime (Plan.wire_for): tiles of the model input are quantised by int4 only, tiles that
+        # are the model output never
+        self.q_in = None if layout.head is None and q != "int4" else q
         start = layout.head or g.input.name
         self.head = None if layout.head is None else part_geometry(g, g.input.name, layout.head, None)
         from ..strategies.adcnn import boundaries
@@ -328,6 +340,7 @@ class FdspForward(nn.Module):
         self.out_shape = tuple(n.shape[1:])
         self.tail = None if g.resolve(layout.until) == g.output.name else \
             part_geometry(g, layout.until, g.output.name, None)
+        self.q_out = None if self.tail is None else q
         self._cache: dict[object, Tensor] = {}
 
     def forward(self, x: Tensor) -> Tensor:
@@ -336,26 +349,13 @@ class FdspForward(nn.Module):
         for geom in self.tiles:
             ir, orr = geom.in_region, geom.out_region
             assert ir is not None and orr is not None
-            xin = fake_quant(cur[:, :, ir[0]:ir[1], ir[2]:ir[3]], self.quant)
-            y = fake_quant(run_geom(self.cm, geom, xin, self._cache), self.quant)
+            xin = fake_quant(cur[:, :, ir[0]:ir[1], ir[2]:ir[3]], self.q_in)
+            y = fake_quant(run_geom(self.cm, geom, xin, self._cache), self.q_out)
             out[:, :, orr[0]:orr[1], orr[2]:orr[3]] = y
         return out if self.tail is None else run_geom(self.cm, self.tail, out, self._cache)
 
 
 # -- evaluation of a plan with the real wire codecs ---------------------------------------------
-def wire_roundtrip(t: Tensor, wire: Wire) -> Tensor:
-    """``t`` encoded and decoded by the runtime's codecs (one message per sample)."""
-    from ..compress.codecs import decode, encode
-
-    if wire.quant is None and wire.codec == "raw":
-        return t
-    outs = []
-    for i in range(t.shape[0]):
-        meta, buf = encode(t[i:i + 1].detach().contiguous().numpy(), wire.codec, wire.quant)
-        outs.append(torch.from_numpy(np.array(decode(meta, bytes(memoryview(buf).cast("B"))))))
-    return torch.cat(outs, 0)
-
-
 class WireExecutor:
     """Run a plan in-process with the wire codecs applied where tensors would cross a link.
 
@@ -363,7 +363,9 @@ class WireExecutor:
     are encoded; the source's own tiles would not be — a conservative
     bound); a part of a static stage is encoded when its device differs
     from the one holding the data (the source after a gather), and so is
-    the final output when the last stage is not on the source. Exact for
+    the final output when the last stage is not on the source — each with
+    the codec the runtime uses for that tensor (:meth:`Plan.wire_for`: the
+    model output is never quantised, the model input only by int4). Exact for
     the plans ``adcnn`` makes (whole head on the source, a dynamic grid, a
     whole tail); for row stages with halo exchange it approximates each
     part's input as one message.
@@ -379,16 +381,17 @@ class WireExecutor:
         self.stats: dict[str, float] = {"messages": 0, "raw_bytes": 0, "wire_bytes": 0, "encode_ms": 0.0,
                                         "decode_ms": 0.0}
 
-    def _send(self, t: Tensor) -> Tensor:
-        """``t`` through the wire codecs, one message per sample, with byte and time counts."""
+    def _send(self, t: Tensor, tensor: int) -> Tensor:
+        """``t`` (a piece of ``tensor``, the output of that stage) through the wire codecs the runtime
+        uses for it (:meth:`Plan.wire_for`), one message per sample, with byte and time counts."""
         from ..compress.codecs import decode, encode
 
-        w = self.plan.wire
+        codec, quant = self.plan.wire_for(tensor)
         outs = []
         for i in range(t.shape[0]):
             a = t[i:i + 1].detach().contiguous().numpy()
             t0 = time.perf_counter()
-            meta, buf = encode(a, w.codec, w.quant)
+            meta, buf = encode(a, codec, quant)
             t1 = time.perf_counter()
             y = decode(meta, bytes(memoryview(buf).cast("B")))
             t2 = time.perf_counter()
@@ -418,28 +421,28 @@ class WireExecutor:
                 ir = runner.geom.in_region
                 xin = cur if ir is None else cur[:, :, ir[0]:ir[1], ir[2]:ir[3]]
                 if remote:
-                    xin = self._send(xin)
+                    xin = self._send(xin, si - 1)
                 cur = _batched(runner, xin)
                 holder = src if dynamic else part.device
                 if dynamic and remote:
-                    cur = self._send(cur)
+                    cur = self._send(cur, si)
                 continue
             out = torch.empty((cur.shape[0], *end_node.shape[1:]), dtype=cur.dtype)
             for part, runner in parts:
                 ir = runner.geom.in_region
                 xin = cur if ir is None else cur[:, :, ir[0]:ir[1], ir[2]:ir[3]]
                 if dynamic or part.device != holder:
-                    xin = self._send(xin)
+                    xin = self._send(xin, si - 1)
                 y = _batched(runner, xin)
                 if dynamic or part.device != src:
-                    y = self._send(y)  # gathered at the source (dynamic stages; an approximation otherwise)
+                    y = self._send(y, si)  # gathered at the source (dynamic stages; an approximation otherwise)
                 r = part.region
                 assert r is not None
                 out[:, :, r[0]:r[1], r[2]:r[3]] = y
             cur = out
             holder = src
         if holder != src:
-            cur = self._send(cur)
+            cur = self._send(cur, len(plan.stages) - 1)
         return cur
 
 
