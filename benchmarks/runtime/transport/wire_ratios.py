@@ -62,7 +62,7 @@ def main() -> None:
             for c in CODECS:
                 per = []
                 tot_raw = tot_wire = 0
-                for m, ts in acts.items():
+                for ts in acts.values():
                     raw = wire = 0
                     for t in ts:
                         for b in bands(t, k):
