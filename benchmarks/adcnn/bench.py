@@ -144,12 +144,17 @@ def part_digits(args: argparse.Namespace) -> None:
 
     out = []
     cl = resolve_cluster("het8")
-    for grid in args.grids.split(","):
+    grids = args.grids.split(",")
+    epochs = [int(v) for v in str(args.epochs).split(",")]
+    if len(epochs) not in (1, len(grids)):
+        raise SystemExit(f"--epochs {args.epochs}: give one value or one per grid ({len(grids)})")
+    for grid, ep in zip(grids, epochs * len(grids) if len(epochs) == 1 else epochs):
         g2 = tuple(int(v) for v in grid.split("x"))
         t0 = time.time()
-        rep = fdsp.finetune_digits(g2, Wire("raw", "int4"), epochs=args.epochs)  # type: ignore[arg-type]
+        rep = fdsp.finetune_digits(g2, Wire("raw", "int4"), epochs=ep)  # type: ignore[arg-type]
         d = rep.to_dict()
         d["wall_s"] = round(time.time() - t0)
+        d["epochs"] = ep
         # the fine-tuned model under a real adcnn plan: in process with the codecs, then on real workers
         cm = capture_model(rep.model_spec, fdsp.DIGITS_SHAPE)
         plan = run("adcnn", PlanRequest(cm.graph, cl, rep.model_spec, CostModel(cm.graph, cl),
@@ -174,7 +179,7 @@ def part_digits(args: argparse.Namespace) -> None:
                                     "agreement_with_plain": float((yr.argmax(1) == yp[:n].argmax(1)).float().mean()),
                                     "same_as_in_process": float((yr.argmax(1) == ye[:n].argmax(1)).float().mean())}
         out.append(d)
-        print(f"digits FDSP {grid}: unpartitioned {rep.unpartitioned:.4f}, before {rep.fdsp_before:.4f}, "
+        print(f"digits FDSP {grid} ({ep} epochs): unpartitioned {rep.unpartitioned:.4f}, before {rep.fdsp_before:.4f}, "
               f"after {rep.fdsp_after:.4f} ({(rep.fdsp_after - rep.unpartitioned) * 100:+.2f} points); "
               f"plan {d['plan_in_process']}" + (f"; workers {d.get('plan_on_workers')}" if n else ""), flush=True)
         save("digits", out)
@@ -374,7 +379,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--grids", default="2x2,4x4", help="digits FDSP grids")
-    ap.add_argument("--epochs", type=int, default=12, help="digits fine-tuning epochs")
+    ap.add_argument("--epochs", default="12,60",
+                    help="digits fine-tuning epochs, one per grid (a single value: every grid)")
     ap.add_argument("--digits-runtime-images", type=int, default=40)
     ap.add_argument("--ratio-models", default="vgg16,resnet18,yolov2_tiny,efficientnet_lite0")
     ap.add_argument("--ratio-images", type=int, default=4)
