@@ -212,6 +212,19 @@ class Wire:
     def lossless(self) -> bool:
         return self.quant is None
 
+    def for_tensor(self, model_input: bool = False, model_output: bool = False) -> tuple[str, str | None]:
+        """``(codec, quant)`` of a transfer: quantisation is for activations.
+
+        The model output (what the caller gets back) is never quantised. The model input is quantised
+        only by ``int4``: ADCNN's FDSP tiles the image and fine-tunes with those tiles 4-bit quantised
+        (docs/strategies/adcnn.md), while ``int8``/``int8c`` are applied without fine-tuning, and
+        re-quantising the input data is their largest error (on EfficientNet-Lite0, int8 on the input
+        alone changes the top-1 of 3.8 % of the augmented sample images).
+        """
+        if model_output or (model_input and self.quant != "int4"):
+            return self.codec, None
+        return self.codec, self.quant
+
 
 @dataclass(frozen=True)
 class StrategyRef:
@@ -312,19 +325,9 @@ class Plan:
         Path(path).write_text(self.to_json() + "\n")
 
     def wire_for(self, tensor: int) -> tuple[str, str | None]:
-        """``(codec, quant)`` of a transfer of ``tensor`` (the stage producing it; -1 the model input).
-
-        Quantisation is for activations. The model output (what the caller gets back) is never
-        quantised. The model input is quantised only by ``int4``: ADCNN's FDSP tiles the image and
-        fine-tunes with those tiles 4-bit quantised (docs/strategies/adcnn.md), while ``int8``/``int8c``
-        are applied without fine-tuning, and re-quantising the input data is their largest error (on
-        EfficientNet-Lite0, int8 on the input alone changes the top-1 of 3.8 % of the augmented sample
-        images).
-        """
-        quant = self.wire.quant
-        if tensor >= len(self.stages) - 1 or (tensor == INPUT_TENSOR and quant != "int4"):
-            return self.wire.codec, None
-        return self.wire.codec, quant
+        """``(codec, quant)`` of a transfer of ``tensor`` (the stage producing it; -1 the model input):
+        :meth:`Wire.for_tensor` — the runtime, the simulator and the codec emulation all ask here."""
+        return self.wire.for_tensor(tensor == INPUT_TENSOR, tensor >= len(self.stages) - 1)
 
     # -- structure -------------------------------------------------------------
     def stage_bounds(self, graph: Graph) -> list[tuple[str, str]]:

@@ -244,7 +244,8 @@ class _Engine:
             if op == "send":
                 assert ins.peer is not None
                 self.t[d] = self._send_cpu(d, self.t[d], ins.nbytes)
-                x = self._transfer(d, ins.peer, ins.nbytes, ins.tensor, self.t[d], ins.text() if self.tracing else "", instr=i)
+                x = self._transfer(d, ins.peer, ins.nbytes, ins.tensor, self.t[d],
+                                   ins.text() if self.tracing else "", instr=i)
                 key = (d, ins.peer, ins.tensor, ins.region)
                 self.mail.setdefault(key, deque()).append(x)
                 w = self.waiting.pop(key, None)
@@ -328,7 +329,8 @@ class _Engine:
                         arrive = end
                     else:
                         issue = self._send_cpu(src, now, info.in_bytes)
-                        x = self._transfer(src, d, info.in_bytes, s - 1, issue, f"send tile s{s}.p{p} to {d}", tile=True)
+                        x = self._transfer(src, d, info.in_bytes, s - 1, issue, f"send tile s{s}.p{p} to {d}",
+                                           tile=True)
                         got = self._arrive(d, x, info.in_bytes, free[d])
                         self._received(d, x, f"recv tile s{s}.p{p} from {src}", got, tile=True)
                         begin = max(got, free[d])

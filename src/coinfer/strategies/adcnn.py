@@ -77,8 +77,8 @@ from ..plan.plan import Grid, Stage, Whole, Wire
 from .registry import PlanRequest, PlanResult, StrategyError, register
 
 GRIDS_AUTO = ((2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8))
-WIRES = {"int4": ("raw", "int4"), "int8": ("raw", "int8"), "int8c": ("raw", "int8c"), "raw": ("raw", None), "lz4": ("lz4", None),
-         "zstd": ("zstd", None)}
+WIRES = {"int4": ("raw", "int4"), "int8": ("raw", "int8"), "int8c": ("raw", "int8c"), "raw": ("raw", None),
+         "lz4": ("lz4", None), "zstd": ("zstd", None)}
 
 
 def parse_grid(v: Any) -> tuple[int, int] | None:
@@ -249,8 +249,8 @@ def _tile_rates(costs: CostModel, g: Graph, geoms: list[Any], pool: list[str], w
 
     As the runtime does (``Plan.wire_for``), tiles that are the model output are not quantised, tiles of
     the model input only by int4."""
-    q_in = None if head is None and wire.quant != "int4" else wire.quant
-    q_out = None if g.resolve(geoms[0].end) == g.output.name else wire.quant
+    _, q_in = wire.for_tensor(model_input=head is None)
+    _, q_out = wire.for_tensor(model_output=g.resolve(geoms[0].end) == g.output.name)
     sample = geoms[:: max(1, len(geoms) // 4)]
     per: dict[str, float] = {}
     for d in pool:
@@ -288,8 +288,8 @@ def choose_tail(req: PlanRequest, costs: CostModel, end: str, wire: Wire, which:
     for d in req.devices:
         ms = costs.stage_ms(d, end, g.output.name, None)
         if d != src:
-            ms += costs.transfer_ms(src, d, nin, wire.codec, None) + \
-                costs.transfer_ms(d, src, nout, wire.codec, None)
+            ms += costs.transfer_ms(src, d, nin, wire.codec, wire.quant) + \
+                costs.transfer_ms(d, src, nout, wire.codec, wire.quant)
         if ms < best_ms * (1 - 1e-3):
             best, best_ms = d, ms
     return best

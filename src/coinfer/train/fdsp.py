@@ -324,10 +324,9 @@ class FdspForward(nn.Module):
         self.cm = live_model(module, shape, name)
         g = self.cm.graph
         self.layout = layout
-        q = layout.wire.quant if quant_tiles else None
-        # as the runtime (Plan.wire_for): tiles of the model input are quantised by int4 only, tiles that
-        # are the model output never
-        self.q_in = None if layout.head is None and q != "int4" else q
+        # as the runtime (Wire.for_tensor): tiles of the model input are quantised by int4 only, tiles
+        # that are the model output never
+        self.q_in = layout.wire.for_tensor(model_input=layout.head is None)[1] if quant_tiles else None
         start = layout.head or g.input.name
         self.head = None if layout.head is None else part_geometry(g, g.input.name, layout.head, None)
         from ..strategies.adcnn import boundaries
@@ -340,7 +339,7 @@ class FdspForward(nn.Module):
         self.out_shape = tuple(n.shape[1:])
         self.tail = None if g.resolve(layout.until) == g.output.name else \
             part_geometry(g, layout.until, g.output.name, None)
-        self.q_out = None if self.tail is None else q
+        self.q_out = layout.wire.for_tensor(model_output=self.tail is None)[1] if quant_tiles else None
         self._cache: dict[object, Tensor] = {}
 
     def forward(self, x: Tensor) -> Tensor:
