@@ -11,6 +11,10 @@
             parallel efficiency (speedup / 4; goal ≥ 0.85), for the plans in
             ``--plans``. Also each worker's resident memory after building its
             parts, next to the weights its parts need and its idle RSS.
+(workermem) real ``eq4`` workers (LocalCluster) deploy each plan of ``--plans`` and serve two
+            requests; each worker's RSS is split by ``/proc/PID/smaps`` into anonymous memory
+            (heap: weights, sessions, activations) and file-backed pages (shared libraries'
+            code), against the same split of an interpreter baseline. No timing: no lock.
 (precision) EfficientNet-Lite0 on the skimage sample images: bf16 / fp16 per
             backend against fp32 — top-1 agreement, max abs diff, latency.
 
@@ -176,7 +180,7 @@ def _child_ort(path: str, share: float, repeat: int, warmup: int) -> None:
     lim.close()
 
 
-def _child_baseline() -> None:
+def _child_baseline(split: bool = False) -> None:
     """Child process: RSS of an interpreter that can serve parts but holds no model.
 
     A worker's imports (torch, the runtime, onnxruntime) plus the one-time
@@ -201,6 +205,11 @@ def _child_baseline() -> None:
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     mi = psutil.Process().memory_info()
+    if split:
+        sp = smaps_split()
+        print(json.dumps({"rss": sp["anon"] + sp["file"], "anon": sp["anon"], "file": sp["file"],
+                          "libs": sp["libs"]}))
+        return
     print(json.dumps({"rss": mi.rss, "shared": mi.shared}))
 
 
@@ -321,6 +330,96 @@ def _shared(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().shared)
 
 
+def smaps_split(pid: int | str = "self") -> dict[str, Any]:
+    """Resident memory of ``pid`` by mapping kind, from ``/proc/PID/smaps``.
+
+    ``anon``: anonymous mappings and the heap (private data: tensors, sessions, Python objects);
+    ``file``: file-backed mappings (the code and read-only data of shared libraries, shared between
+    processes); ``libs``: the three largest file-backed contributors (MB).
+    """
+    anon = file = 0
+    libs: dict[str, int] = {}
+    name = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if head and "-" in head[0] and ":" not in head[0]:  # a mapping's header line
+                name = head[5].strip() if len(head) > 5 else ""
+            elif line.startswith("Rss:"):
+                kb = int(line.split()[1]) * 1024
+                if name.startswith("/") and not name.startswith("/dev/shm") and " (deleted)" not in name:
+                    file += kb
+                    libs[name] = libs.get(name, 0) + kb
+                else:
+                    anon += kb
+    top = sorted(libs.items(), key=lambda kv: -kv[1])[:3]
+    return {"anon": anon, "file": file, "libs": {Path(k).name: round(v / 2**20, 1) for k, v in top}}
+
+
+def _child_baseline_split() -> None:
+    """Child process: :func:`_child_baseline`'s interpreter, split by :func:`smaps_split`."""
+    _child_baseline(split=True)
+
+
+def _params(spec: str) -> dict[str, Any]:
+    """``k=v,k=v`` → plan parameters (numbers as floats)."""
+    params = dict(kv.split("=") for kv in spec.split(",") if kv) if spec else {}
+    return {k: float(v) if v.replace(".", "", 1).isdigit() else v for k, v in params.items()}
+
+
+def workermem(models: list[str], plans: list[str]) -> list[dict[str, Any]]:
+    """Real eq4 workers: RSS after the build and after 2 requests, split anonymous / file-backed."""
+    from coinfer.api import plan_result
+    from coinfer.cluster import builtin_cluster
+    from coinfer.inputs import random_input
+    from coinfer.modelspec import capture_model
+    from coinfer.runtime.coordinator import Session
+    from coinfer.runtime.launcher import LocalCluster
+
+    out = subprocess.run([sys.executable, __file__, "--_child-baseline-split"], capture_output=True,
+                         text=True, check=True)
+    base = json.loads(out.stdout.strip().splitlines()[-1])
+    cl = builtin_cluster("eq4")
+    rows = []
+    for name in models:
+        x = random_input(tuple(capture_model(name).graph.input_shape), 0)
+        for spec in plans:
+            strategy, _, params_s = spec.partition(":")
+            plan = plan_result(name, cl, strategy, **_params(params_s)).plan
+            with LocalCluster(cl) as lc:
+                idle = {d: smaps_split(w.proc.pid) for d, w in lc.workers.items()}
+                with Session(plan, cl, lc.addresses, cpu_modes=lc.cpu_modes(), dead_after_s=60.0,
+                             replan=False) as s:
+                    built = {d: smaps_split(w.proc.pid) for d, w in lc.workers.items()}
+                    s(x)
+                    s(x)
+                    time.sleep(0.5)  # idle: a worker trims its heap 100 ms after its last request
+                    ran = {d: smaps_split(w.proc.pid) for d, w in lc.workers.items()}
+                    mem, backends = dict(s.memory), dict(s.backends)
+            for d in cl.names:
+                w = mem.get(d, {}).get("weights_bytes", 0)
+                if not w:
+                    continue
+                rss = ran[d]["anon"] + ran[d]["file"]
+                goal_rss = 1.5 * w + base["rss"]
+                goal_anon = 1.5 * w + base["anon"]
+                r = {"model": name, "plan": spec, "device": d, "backend": backends.get(d),
+                     "weights_mb": round(w / 2**20, 1),
+                     "base_rss_mb": round(base["rss"] / 2**20, 1), "base_anon_mb": round(base["anon"] / 2**20, 1),
+                     "base_file_mb": round(base["file"] / 2**20, 1),
+                     "idle_anon_mb": round(idle[d]["anon"] / 2**20, 1),
+                     "built_anon_mb": round(built[d]["anon"] / 2**20, 1),
+                     "anon_mb": round(ran[d]["anon"] / 2**20, 1), "file_mb": round(ran[d]["file"] / 2**20, 1),
+                     "rss_mb": round(rss / 2**20, 1), "goal_rss_mb": round(goal_rss / 2**20, 1),
+                     "ok_rss": rss <= goal_rss, "goal_anon_mb": round(goal_anon / 2**20, 1),
+                     "ok_anon": ran[d]["anon"] <= goal_anon,
+                     "anon_ratio": round((ran[d]["anon"] - base["anon"]) / w, 3),
+                     "file_libs": ran[d]["libs"]}
+                rows.append(r)
+                print(f"  workermem {r}", file=sys.stderr, flush=True)
+    return rows
+
+
 def _session_run(sess: Any, x: Any, repeat: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         sess(x)
@@ -355,9 +454,7 @@ def p1(models: list[str], plans: list[str], repeat: int, warmup: int) -> list[di
             print(f"  p1 {name}: baseline {base}", file=sys.stderr, flush=True)
             for spec in plans:
                 strategy, _, params_s = spec.partition(":")
-                params = dict(kv.split("=") for kv in params_s.split(",") if kv) if params_s else {}
-                params = {k: float(v) if v.replace(".", "", 1).isdigit() else v for k, v in params.items()}
-                plan = plan_result(name, cl, strategy, **params).plan
+                plan = plan_result(name, cl, strategy, **_params(params_s)).plan
                 with LocalCluster(cl) as lc:
                     idle = {d: _rss(w.proc.pid) for d, w in lc.workers.items()}
                     # tolerant heartbeats: a loaded machine must not trigger re-planning mid-measurement
@@ -459,7 +556,7 @@ def precision(repeat: int) -> list[dict[str, Any]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["single", "p1", "memory", "precision"], action="append")
+    ap.add_argument("--only", choices=["single", "p1", "memory", "workermem", "precision"], action="append")
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--plans", nargs="*", default=["even:max_redundancy=0.1", "auto"],
                     help="P1 plans as strategy[:k=v,...]")
@@ -469,9 +566,13 @@ def main() -> int:
     ap.add_argument("--_child-ort", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--_child-baseline", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_child-mem", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_child-baseline-split", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child_mem:
         _child_mem(*a._child_mem)
+        return 0
+    if a._child_baseline_split:
+        _child_baseline_split()
         return 0
     if a._child_baseline:
         _child_baseline()
@@ -494,6 +595,8 @@ def main() -> int:
         out["p1"] = p1(list(a.models or P1_MODELS), a.plans, max(5, a.repeat // 2), 2)
     if "memory" in only:
         out["memory"] = memory(list(a.models or P1_MODELS), ["onnxruntime", "torch", "auto"])
+    if "workermem" in only:
+        out["workermem"] = workermem(list(a.models or P1_MODELS), a.plans)
     if "precision" in only:
         out["precision"] = precision(max(5, a.repeat // 2))
     out["load_after"] = load()
@@ -533,6 +636,16 @@ def main() -> int:
                 print(f"| {r['model']} | {r['device']} | {r['backend']} ({'+'.join(r['chosen'])}) | {r['parts']} | "
                       f"{r['weights_mb']} | {r['baseline_mb']} | {r['built_over_mb']} | {r['ran_over_mb']} | "
                       f"{r['ratio']}{'' if r['ok'] else ' ✗'} | {r['file_over_mb']} | {r['anon_ratio']} |")
+        if "workermem" in out:
+            print("\n| model | plan | device | backend | weights MB | RSS MB (goal 1.5×w + baseline RSS) "
+                  "| anonymous MB (goal 1.5×w + baseline anonymous) | anonymous over baseline ÷ w "
+                  "| file-backed MB (baseline) | largest file-backed |\n|---|---|---|---|---:|---:|---:|---:|---:|---|")
+            for r in out["workermem"]:
+                print(f"| {r['model']} | {r['plan']} | {r['device']} | {r['backend']} | {r['weights_mb']} | "
+                      f"{r['rss_mb']} ({r['goal_rss_mb']}){'' if r['ok_rss'] else ' ✗'} | "
+                      f"{r['anon_mb']} ({r['goal_anon_mb']}){'' if r['ok_anon'] else ' ✗'} | {r['anon_ratio']} | "
+                      f"{r['file_mb']} ({r['base_file_mb']}) | "
+                      + ", ".join(f"{k} {v}" for k, v in r["file_libs"].items()) + " |")
         if "precision" in out:
             print("\n| backend | precision | top-1 agree | max abs diff | ms (cpu) |\n|---|---|---:|---:|---:|")
             for r in out["precision"]:

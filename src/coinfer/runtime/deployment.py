@@ -93,7 +93,7 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Return freed heap pages to the OS (glibc keeps them otherwise)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -156,7 +156,7 @@ def build(dep: str, plan_json: str, device: str, coord: str, seed: int = 0,
     d.cm = cme.restrict(set())
     del cme
     gc.collect()
-    _trim_heap()
+    trim_heap()
     d.memory = {"weights_bytes": int(weights), "rss_bytes": _rss_bytes()}
     d.build_ms = (time.perf_counter() - t0) * 1e3
     return d

@@ -25,7 +25,7 @@ import torch
 from .. import __version__
 from ..execute.backends import available_backends
 from . import wire
-from .deployment import DeployError, Deployment, build
+from .deployment import DeployError, Deployment, build, trim_heap
 from .engine import run_program
 from .shaping import LinkShaper
 from .store import RequestAborted, RequestState
@@ -55,6 +55,7 @@ class Worker:
         self.stop = threading.Event()
         self.errors = 0
         self.served = 0
+        self._untrimmed = False  # a request finished since the heap was last trimmed
 
     # -- sending (WorkerIO) -----------------------------------------------------
     def send_tensor(self, peer: str, header: dict[str, Any], value: torch.Tensor, *, shaped: bool) -> None:
@@ -108,6 +109,7 @@ class Worker:
         self.ep.close()
 
     def _expire(self) -> None:
+        """Idle housekeeping (no message for 100 ms): drop requests that never started; trim the heap."""
         now = time.monotonic()
         with self.lock:
             for key, st in list(self.requests.items()):
@@ -115,8 +117,16 @@ class Worker:
                     st.abort("never started")
                     self.requests.pop(key, None)
                     self._finish(key)
+            idle = self._untrimmed and not self.requests
+            if idle:
+                self._untrimmed = False
+        if idle:
+            # a request's activations and messages leave freed heap that glibc keeps (≈ 12-15 MB):
+            # hand it back while idle, never between the messages of a request
+            trim_heap()
 
     def _finish(self, key: tuple[str, int]) -> None:
+        self._untrimmed = True
         self.finished[key] = time.monotonic()
         while len(self.finished) > 4096:
             self.finished.popitem(last=False)
