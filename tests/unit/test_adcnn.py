@@ -77,6 +77,7 @@ def test_given_grid_lossless_wire_and_tail(captured) -> None:  # type: ignore[no
     ({"grid": "1x1"}, "at least 2 tiles"),
     ({"grid": "axb"}, "RxC"),
     ({"wire": "int4", "lossless": True}, "lossless"),
+    ({"lossless": "ture"}, "lossless='ture': use true or false"),  # a typo is not silently false
     ({"wire": "int3"}, "unknown"),
     ({"until": "nope"}, "not a node"),
     ({"pool": "some"}, "pool"),

@@ -74,7 +74,7 @@ from ..cost.model import CostModel
 from ..graph.geometry import part_geometry
 from ..graph.ir import OUTPUT, Graph, GraphError
 from ..plan.plan import Grid, Stage, Whole, Wire
-from .registry import PlanRequest, PlanResult, StrategyError, register
+from .registry import PlanRequest, PlanResult, StrategyError, flag_param, register
 
 GRIDS_AUTO = ((2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8))
 WIRES = {"int4": ("raw", "int4"), "int8": ("raw", "int8"), "int8c": ("raw", "int8c"), "raw": ("raw", None),
@@ -310,7 +310,7 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
     unknown = set(req.params) - known
     if unknown:
         raise StrategyError(f"adcnn: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
-    lossless = str(req.param("lossless", False)).lower() in ("1", "true", "yes")
+    lossless = flag_param(req.param("lossless", False), "lossless")
     wire = parse_wire(req.param("wire", "raw" if lossless else "int4"), lossless)
     split = _splittable(g)
     if not split:

@@ -60,7 +60,7 @@ from ..cluster import Cluster
 from ..cost.model import CostModel
 from ..graph.ir import GEOMETRY_OPS, OUTPUT, Graph
 from ..plan.plan import Plan, RowPart, Rows, Stage, Whole, Wire
-from .registry import PlanRequest, PlanResult, StrategyError, register
+from .registry import PlanRequest, PlanResult, StrategyError, flag_param, register
 
 ALGOS = ("ddpg", "td3", "sac")
 DEFAULTS: dict[str, Any] = {"train_episodes": 4000, "algo": "ddpg", "alpha": 0.75, "n_random": 100,
@@ -271,7 +271,7 @@ def partition_volumes(req: PlanRequest, costs: CostModel, alpha: float = 0.75, n
 def actions_to_rows(x: np.ndarray | list[float], height: int, n_dev: int) -> list[tuple[int, int]]:
     """|D|-1 actions in [-1, 1] -> sorted cut positions -> per-device row ranges (some may be empty)."""
     xs = sorted(float(min(1.0, max(-1.0, v))) for v in list(x)[: n_dev - 1])
-    cuts = [0] + [int(round(height * (v + 1.0) / 2.0)) for v in xs] + [height]
+    cuts = [0] + [round(height * (v + 1.0) / 2.0) for v in xs] + [height]
     return [(cuts[i], cuts[i + 1]) for i in range(n_dev)]
 
 
@@ -331,10 +331,6 @@ def costs_fingerprint(costs: CostModel) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _bool(v: Any) -> bool:
-    return str(v).lower() in ("1", "true", "yes", "on")
-
-
 @register("distredge", summary="DistrEdge: layer volumes (LC-PSS) split by a DDPG policy trained on the simulator",
           paper="Hou, Guan, Han, Zhang. DistrEdge: Speeding up CNN Inference on Distributed Edge Devices. "
                 "IPDPS 2022 (arXiv 2202.01699)",
@@ -377,5 +373,5 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
 
     return plan_with_policy(req, algo=algo, episodes=episodes, alpha=alpha, n_random=n_random, seed=seed,
                             max_volumes=max_volumes, wire=Wire(wire_p, None),
-                            policy=req.param("policy"), retrain=_bool(req.param("retrain", False)),
+                            policy=req.param("policy"), retrain=flag_param(req.param("retrain", False), "retrain"),
                             profiles=str(req.param("costs", "auto")), shaping=shaping)

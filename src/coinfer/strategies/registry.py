@@ -130,10 +130,15 @@ FC_SPLIT = "fc_split"  # a parameter every strategy takes: split the FC tail by 
 
 
 def flag_param(v: object, key: str) -> bool:
+    """A true/false strategy parameter (``--param key=true``); anything else is a StrategyError."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
     t = str(v).strip().lower()
     if t in ("1", "true", "yes", "on"):
         return True
-    if t in ("0", "false", "no", "off"):
+    if t in ("0", "false", "no", "off", ""):
         return False
     raise StrategyError(f"--param {key}={v!r}: use true or false")
 

@@ -39,7 +39,7 @@ from ..cost.model import CostModel
 from ..graph.geometry import PartGeom, needed_input, stage_nodes
 from ..graph.ir import GEOMETRY_OPS, OUTPUT, Graph, Node
 from ..plan.plan import Grid, RowPart, Rows, Stage, Whole
-from .registry import PlanRequest, StrategyError
+from .registry import PlanRequest, StrategyError, flag_param
 
 WINDOW_OPS = frozenset({"conv", "maxpool", "avgpool"})
 
@@ -81,16 +81,7 @@ def int_param(req: PlanRequest, key: str, default: int | None, lo: int = 1, hi: 
 
 
 def bool_param(req: PlanRequest, key: str, default: bool = False) -> bool:
-    v = req.param(key, default)
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float)):
-        return bool(v)
-    if isinstance(v, str) and v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(v, str) and v.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise StrategyError(f"--param {key} must be true or false (got {v!r})")
+    return flag_param(req.param(key, default), key)
 
 
 # -- graph helpers ----------------------------------------------------------------------------
