@@ -9,6 +9,7 @@ device restarts it is used again.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -77,7 +78,7 @@ def test_kill_a_worker_mid_run(env):
         first = s.recoveries[0]
         assert victim in first.dead and victim not in first.devices
         detect_s = s.dead_at[victim] - killed_at[0]
-        gaps = [b - a for a, b in zip(done_at, done_at[1:]) if b > killed_at[0]]
+        gaps = [b - a for a, b in itertools.pairwise(done_at) if b > killed_at[0]]
         stall_s = max(gaps[:5])
         print(f"\nrecovery: {victim} declared dead {detect_s * 1e3:.0f} ms after SIGKILL; the longest wait "
               f"between two results was {stall_s * 1e3:.0f} ms (re-plan + deploy {first.replan_ms:.0f} ms)")

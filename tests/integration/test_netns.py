@@ -41,7 +41,7 @@ RATES = {"n0": 200, "n1": 20, "n2": None}  # Mbit/s of each namespace's egress (
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=False)
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
     return r

@@ -89,7 +89,7 @@ def mixed_plan(cm, cl):
 def _check(session, cm, plan, x, tol=TOLERANCE):
     y = session(x)
     ref = reference_output(cm, x, plan.exit)
-    diff, rel = compare(y, ref)
+    _diff, rel = compare(y, ref)
     assert y.shape == ref.shape
     assert rel <= tol, f"{plan.strategy.name} on {cm.graph.name}: rel {rel:.3g} > {tol}"
     return rel

@@ -123,7 +123,7 @@ def test_coedge_replans_when_a_device_leaves_mid_stream(workers) -> None:
                 used = [d for d in s.plan.devices_used_names() if d != "d0"]
                 assert used, f"coedge stopped splitting: {s.plan.to_json()}"
                 victim = used[-1]
-                killer = threading.Timer(0.03, lambda: lc.kill(victim))
+                killer = threading.Timer(0.03, lc.kill, args=(victim,))
                 killer.start()
             y = s(x)
             assert compare(y, refs[i])[1] <= TOLERANCE, f"request {i} wrong"

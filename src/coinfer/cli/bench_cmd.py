@@ -44,7 +44,7 @@ def cmd(
     rounds: int = typer.Option(1, "--rounds", min=1, help="with --validate: measure every case this many times, "
                                "in rotated order, and take the median of all runs (spreads slow spells of the "
                                "host over the cases)"),
-    resim: list[str] = typer.Option(None, "--resimulate", help="with --validate: predict the cases of this "  # noqa: B008
+    resim: list[str] = typer.Option(None, "--resimulate", help="with --validate: predict the cases of this "
                                     "validation.csv again (saved plans, current model, --profiles-root) without "
                                     "re-measuring; repeatable"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),

@@ -407,7 +407,7 @@ class RemoteProfiler:
     def close(self) -> None:
         self.ep.close()
 
-    def __enter__(self) -> RemoteProfiler:  # noqa: PYI034
+    def __enter__(self) -> RemoteProfiler:
         return self
 
     def __exit__(self, *exc: object) -> None:

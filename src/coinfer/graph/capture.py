@@ -458,7 +458,7 @@ def _build(gm: torch.fx.GraphModule, name: str, prefix: str = "") -> _Builder:
     b = _Builder(gm, name)
     for n in gm.graph.nodes:
         b.visit(n)
-    out = [n for n in gm.graph.nodes if n.op == "output"][0]
+    out = next(n for n in gm.graph.nodes if n.op == "output")
     res = out.args[0]
     if not isinstance(res, torch.fx.Node) or res.name not in b.alias:
         raise UnsupportedOpError("output", "a model output that is not one tensor")
@@ -489,7 +489,6 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], name: st
     example = torch.zeros(input_shape)
     gm = _trace(model, example, name or type(model).__name__)
     b = _build(gm, name or type(model).__name__)
-    b.nodes[0].name  # the input
     exits: dict[str, ExitBranch] = {}
     tensors, fns = dict(b.tensors), dict(b.fns)
     points: dict[str, str] = getattr(model, "exit_points", {}) or {}

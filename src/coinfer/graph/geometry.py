@@ -320,12 +320,11 @@ def part_geometry(graph: Graph, start: str, end: str, out_region: Region | None,
         )
     if out_region is None and spatial:
         out_region = full(end_node)
-    if out_region is not None:
-        if is_empty(out_region) or not contains(full(end_node), out_region):
-            raise GraphError(
-                f"region rows [{out_region[0]},{out_region[1]}) cols [{out_region[2]},{out_region[3]}) "
-                f"is empty or outside {end}'s output {end_node.height}x{end_node.width}"
-            )
+    if out_region is not None and (is_empty(out_region) or not contains(full(end_node), out_region)):
+        raise GraphError(
+            f"region rows [{out_region[0]},{out_region[1]}) cols [{out_region[2]},{out_region[3]}) "
+            f"is empty or outside {end}'s output {end_node.height}x{end_node.width}"
+        )
 
     # 1. the region each node computes, and the extent of valid data it holds
     regions: dict[str, Region | None] = {}
@@ -383,7 +382,7 @@ def part_geometry(graph: Graph, start: str, end: str, out_region: Region | None,
         counts = None
         if n.op == "avgpool" and r is not None:
             counts = _pool_counts(n, r, valid[n.inputs[0]] or full(graph[n.inputs[0]]))
-        fl = n.flops if r is None else int(round(n.flops_per_pixel * area(r) * n.shape[0]))
+        fl = n.flops if r is None else round(n.flops_per_pixel * area(r) * n.shape[0])
         geoms.append(NodeGeom(n.name, r, tuple(edges), counts, fl))
 
     # 3. free buffers after their last use inside the part

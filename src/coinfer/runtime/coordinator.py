@@ -459,8 +459,8 @@ class Session:
         for d in list(self.alive):
             try:
                 self.ep.send(d, {"kind": "undeploy", "dep": dep})
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:  # best effort: the device may be gone
+                log.debug("undeploy %s on %s not sent", dep, d, exc_info=True)
 
     def _abandon(self, dep: str) -> None:
         """A deployment that failed on some device: forget its waiters, free it on the others."""
@@ -480,8 +480,8 @@ class Session:
             for dev in known:
                 try:
                     self.ep.send(dev, {"kind": "ping", "seq": next(seq), "t": time.time()})
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception:  # a missed ping is what the heartbeat detects
+                    log.debug("ping to %s not sent", dev, exc_info=True)
             if starved:
                 continue
             # a device building a deployment may answer pings late (capture and backend builds
@@ -582,8 +582,8 @@ class Session:
         for d in p.devices & self.alive:
             try:
                 self.ep.send(d, {"kind": "cancel", "dep": p.dep, "req": p.req})
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:  # best effort: the device may be gone
+                log.debug("cancel of %s/%s on %s not sent", p.dep, p.req, d, exc_info=True)
 
     def _trace(self, p: _Pending) -> Trace:
         t = Trace(meta={"kind": "measured", "strategy": self.plan.strategy.name, "req": p.req,

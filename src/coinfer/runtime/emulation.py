@@ -237,7 +237,7 @@ class CpuLimiter:
         if self.path is not None:
             _remove_cgroup(self.path, self._home)
 
-    def __enter__(self) -> CpuLimiter:  # noqa: PYI034
+    def __enter__(self) -> CpuLimiter:
         return self
 
     def __exit__(self, *exc: object) -> None:

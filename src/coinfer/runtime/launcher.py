@@ -112,7 +112,7 @@ class LocalCluster:
                 continue
             lines.append(line)
             if line.startswith("READY "):
-                _, wname, address, _pid = line.split()[:4]
+                _, _wname, address, _pid = line.split()[:4]
                 limiter = limit_cpu(proc.pid, share, name) if self.emulate_cpu else None
                 w = LocalWorker(name, address, proc, limiter)
                 self._drain(w, proc.stdout)
@@ -128,7 +128,7 @@ class LocalCluster:
             w.log_path = path
 
         def pump() -> None:
-            f = open(path, "ab") if path else None
+            f = open(path, "ab") if path else None  # noqa: SIM115 - closed in the finally below
             try:
                 for raw in iter(stream.readline, b""):
                     if f:

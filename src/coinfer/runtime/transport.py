@@ -370,7 +370,7 @@ class ZmqEndpoint:
             self._own_ctx = False
         self._release()
 
-    def __enter__(self) -> ZmqEndpoint:  # noqa: PYI034
+    def __enter__(self) -> ZmqEndpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -782,7 +782,7 @@ class InProcHub:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> InProcHub:  # noqa: PYI034
+    def __enter__(self) -> InProcHub:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -907,7 +907,7 @@ class InProcEndpoint:
         self.hub._remove(self)
         self._inbox.put(None)
 
-    def __enter__(self) -> InProcEndpoint:  # noqa: PYI034
+    def __enter__(self) -> InProcEndpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:

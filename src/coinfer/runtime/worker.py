@@ -80,8 +80,8 @@ class Worker:
         log.warning("%s: %s (%s)", self.name, msg, code)
         try:
             self.ep.send(peer, {"kind": "error", "msg": msg[:250], "code": code, "dep": dep, "req": req})
-        except Exception:  # noqa: BLE001 - an unknown sender cannot be answered
-            pass
+        except Exception:  # an unknown sender cannot be answered
+            log.debug("%s: error reply to %r not sent", self.name, peer, exc_info=True)
 
     # -- loop -------------------------------------------------------------------
     def serve_forever(self) -> None:

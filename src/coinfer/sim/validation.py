@@ -286,7 +286,7 @@ class Testbed:
             lc.stop()
         self.locals.clear()
 
-    def __enter__(self) -> Testbed:  # noqa: PYI034
+    def __enter__(self) -> Testbed:
         return self
 
     def __exit__(self, *exc: object) -> None:

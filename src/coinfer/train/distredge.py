@@ -213,13 +213,13 @@ def profile_sustained(cm: Any, device: str, rows_points: int = 6, reps: int = 3,
                 geom = part_geometry(g, s, e, (0, r, 0, g[e].width), "exact")
                 run = PartRunner(cm, geom)
                 x = torch.randn(geom.in_shape(g), generator=gen)
-                pts.append((r, sustained_ms(lambda: run(x), reps, clock=clock)))
+                pts.append((r, sustained_ms(lambda run=run, x=x: run(x), reps, clock=clock)))
             prof.stages[(s, e)] = pts
         else:
             geom = part_geometry(g, s, e, None)
             run = PartRunner(cm, geom)
             x = torch.randn(geom.in_shape(g), generator=gen)
-            prof.whole[(s, e)] = sustained_ms(lambda: run(x), reps, clock=clock)
+            prof.whole[(s, e)] = sustained_ms(lambda run=run, x=x: run(x), reps, clock=clock)
     prof.machine = machine_info()
     prof.date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return prof
@@ -283,11 +283,12 @@ def make_agent(algo: str, env: Any, seed: int, episodes: int, steps_per_episode:
 
     torch.set_num_threads(1)
     n = env.action_space.shape[0]
-    kw: dict[str, Any] = dict(policy="MlpPolicy", env=env, seed=seed, learning_rate=1e-3, buffer_size=50_000,
-                              learning_starts=min(200, max(10, episodes * steps_per_episode // 10)),
-                              batch_size=64, gamma=0.99, tau=0.01, verbose=0, device="cpu",
-                              policy_kwargs={"net_arch": [64, 64]}, train_freq=(1, "episode"),
-                              gradient_steps=-1)
+    kw: dict[str, Any] = {"policy": "MlpPolicy", "env": env, "seed": seed, "learning_rate": 1e-3,
+                          "buffer_size": 50_000,
+                          "learning_starts": min(200, max(10, episodes * steps_per_episode // 10)),
+                          "batch_size": 64, "gamma": 0.99, "tau": 0.01, "verbose": 0, "device": "cpu",
+                          "policy_kwargs": {"net_arch": [64, 64]}, "train_freq": (1, "episode"),
+                          "gradient_steps": -1}
     if algo == "sac":
         return SAC(**kw)
     kw["action_noise"] = NormalActionNoise(np.zeros(n), 0.3 * np.ones(n))

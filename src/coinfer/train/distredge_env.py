@@ -33,7 +33,7 @@ Torch-free (gymnasium and numpy only); the agents live in
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -65,7 +65,7 @@ def volume_features(g: Graph, start: str, end: str) -> tuple[int, int, int, int]
 class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
     """Split each layer volume's rows among the devices; reward ``t_ref / T`` at the end."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, req: PlanRequest, costs: CostModel, boundaries: list[str], tail: str,
                  wire: Wire = Wire(), params: dict[str, Any] | None = None, shaping: str = "none") -> None:
@@ -187,7 +187,7 @@ class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
         return self._obs(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        s, e = self.volumes[self.l]
+        _, e = self.volumes[self.l]
         rows = actions_to_rows(np.asarray(action, dtype=np.float64), self.g[e].height, self.D)
         before = float(self.acc.max())
         self._advance(rows)
@@ -216,7 +216,7 @@ class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
         T = math.nan
         while True:
             a = act(obs)
-            s, e = self.volumes[self.l]
+            _, e = self.volumes[self.l]
             splits.append(actions_to_rows(np.asarray(a, dtype=np.float64), self.g[e].height, self.D))
             obs, _, done, _, info = self._step_no_record(a)
             if done:
