@@ -13,9 +13,10 @@ from coinfer.runtime.worker import RequestState, Worker
 def w(monkeypatch: pytest.MonkeyPatch):
     calls: list[int] = []
     monkeypatch.setattr(worker_mod, "trim_heap", lambda: calls.append(1))
-    wk = Worker("w0", InProcHub().endpoint("w0"))
-    yield wk, calls
-    wk.close()
+    with InProcHub() as hub:
+        wk = Worker("w0", hub.endpoint("w0"))
+        yield wk, calls
+        wk.close()
 
 
 def test_idle_worker_trims_once_after_a_request(w) -> None:
