@@ -66,3 +66,22 @@ def test_fc_layers_split_by_features_run_exactly_on_workers() -> None:
     # (the stage starting with AlexNet's adaptive pooling of a 1x1 map to 6x6 falls back to torch:
     # onnxruntime's export has no such upsampling pool)
     assert ort in backends["d1"]
+
+
+def test_modnn_gathers_rows_at_the_source_and_sends_the_whole_map_to_every_features_part() -> None:
+    """MoDNN's pattern (``exchange: via_source``): the last row stage is gathered at the source, which
+    sends the whole (spatial) map to every device of the features stage after it. The source holds
+    that map as row pieces only; it must assemble it (this once failed: "whole tensor requested but
+    only regions are held")."""
+    cl = parse_cluster({"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": 1.0} for i in range(3)],
+                        "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False}}, "m3")
+    model = "alexnet"
+    plan = plan_result(model, cl, "modnn").plan
+    kinds = [s.partition.type for s in plan.stages]
+    first_feat = kinds.index("features")
+    assert kinds[first_feat - 1] == "rows" and plan.stages[first_feat].exchange == "via_source", kinds
+    cm = capture_model(model)
+    x = random_input(tuple(cm.graph.input_shape), 7)
+    with LocalCluster(cl, emulate_cpu=False) as lc, Session(plan, cl, lc.addresses) as s:
+        y = s(x)
+    assert compare(y, reference_output(cm, x))[1] <= TOLERANCE

@@ -88,7 +88,8 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
                                                               "run_cpu_ms": round((c2 - c1) * 1e3, 3)}])
             t0 = -1.0
         elif op == "send":
-            v = st.store.assemble(ins.tensor, ins.region)
+            # a whole spatial tensor (e.g. gathered from row pieces at the source for a features stage)
+            v = st.store.assemble(ins.tensor, ins.region or _full(_shape(d, ins.tensor)))
             hdr = {"kind": "data", "dep": d.dep, "req": st.req, "tensor": ins.tensor,
                    "region": None if ins.region is None else list(ins.region), "src": me}
             io.send_tensor(ins.peer or "", hdr, v, shaped=True)
