@@ -382,15 +382,18 @@ def _child_baseline_split(warm: str | None = None) -> None:
     _child_baseline(split=True, warm=warm)
 
 
-def _params(spec: str) -> dict[str, Any]:
-    """``k=v,k=v`` → plan parameters (numbers as floats)."""
-    params = dict(kv.split("=") for kv in spec.split(",") if kv) if spec else {}
-    return {k: float(v) if v.replace(".", "", 1).isdigit() else v for k, v in params.items()}
+def _plan_of(model: str, cl: Any, spec: str) -> Any:
+    """The plan of ``strategy[:k=v,...]`` (numbers as floats) for ``model`` on ``cl``."""
+    from coinfer.api import plan_result
+
+    strategy, _, params_s = spec.partition(":")
+    params = dict(kv.split("=") for kv in params_s.split(",") if kv) if params_s else {}
+    return plan_result(model, cl, strategy,
+                       **{k: float(v) if v.replace(".", "", 1).isdigit() else v for k, v in params.items()}).plan
 
 
 def workermem(models: list[str], plans: list[str]) -> list[dict[str, Any]]:
     """Real eq4 workers: RSS after the build and after 2 requests, split anonymous / file-backed."""
-    from coinfer.api import plan_result
     from coinfer.cluster import builtin_cluster
     from coinfer.inputs import random_input
     from coinfer.modelspec import capture_model
@@ -410,8 +413,7 @@ def workermem(models: list[str], plans: list[str]) -> list[dict[str, Any]]:
     for name in models:
         x = random_input(tuple(capture_model(name).graph.input_shape), 0)
         for spec in plans:
-            strategy, _, params_s = spec.partition(":")
-            plan = plan_result(name, cl, strategy, **_params(params_s)).plan
+            plan = _plan_of(name, cl, spec)
             with LocalCluster(cl) as lc:
                 idle = {d: smaps_split(w.proc.pid) for d, w in lc.workers.items()}
                 with Session(plan, cl, lc.addresses, cpu_modes=lc.cpu_modes(), dead_after_s=60.0,
@@ -463,7 +465,6 @@ def _session_run(sess: Any, x: Any, repeat: int, warmup: int) -> list[float]:
 def p1(models: list[str], plans: list[str], repeat: int, warmup: int) -> list[dict[str, Any]]:
     import tempfile
 
-    from coinfer.api import plan_result
     from coinfer.cluster import builtin_cluster
     from coinfer.execute.local import compare, reference_output
     from coinfer.inputs import random_input
@@ -482,8 +483,7 @@ def p1(models: list[str], plans: list[str], repeat: int, warmup: int) -> list[di
             base = ort_baseline(name, SHARE, repeat, warmup, Path(td))
             print(f"  p1 {name}: baseline {base}", file=sys.stderr, flush=True)
             for spec in plans:
-                strategy, _, params_s = spec.partition(":")
-                plan = plan_result(name, cl, strategy, **_params(params_s)).plan
+                plan = _plan_of(name, cl, spec)
                 with LocalCluster(cl) as lc:
                     idle = {d: _rss(w.proc.pid) for d, w in lc.workers.items()}
                     # tolerant heartbeats: a loaded machine must not trigger re-planning mid-measurement

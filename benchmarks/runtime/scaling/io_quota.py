@@ -43,8 +43,10 @@ def _move(lc: Any, free: bool) -> None:
 
 
 def main() -> int:
+    # this directory's scaling benchmark (a script's directory is on sys.path)
+    from bench import _cluster
+
     from coinfer.api import plan_result
-    from coinfer.cluster import builtin_cluster
     from coinfer.inputs import random_input
     from coinfer.modelspec import capture_model
     from coinfer.runtime.coordinator import Session
@@ -53,9 +55,7 @@ def main() -> int:
     if not (ROOT / "tasks").exists():
         print(f"needs cgroup v1 cpu at {ROOT}", file=sys.stderr)
         return 2
-    cl = builtin_cluster("eq4")
-    cl = cl.model_copy(update={"network": cl.network.model_copy(update={"shape": False}),
-                               "devices": [d.model_copy(update={"backend": "onnxruntime"}) for d in cl.devices]})
+    cl = _cluster(None, "onnxruntime")  # eq4, unshaped links, every device on onnxruntime
     rounds = 8
     ms: dict[tuple[str, str, bool], list[float]] = {}
     with LocalCluster(cl) as lc:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..graph.geometry import Region
 from ..plan.lower import INPUT, Instr
 from .deployment import Deployment
 from .schedulers import make_scheduler
@@ -43,7 +44,7 @@ def _last_uses(program: list[Instr]) -> dict[int, list[int]]:
     for i, ins in enumerate(program):
         if ins.op in ("recv", "send", "output"):
             last[ins.tensor] = i
-        elif ins.op == "compute" or ins.op in ("dyn_master",):
+        elif ins.op in ("compute", "dyn_master"):
             last[ins.tensor - 1] = i
             last.setdefault(ins.tensor, i)
     out: dict[int, list[int]] = {}
@@ -76,7 +77,7 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
         elif op == "compute":
             info = d.lowered.parts[(ins.tensor, ins.part)]  # type: ignore[index]
             c0 = time.thread_time()
-            x = st.store.assemble(ins.tensor - 1, info.in_region or _full(_shape(d, ins.tensor - 1)))
+            x = _assemble(d, st, ins.tensor - 1, info.in_region)
             runner = d.runner(ins.tensor, ins.part)  # type: ignore[arg-type]
             c1 = time.thread_time()
             y = runner(x)
@@ -88,8 +89,7 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
                                                               "run_cpu_ms": round((c2 - c1) * 1e3, 3)}])
             t0 = -1.0
         elif op == "send":
-            # a whole spatial tensor (e.g. gathered from row pieces at the source for a features stage)
-            v = st.store.assemble(ins.tensor, ins.region or _full(_shape(d, ins.tensor)))
+            v = _assemble(d, st, ins.tensor, ins.region)
             hdr = {"kind": "data", "dep": d.dep, "req": st.req, "tensor": ins.tensor,
                    "region": None if ins.region is None else list(ins.region), "src": me}
             io.send_tensor(ins.peer or "", hdr, v, shaped=True)
@@ -100,7 +100,7 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
         elif op == "dyn_worker":
             _dyn_worker(d, st, io, ins.tensor, timeout_s)
         elif op == "output":
-            y = st.store.assemble(ins.tensor, ins.region or _full(_shape(d, ins.tensor)))
+            y = _assemble(d, st, ins.tensor, ins.region)
             io.send_tensor(d.coord, {"kind": "result", "dep": d.dep, "req": st.req}, y, shaped=False)
         for t in drops.get(i, ()):
             if op != "output":
@@ -246,6 +246,12 @@ def _shape(d: Deployment, tensor: int) -> tuple[int, ...]:
 
 def _full(shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
     return (0, shape[2], 0, shape[3]) if len(shape) == 4 else None
+
+
+def _assemble(d: Deployment, st: RequestState, tensor: int, region: Region | None) -> torch.Tensor:
+    """``region`` of ``tensor`` from the pieces held; ``None`` (the whole tensor) is its full extent when
+    spatial, so a map held as row pieces (e.g. gathered at the source) is assembled too."""
+    return st.store.assemble(tensor, region or _full(_shape(d, tensor)))
 
 
 RunFn = Callable[[Deployment, RequestState, WorkerIO, float], None]
