@@ -88,7 +88,7 @@ def test_round_trip_and_reply_to_an_unconnected_sender(make: Make) -> None:
     # b never connected to a: it answers over the connection the message came in on
     b.send("a", {"kind": "pong", "seq": 1, "t": 2.0, "name": "b"})
     r = _recv(a)
-    assert isinstance(r, Message) and r.sender == "b" and r.header == {"v": 1, "kind": "pong", "seq": 1,
+    assert isinstance(r, Message) and r.sender == "b" and r.header == {"v": wire.PROTOCOL_VERSION, "kind": "pong", "seq": 1,
                                                                         "t": 2.0, "name": "b"}
 
 

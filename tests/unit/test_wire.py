@@ -40,8 +40,9 @@ VALID: dict[str, tuple[dict, list]] = {
     "error": ({"msg": "bad", "code": "bad_message", "dep": None, "req": None}, []),
     "ping": ({"seq": 1, "t": 1700000000.5}, []),
     "pong": ({"seq": 1, "t": 1700000000.5, "name": "pi1"}, []),
-    "tile": ({"dep": "d1", "req": 7, "stage": 1, "part": 3, **META}, FRAMES),
-    "tile_out": ({"dep": "d1", "req": 7, "stage": 1, "part": 3, "device": "pi1", "ms": 4.0, **META}, FRAMES),
+    "tile": ({"dep": "d1", "req": 7, "tensor": 0, "stage": 1, "part": 3, **META}, FRAMES),
+    "tile_out": ({"dep": "d1", "req": 7, "tensor": 1, "stage": 1, "part": 3, "device": "pi1", "ms": 4.0, **META},
+                 FRAMES),
     "tiles_done": ({"dep": "d1", "req": 7, "stage": 1}, []),
     "cancel": ({"dep": "d1", "req": 7}, []),
     "shutdown": ({}, []),
@@ -172,23 +173,23 @@ def test_decoded_size_is_bounded_by_max_frame() -> None:
 
 
 def test_msgpack_limits_and_types() -> None:
-    ext = msgpack.packb({"v": 1, "kind": "shutdown", "x": msgpack.ExtType(5, b"abc")})
+    ext = msgpack.packb({"v": wire.PROTOCOL_VERSION, "kind": "shutdown", "x": msgpack.ExtType(5, b"abc")})
     with pytest.raises(WireError, match="msgpack"):
         unpack([ext])
     with pytest.raises(WireError, match="map key"):
-        unpack([msgpack.packb({"v": 1, "kind": "shutdown", 1: 2}, strict_types=False)])
+        unpack([msgpack.packb({"v": wire.PROTOCOL_VERSION, "kind": "shutdown", 1: 2}, strict_types=False)])
     with pytest.raises(WireError, match="keys must be strings"):
-        wire.validate({"v": 1, "kind": "shutdown", 1: 2}, [])
+        wire.validate({"v": wire.PROTOCOL_VERSION, "kind": "shutdown", 1: 2}, [])
     with pytest.raises(WireError, match="map"):
         unpack([msgpack.packb([1, 2, 3])])
     with pytest.raises(WireError, match="protocol version"):
-        unpack([msgpack.packb({"v": 2, "kind": "shutdown"})])
+        unpack([msgpack.packb({"v": wire.PROTOCOL_VERSION + 1, "kind": "shutdown"})])
     with pytest.raises(WireError, match="msgpack"):  # a bin longer than max_bin_len
-        unpack([msgpack.packb({"v": 1, "kind": "shutdown", "b": b"x" * (wire.MAX_BIN + 1)})])
+        unpack([msgpack.packb({"v": wire.PROTOCOL_VERSION, "kind": "shutdown", "b": b"x" * (wire.MAX_BIN + 1)})])
     with pytest.raises(WireError, match="msgpack"):  # a truncated header
-        unpack([msgpack.packb({"v": 1, "kind": "shutdown"})[:-1]])
+        unpack([msgpack.packb({"v": wire.PROTOCOL_VERSION, "kind": "shutdown"})[:-1]])
     with pytest.raises(WireError, match="extra"):
-        unpack([msgpack.packb({"v": 1, "kind": "shutdown"}) + b"\x00"])
+        unpack([msgpack.packb({"v": wire.PROTOCOL_VERSION, "kind": "shutdown"}) + b"\x00"])
 
 
 def test_big_plan_string_bounds() -> None:
@@ -235,7 +236,7 @@ def _packed(h: dict, payload: list) -> list[bytes]:
 
 def _valid_case(kind: str) -> tuple[dict, list]:
     h, p = _msg(kind)
-    return {"v": 1, **h}, p
+    return {"v": wire.PROTOCOL_VERSION, **h}, p
 
 
 def _check_accepted(h: dict, views: list) -> None:
@@ -381,7 +382,7 @@ def test_fuzz_random_bytes(frames: list[bytes]) -> None:
                        _VALUES, max_size=10),
        st.sampled_from(sorted(VALID)), st.lists(st.binary(max_size=64), max_size=2))
 def test_fuzz_structured_headers(h: dict, kind: str, payload: list[bytes]) -> None:
-    h = {"v": 1, "kind": kind, **h}
+    h = {"v": wire.PROTOCOL_VERSION, "kind": kind, **h}
     try:
         got, views = unpack(_packed(h, payload))
     except WireError:

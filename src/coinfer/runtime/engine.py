@@ -157,8 +157,8 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
                     local_futs.append(pool.submit(local_tile, p, x.contiguous()))
                 else:
                     t0 = _now_ms()
-                    io.send_tensor(dev, {"kind": "tile", "dep": d.dep, "req": st.req, "stage": stage, "part": p},
-                                   x.contiguous(), shaped=True)
+                    io.send_tensor(dev, {"kind": "tile", "dep": d.dep, "req": st.req, "tensor": stage - 1,
+                                         "stage": stage, "part": p}, x.contiguous(), shaped=True)
                     st.events.append(["send", f"send tile s{stage}.p{p} to {dev}", t0, _now_ms(),
                                       {"bytes": pinfo.in_bytes}])
 
@@ -234,8 +234,8 @@ def _dyn_worker(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
         ms = _now_ms() - t0
         st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms,
                       {"tile": True, "backend": d.runner(stage, p).backend}])
-        io.send_tensor(src, {"kind": "tile_out", "dep": d.dep, "req": st.req, "stage": stage, "part": p,
-                             "device": io.name, "ms": ms}, y, shaped=True)
+        io.send_tensor(src, {"kind": "tile_out", "dep": d.dep, "req": st.req, "tensor": stage, "stage": stage,
+                             "part": p, "device": io.name, "ms": ms}, y, shaped=True)
 
 
 def _shape(d: Deployment, tensor: int) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..compress import codecs
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2 (6 Dec 2026): tile and tile_out carry the tensor id
 DEFAULT_MAX_FRAME = 512 * 2**20
 #: At most this many frames in one message (header included).
 MAX_FRAMES = 65
@@ -308,6 +308,7 @@ _NAME = Field("str")
 _DEP = Field("str")
 _REQ = Field("int", lo=0, hi=2**63 - 1)
 _IDX = Field("int", lo=0, hi=2**31 - 1)
+_TENSOR = Field("int", lo=-1, hi=2**31 - 1)  # a stage's output tensor; -1 the model input
 _MS = Field("float", lo=0.0)
 
 
@@ -331,7 +332,7 @@ def _initial_kinds() -> None:
                                 "backends": Field("list[str]", max_len=64, **opt), "memory": Field("dict", **opt)})
     register_kind("undeploy", {"dep": _DEP})
     register_kind("run", {"dep": _DEP, "req": _REQ}, "tensor?")
-    register_kind("data", {"dep": _DEP, "req": _REQ, "tensor": Field("int", lo=-1, hi=2**31 - 1),
+    register_kind("data", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR,
                            "region": Field("region", nullable=True), "src": _NAME,
                            "ts": Field("float", **opt)}, "tensor")
     register_kind("result", {"dep": _DEP, "req": _REQ}, "tensor")
@@ -342,9 +343,10 @@ def _initial_kinds() -> None:
                             "req": Field("int", lo=0, hi=2**63 - 1, nullable=True, required=False)})
     register_kind("ping", {"seq": Field("int", lo=0), "t": "float"})
     register_kind("pong", {"seq": Field("int", lo=0), "t": "float", "name": _NAME})
-    register_kind("tile", {"dep": _DEP, "req": _REQ, "stage": _IDX, "part": _IDX}, "tensor")
-    register_kind("tile_out", {"dep": _DEP, "req": _REQ, "stage": _IDX, "part": _IDX, "device": _NAME,
-                               "ms": _MS}, "tensor")
+    # a dynamic stage's tile: tensor = its input (stage - 1; -1 the model input); tile_out: its output (stage)
+    register_kind("tile", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX}, "tensor")
+    register_kind("tile_out", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX,
+                               "device": _NAME, "ms": _MS}, "tensor")
     register_kind("tiles_done", {"dep": _DEP, "req": _REQ, "stage": _IDX})
     register_kind("cancel", {"dep": _DEP, "req": _REQ})
     register_kind("shutdown", {})

@@ -63,9 +63,7 @@ class Worker:
         kind = header["kind"]
         codec, quant = "raw", None
         if d is not None and kind != "result":
-            # the tensor a message carries: data names it; a tile is its stage's input, a tile_out its output
-            t = header["tensor"] if kind == "data" else header["stage"] - (kind == "tile")
-            codec, quant = d.plan.wire_for(int(t))
+            codec, quant = d.plan.wire_for(int(header["tensor"]))
         arr = value.detach().contiguous().numpy()
         meta, frames = wire.encode_tensor(arr, codec, quant)
         if header["kind"] == "data":
@@ -309,23 +307,29 @@ class Worker:
 
     def on_tile(self, m: Message) -> None:
         h = m.header
+        if not self._tile_tensor_ok(m, int(h["stage"]) - 1):
+            return
         st = self._state(h["dep"], int(h["req"]))
         if st is None:
             return
-        d = self.deployments.get(h["dep"])
-        if d is None:
-            self._error(m.sender, f"unknown deployment {h['dep']!r}", "no_deployment", h["dep"], int(h["req"]))
-            return
         x = self._tensor(m)
-        with st.cv:
+        with st.cv:  # a dyn_worker may get tiles before its own run message: they wait in st.tiles
             st.tiles.append((int(h["stage"]), int(h["part"]), x, m.sender))
             st.cv.notify_all()
-        with self.lock:
-            if not st.started:  # a dyn_worker may get tiles before its own run message
-                pass
+
+    def _tile_tensor_ok(self, m: Message, expected: int) -> bool:
+        """A tile carries its stage's input tensor (stage - 1), a tile_out its output (stage)."""
+        h = m.header
+        if int(h["tensor"]) == expected:
+            return True
+        self._error(m.sender, f"{h['kind']} of stage {h['stage']} must carry tensor {expected}, not {h['tensor']}",
+                    "bad_header", h["dep"], int(h["req"]))
+        return False
 
     def on_tile_out(self, m: Message) -> None:
         h = m.header
+        if not self._tile_tensor_ok(m, int(h["stage"])):
+            return
         st = self._state(h["dep"], int(h["req"]))
         if st is None:
             return
