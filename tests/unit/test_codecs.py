@@ -161,6 +161,20 @@ def test_int4_run_length_code_round_trips(vals: list[int], sparsity: float) -> N
     assert enc.nbytes <= q.size + 1
 
 
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(1, 40)), max_size=60))
+def test_int4_encoders_agree(runs: list[tuple[int, int]]) -> None:
+    """The sparse and the token encoder (and the all-non-zero packing) write the same stream."""
+    q = np.array([v for v, n in runs for _ in range(n)], np.uint8)
+    ref = C._rle4_tokens(q) if q.size else np.zeros(0, np.uint8)
+    if q.size:
+        assert np.array_equal(C._rle4_sparse(q), ref)
+    assert np.array_equal(C._rle4_encode(q), ref)
+    if q.size and q.all():
+        assert np.array_equal(C._pack_nibbles(q), ref)
+    assert np.array_equal(C._rle4_decode(ref.tobytes(), q.size), q)
+
+
 def _meta(**kw: object) -> dict:
     m = {"dtype": "float32", "shape": [4], "codec": "raw", "quant": None, "scale": None, "zero": None,
          "nbytes": 16}

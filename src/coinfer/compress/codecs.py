@@ -31,7 +31,8 @@ header) plus one buffer. Encoding is two steps, both optional:
      clipped ReLU would zero out) are quantised symmetrically instead, to
      [-7, 7] · scale with ``scale = max|x| / 7`` (signalled by ``zero < 0``,
      the lower clip bound). Maximum absolute error: scale / 2 inside the clip
-     range. On i.i.d. post-ReLU data (half zeros) the ratio is ≈ 8.5× (ADCNN
+     range (plus rounding: a float32 tensor is divided by the scale in
+     float32, ≤ 1e-6 · scale more). On i.i.d. post-ReLU data (half zeros) the ratio is ≈ 8.5× (ADCNN
      reports ≈ 8×); on real post-ReLU CNN activations 11–15× (sparser and
      heavy-tailed: with ``clip`` = the maximum many small values become zero).
 
@@ -264,22 +265,60 @@ def _every(starts: np.ndarray, lens: np.ndarray, step: int) -> tuple[np.ndarray,
 def _rle4_encode(q: np.ndarray) -> np.ndarray:
     """4-bit symbols (0..15) → packed bytes; a run of zeros becomes ``0, len-1`` per ≤ 16 zeros.
 
-    Vectorised: the output position of every token is a cumulative sum of token sizes
-    (1 nibble per non-zero, 2 per zero-run chunk, 0 for the other zeros).
+    Three vectorised ways to the same stream, by density (measured on 0.4 M symbols): no zeros
+    at all → the symbols packed as they are; ≤ 25 % non-zeros (post-ReLU activations after the
+    4-bit clip) → :func:`_rle4_sparse`, 2–3.5× faster there; otherwise :func:`_rle4_tokens`.
     """
-    if q.size == 0:
-        return np.zeros(0, np.uint8)
+    q = q.reshape(-1)
+    nnz = int(np.count_nonzero(q))
+    if nnz == q.size:
+        return _pack_nibbles(q)
+    if 4 * nnz <= q.size:
+        return _rle4_sparse(q)
+    return _rle4_tokens(q)
+
+
+def _pack_nibbles(nib: np.ndarray) -> np.ndarray:
+    if nib.size & 1:  # an odd stream is padded with one 0 nibble
+        nib = np.concatenate((nib, np.zeros(1, np.uint8)))
+    return (nib[0::2] << 4) | nib[1::2]
+
+
+def _rle4_tokens(q: np.ndarray) -> np.ndarray:
+    """The stream over every symbol: a token's output position is the cumulative sum of
+    token sizes (1 nibble per non-zero, 2 per zero-run chunk, 0 for the other zeros)."""
     nz = q != 0
     cstart, left = _every(*_runs(~nz), 16)
     cnt = nz.astype(np.int32)
     cnt[cstart] = 2
     end = np.cumsum(cnt, dtype=np.int64)
-    total = int(end[-1])
-    out = np.zeros(total + (total & 1), np.uint8)  # an odd stream is padded with one 0 nibble
+    out = np.zeros(int(end[-1]), np.uint8)
     vals = np.flatnonzero(nz)
     out[end[vals] - 1] = q[vals]
     out[end[cstart] - 1] = (np.minimum(16, left) - 1).astype(np.uint8)
-    return (out[0::2] << 4) | out[1::2]
+    return _pack_nibbles(out)
+
+
+def _rle4_sparse(q: np.ndarray) -> np.ndarray:
+    """The stream over the non-zeros only: the gap of zeros before each non-zero (and after
+    the last) becomes ``ceil(gap / 16)`` two-nibble chunks, so a value's output position is the
+    cumulative sum of ``2·chunks + 1``."""
+    pos = np.flatnonzero(q)
+    edges = np.empty(pos.size + 2, np.int64)
+    edges[0], edges[1:-1], edges[-1] = -1, pos, q.size
+    gaps = np.diff(edges) - 1  # zeros before each non-zero; the last: the trailing zeros
+    chunks = (gaps + 15) // 16
+    size = 2 * chunks
+    size[:-1] += 1  # the value itself
+    end = np.cumsum(size)
+    out = np.zeros(int(end[-1]), np.uint8)
+    out[end[:-1] - 1] = q[pos]
+    g = np.flatnonzero(chunks)
+    k = chunks[g]
+    gi = np.repeat(g, k)
+    j = np.arange(gi.size) - np.repeat(np.cumsum(k) - k, k)  # chunk index within its gap
+    out[end[gi] - size[gi] + 2 * j + 1] = (np.minimum(16, gaps[gi] - 16 * j) - 1).astype(np.uint8)
+    return _pack_nibbles(out)
 
 
 def _rle4_decode(buf: Buffer, n: int) -> np.ndarray:
@@ -320,24 +359,37 @@ def _rle4_decode(buf: Buffer, n: int) -> np.ndarray:
 
 
 def _int4(x: np.ndarray, clip: float | None) -> tuple[np.ndarray, float, float]:
-    _finite(x, "int4")
-    flat = x.reshape(-1).astype(np.float64)
+    flat = x.reshape(-1)
+    if flat.dtype == np.float16:  # computed in float32 (float32 / float64 as they are: no copy)
+        flat = flat.astype(np.float32)
     if flat.size == 0:
         return _rle4_encode(np.zeros(0, np.uint8)), 0.0, 0.0
-    lo = float(flat.min())
+    lo, hi = float(flat.min()), float(flat.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # min / max propagate nan and see inf
+        _finite(flat, "int4")
     if clip is not None or lo >= 0.0:  # ADCNN: clipped ReLU to [0, clip], 15 levels above zero
-        c = float(flat.max()) if clip is None else float(clip)
+        c = hi if clip is None else float(clip)
         if not math.isfinite(c) or c < 0:
             raise CodecError(f"int4 clip must be finite and >= 0 (got {clip})")
         scale = c / 15.0
         if scale == 0.0:
             return _rle4_encode(np.zeros(flat.size, np.uint8)), 0.0, 0.0
-        q = np.rint(np.clip(flat, 0.0, c) / scale).astype(np.uint8)
-        return _rle4_encode(q), scale, 0.0
-    m = float(np.abs(flat).max())  # signed tensor: symmetric, 4-bit two's complement in [-7, 7]
+        t = np.clip(flat, 0.0, c)
+        np.divide(t, t.dtype.type(scale), out=t)
+        np.rint(t, out=t)
+        return _rle4_encode(t.astype(np.uint8)), scale, 0.0
+    m = max(-lo, hi)  # signed tensor: symmetric, 4-bit two's complement in [-7, 7]
     scale = m / 7.0
-    s = np.clip(np.rint(flat / scale), -7, 7).astype(np.int8).view(np.uint8) & 15
+    t = np.divide(flat, flat.dtype.type(scale))
+    np.rint(t, out=t)
+    np.clip(t, -7, 7, out=t)
+    s = t.astype(np.int8).view(np.uint8) & 15
     return _rle4_encode(s), scale, -7.0 * scale
+
+
+def _lut_decode(q: np.ndarray, table: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """``table[q]`` in ``dt``: each code's value computed once in float64 and rounded once."""
+    return table.astype(dt).take(q)
 
 
 # -- public API ----------------------------------------------------------------------------
@@ -452,17 +504,15 @@ def decode(meta: Mapping[str, Any], buf: Buffer, *, max_bytes: int = DEFAULT_MAX
         return out
     scale, zero = float(meta["scale"]), float(meta["zero"])
     if quant == "int8":
-        q = np.frombuffer(data, np.uint8, count=n)
-        y = q.astype(np.float64) * scale + zero
+        y = _lut_decode(np.frombuffer(data, np.uint8, count=n), np.arange(256.0) * scale + zero, dt)
     elif quant == "int8c":
-        y = _int8c_decode(data, shape, n)
+        y = _int8c_decode(data, shape, n).astype(dt)
     else:
-        q = _rle4_decode(data, n)
-        if zero < 0:  # signed symmetric mode
-            y = np.where(q < 8, q.astype(np.float64), q.astype(np.float64) - 16.0) * scale
-        else:
-            y = q.astype(np.float64) * scale
-    return y.astype(dt).reshape(shape)
+        codes = np.arange(16.0)
+        if zero < 0:  # signed symmetric mode: nibbles 8..15 are -8..-1
+            codes = np.where(codes < 8, codes, codes - 16.0)
+        y = _lut_decode(_rle4_decode(data, n), codes * scale, dt)
+    return y.reshape(shape)
 
 
 def ratio(meta: Mapping[str, Any]) -> float:
