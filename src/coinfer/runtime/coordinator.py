@@ -179,6 +179,7 @@ class Session:
         self.alive: set[str] = set()
         self.dead: set[str] = set()
         self.dead_at: dict[str, float] = {}  # device -> time.monotonic() it was declared dead
+        self.peer_building: dict[str, bool] = {}  # device -> its last pong said it builds a deployment
         self.info: dict[str, dict[str, Any]] = {}
         self.req_ids = itertools.count(1)
         self.last_trace: Trace | None = None
@@ -247,6 +248,7 @@ class Session:
         kind = h["kind"]
         self.last_seen[m.sender] = time.monotonic()
         if kind == "pong":
+            self.peer_building[m.sender] = int(h.get("building", 0)) > 0
             with self.lock:
                 if m.sender in self.dead:
                     self.dead.discard(m.sender)
@@ -487,7 +489,9 @@ class Session:
             # a device building a deployment may answer pings late (capture and backend builds
             # are CPU work in a small quota): it gets BUILD_GRACE x longer, not forever, so that a
             # device dying while it builds is still declared dead (and its deploy fails over)
+            # — its own deployment, or (its last pong says) another coordinator's
             building = {k[1].split("/", 1)[1] for k in list(self.waiters) if k[0] == "deploy_ok"}
+            building |= {d for d, b in list(self.peer_building.items()) if b}
             with self.lock:
                 for dev in list(self.alive):
                     limit = self.dead_after_s * (BUILD_GRACE if dev in building else 1.0)

@@ -342,7 +342,10 @@ def _initial_kinds() -> None:
                             "dep": Field("str", nullable=True, required=False),
                             "req": Field("int", lo=0, hi=2**63 - 1, nullable=True, required=False)})
     register_kind("ping", {"seq": Field("int", lo=0), "t": "float"})
-    register_kind("pong", {"seq": Field("int", lo=0), "t": "float", "name": _NAME})
+    # building: how many deployments the worker is building (for any coordinator): a slow device's
+    # answers may lag meanwhile, so coordinators give it the build grace (optional)
+    register_kind("pong", {"seq": Field("int", lo=0), "t": "float", "name": _NAME,
+                           "building": Field("int", lo=0, hi=2**31 - 1, required=False)})
     # a dynamic stage's tile: tensor = its input (stage - 1; -1 the model input); tile_out: its output (stage)
     register_kind("tile", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX}, "tensor")
     register_kind("tile_out", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX,

@@ -56,6 +56,7 @@ class Worker:
         self.errors = 0
         self.served = 0
         self._untrimmed = False  # a request finished since the heap was last trimmed
+        self.building = 0  # deployments being built (told in every pong)
 
     # -- sending (WorkerIO) -----------------------------------------------------
     def send_tensor(self, peer: str, header: dict[str, Any], value: torch.Tensor, *, shaped: bool) -> None:
@@ -162,7 +163,8 @@ class Worker:
                                 "backends": available_backends()})
 
     def on_ping(self, m: Message) -> None:
-        self.ep.send(m.sender, {"kind": "pong", "seq": m.header["seq"], "t": m.header["t"], "name": self.name})
+        self.ep.send(m.sender, {"kind": "pong", "seq": m.header["seq"], "t": m.header["t"], "name": self.name,
+                                "building": self.building})
 
     def on_shutdown(self, m: Message) -> None:
         self.stop.set()
@@ -208,6 +210,13 @@ class Worker:
 
         def work() -> None:
             try:
+                _build()
+            finally:
+                with self.lock:
+                    self.building -= 1
+
+        def _build() -> None:
+            try:
                 d = build(dep, h["plan"], device, sender, int(h.get("seed", 0)),
                           backend=str(h.get("backend") or "auto"), precision=str(h.get("precision") or "fp32"),
                           threads=torch.get_num_threads())
@@ -223,6 +232,8 @@ class Worker:
             self.ep.send(sender, {"kind": "deploy_ok", "dep": dep, "device": self.name, "build_ms": d.build_ms,
                                   "backends": d.backends_used(), "memory": d.memory})
 
+        with self.lock:
+            self.building += 1
         self.build_pool.submit(work)
 
     def on_undeploy(self, m: Message) -> None:

@@ -1,0 +1,77 @@
+"""A worker building a deployment for *another* session is not declared dead by this one.
+
+A slow device building parts (capture, backend sessions: CPU work in a small quota) answers pings
+late. A session knew that only about its own deployments; a second session deploying on the same
+workers made the first one declare the device dead (seen on het4 with four sessions). Workers now say
+in every pong how many deployments they are building, and a session gives such a device the build
+grace (``BUILD_GRACE`` x ``dead_after_s``) whoever the build is for.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from coinfer.cluster import parse_cluster
+from coinfer.execute.local import TOLERANCE, compare, reference_output
+from coinfer.inputs import random_input
+from coinfer.modelspec import capture_model
+from coinfer.plan.plan import Stage, Whole
+from coinfer.runtime.coordinator import BUILD_GRACE, Session
+from coinfer.runtime.launcher import LocalCluster
+from coinfer.strategies import PlanRequest
+
+pytestmark = pytest.mark.integration
+
+DEAD_AFTER_S = 1.0
+
+
+def _whole(model: str, cl, device: str):  # type: ignore[no-untyped-def]
+    cm = capture_model(model)
+    return cm, PlanRequest(cm.graph, cl, model).make_plan([Stage("output", Whole(device))], "heartbeat")
+
+
+def _freeze(lc: LocalCluster, name: str, seconds: float) -> None:
+    proc = lc.workers[name].proc
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+def test_a_device_building_for_another_session_gets_the_build_grace() -> None:
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}],
+                        "network": {"shape": False}})
+    cm, small = _whole("resnet18_digits", cl, "d1")
+    _, big = _whole("vgg16", cl, "d1")  # builds for seconds on d1
+    x = random_input(tuple(cm.graph.input_shape), 3)
+    with LocalCluster(cl, emulate_cpu=False) as lc, \
+            Session(small, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, replan=False) as a:
+        assert compare(a(x), reference_output(cm, x))[1] <= TOLERANCE
+        other: list[Session] = []
+        t = threading.Thread(target=lambda: other.append(Session(big, cl, lc.addresses).__enter__()))
+        t.start()
+        try:
+            t_end = time.monotonic() + 60
+            while not a.peer_building.get("d1") and time.monotonic() < t_end:
+                time.sleep(0.01)
+            assert a.peer_building.get("d1"), "d1 never said it was building"
+            # silent for 2.5x dead_after_s (a throttled build), well inside the grace
+            _freeze(lc, "d1", 2.5 * DEAD_AFTER_S)
+            assert 2.5 < BUILD_GRACE
+            assert "d1" not in a.dead_at, "declared dead while it was building for another session"
+        finally:
+            t.join(120)
+            for s in other:
+                s.__exit__(None, None, None)
+        deadline = time.monotonic() + 10
+        while a.peer_building.get("d1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not a.peer_building.get("d1")  # the build is over: pongs say so
+        # ... and then a silent device is judged normally again
+        _freeze(lc, "d1", 2.5 * DEAD_AFTER_S)
+        assert "d1" in a.dead_at
