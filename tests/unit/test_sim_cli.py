@@ -136,3 +136,20 @@ def test_resnet50_rows_plan_on_16_devices_simulates_fast() -> None:
     assert res.latency_ms > 0 and len(res.trace.events) > 1000
     if not machine_oversubscribed():  # an absolute time: only on a machine that is not oversubscribed
         assert dt < 0.2, f"simulating took {dt * 1e3:.1f} ms"
+
+
+def test_plan_notes_the_builtin_calibration_and_calibrates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`coinfer plan` says when analytic costs use another machine's speeds; --calibrate measures this host."""
+    monkeypatch.setenv("COINFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "300")
+    out = tmp_path / "p.json"
+    r = invoke("plan", "-m", MODEL, "-c", "het4", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "built-in calibration" in r.output and "--calibrate" in r.output
+    r = invoke("plan", "-m", MODEL, "-c", "het4", "-o", out, "--calibrate")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cache" / "calibration.json").is_file()
+    assert "built-in calibration" not in r.output
+    r = invoke("plan", "-m", MODEL, "-c", "het4", "-o", out)  # later plans use the cached one
+    assert "built-in calibration" not in r.output
+    assert json.loads((tmp_path / "cache" / "calibration.json").read_text())["source"] == "measured"

@@ -26,6 +26,8 @@ def cmd(
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="where to write the plan"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
     show_programs: bool = typer.Option(False, "--show-programs", help="print the lowered per-device programs"),
+    calibrate: bool = typer.Option(False, "--calibrate",
+                                   help="measure this host's calibration first (≈ 3 s, cached for later plans)"),
 ) -> None:
     """Plan a model over a cluster with a strategy and write the plan file."""
     from ..api import _cluster, plan_result
@@ -36,6 +38,10 @@ def cmd(
     from ..sim.run import predicted
 
     params = parse_params(param)
+    if calibrate:
+        from ..cost.calibrate import ensure_calibration
+
+        ensure_calibration(remeasure=True)
     if train_episodes is not None:  # shorthand for --param train_episodes=N (distredge)
         if strategy != "distredge":
             fail(f"--train-episodes is a distredge option; --strategy {strategy} takes no training")
@@ -45,7 +51,8 @@ def cmd(
     plan = res.plan
     graph = capture_model(model, input_shape).graph
     lowered = lower(plan, graph)
-    sim = simulate(lowered, load_cost_model(graph, _cluster(cluster), profiles))
+    costs = load_cost_model(graph, _cluster(cluster), profiles)
+    sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
     summary = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
@@ -62,5 +69,8 @@ def cmd(
                 f"(dynamic {p['dynamic_energy_j']:.3f} J), {p['bytes_moved'] / 1e6:.2f} MB on the wire "
                 f"({p['costs']} costs; coinfer simulate {out} --cluster {cluster} for the timeline)")
         c.print("busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in p["busy_ms"].items()))
+        if p["costs"] == "analytic" and costs.calibration.source == "builtin":
+            c.print("note: analytic costs with the built-in calibration (another machine's speeds); "
+                    "add --calibrate to measure this host once (≈ 3 s, cached; later plans use it)")
     if show_programs:
         (console(stderr=True) if json_out else console()).print(lowered.text(), markup=False)
