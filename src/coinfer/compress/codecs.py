@@ -32,9 +32,10 @@ header) plus one buffer. Encoding is two steps, both optional:
      [-7, 7] · scale with ``scale = max|x| / 7`` (signalled by ``zero < 0``,
      the lower clip bound). Maximum absolute error: scale / 2 inside the clip
      range (plus rounding: a float32 tensor is divided by the scale in
-     float32, ≤ 1e-6 · scale more). On i.i.d. post-ReLU data (half zeros) the ratio is ≈ 8.5× (ADCNN
-     reports ≈ 8×); on real post-ReLU CNN activations 11–15× (sparser and
-     heavy-tailed: with ``clip`` = the maximum many small values become zero).
+     float32, ≤ 1e-6 · scale more). On i.i.d. post-ReLU data (half zeros)
+     the ratio is ≈ 8.5× (ADCNN reports ≈ 8×); on real post-ReLU CNN
+     activations 11–15× (sparser and heavy-tailed: with ``clip`` = the
+     maximum many small values become zero).
 
 2. **compress** (``codec``): ``raw`` (nothing), ``lz4`` (block format) or
    ``zstd`` (level 3). Both are lossless: decode(encode(x)) is bit-exact.
