@@ -149,6 +149,26 @@ def test_quantised_wire_shrinks_bytes_and_time() -> None:
     assert sends == [(0.0, 50_000), (71.0, 12_500)]
 
 
+def test_codec_cpu_is_charged_to_sender_and_receiver() -> None:
+    """With the runtime's overheads, a quantised / compressed wire costs the sender its encode and the
+    receiver its decode (codecs.cpu_us, at the device's speed); a raw wire costs neither."""
+    from coinfer.compress.codecs import cpu_us
+
+    g = toy_graph()
+    ms = {("d0", "a"): 10.0, ("d1", "a"): 20.0, ("d0", "b"): 5.0}
+    cl = cluster(mbps=1e6, latency_ms=0.0)  # transfers ~free: the codec's CPU is what differs
+    lat = {}
+    for name, wire in (("raw", Wire()), ("int8", Wire("raw", "int8")), ("zstd", Wire("zstd", None))):
+        res = _simulate(lower(two_device_plan(g, wire), g), FixedCosts(g, cl, ms), overheads=True)
+        lat[name] = res.latency_ms
+    # the scatter is the model input (int8 leaves it raw, zstd compresses it) and the return 50,000 B of
+    # activation; both on the critical path, at full speed (cpu_share 1)
+    enc, dec = cpu_us("raw", "int8", 50_000)
+    assert lat["int8"] - lat["raw"] == pytest.approx((enc + dec) / 1e3, rel=0.05)
+    zin, zout = cpu_us("zstd", None, 50_000, dense=True), cpu_us("zstd", None, 50_000)
+    assert lat["zstd"] - lat["raw"] == pytest.approx((sum(zin) + sum(zout)) / 1e3, rel=0.05)
+
+
 def scatter_plan(g: Graph) -> Plan:
     return plan_of(g, [Stage("a", Rows((RowPart("d0", (0, 20)), RowPart("d1", (20, 60)),
                                         RowPart("d2", (60, 100))))),

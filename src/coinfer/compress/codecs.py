@@ -98,6 +98,35 @@ EXPECTED_RATIO.update({c: EXPECTED_RATIO[(c, None)] for c in CODECS})
 EXPECTED_RATIO.update({q: EXPECTED_RATIO[("raw", q)] for q in ("int8", "int8c", "int4")})
 
 
+#: CPU cost of the codecs, µs on one full core of this project's machine (Intel Xeon, numpy; 6 Dec
+#: 2026, :func:`cpu_us`; the measurement: docs/cost-model.md, Codecs). Quantising is charged per KB
+#: of raw bytes, compressing per KB of the bytes the compressor sees (the quantised stream), plus a
+#: cost per call; signed dense tensors (the model input) are the expensive case for int4 (every
+#: symbol a token) and the cheap one for lz4 / zstd (incompressible bytes are skipped fast).
+QUANT_US_PER_KB: dict[str | None, tuple[float, float]] = {  # (encode, decode)
+    None: (0.0, 0.0), "int8": (0.85, 0.28), "int8c": (1.3, 0.6), "int4": (1.5, 1.25)}
+QUANT_CALL_US: dict[str | None, float] = {None: 0.0, "int8": 20.0, "int8c": 40.0, "int4": 60.0}
+COMPRESS_US_PER_KB: dict[str, tuple[float, float]] = {"raw": (0.0, 0.0), "lz4": (1.9, 0.45), "zstd": (3.8, 1.0)}
+DENSE_US_PER_KB: dict[Any, tuple[float, float]] = {"int4": (4.0, 3.8), "lz4": (0.2, 0.1), "zstd": (1.3, 1.0)}
+
+
+def cpu_us(codec: str, quant: str | None, nbytes: float, *, dense: bool = False) -> tuple[float, float]:
+    """Estimated ``(encode, decode)`` CPU µs of a tensor of ``nbytes`` raw bytes on one full core.
+
+    ``dense``: a signed tensor without runs of zeros (the model input). Zero for ``raw`` without
+    quantisation (the copy is the runtime's per-KB send cost).
+    """
+    if codec == "raw" and quant is None:
+        return 0.0, 0.0
+    kb = nbytes / 1024.0
+    qe, qd = DENSE_US_PER_KB["int4"] if dense and quant == "int4" else QUANT_US_PER_KB[quant]
+    ce, cd = DENSE_US_PER_KB[codec] if dense and quant is None and codec in DENSE_US_PER_KB \
+        else COMPRESS_US_PER_KB[codec]
+    ckb = kb / EXPECTED_RATIO[("raw", quant)]
+    call = QUANT_CALL_US[quant] + (10.0 if codec != "raw" else 0.0)
+    return call + qe * kb + ce * ckb, call + qd * kb + cd * ckb
+
+
 class CodecError(ValueError):
     """A tensor that cannot be encoded, or meta/bytes that do not decode."""
 

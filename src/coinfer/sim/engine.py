@@ -67,11 +67,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cluster import ClusterError
+from ..compress.codecs import cpu_us
 from ..cost.bandwidth import BandwidthTrace
 from ..cost.model import CostModel
 from ..cost.runtime import CpuBucket, RuntimeCosts
 from ..graph.geometry import PartGeom, Region, part_geometry
-from ..plan.lower import Lowered
+from ..plan.lower import INPUT, Lowered
 from ..trace import Trace
 from .result import SimResult
 
@@ -89,6 +90,7 @@ class _Xfer:
     end: float  # last bit on the wire
     lat: float
     wire: float  # expected on-wire bytes
+    decode_ms: float = 0.0  # the receiver's CPU to decode it (full speed; codecs.cpu_us)
 
     @property
     def arrival(self) -> float:
@@ -160,6 +162,7 @@ class _Engine:
         res: Any = (a, b) if self.nic == "per_link" else a
         start = max(issue, self.egress_free.get(res, 0.0))
         codec, quant = self.plan.wire_for(tensor)
+        dec_ms = cpu_us(codec, quant, nbytes, dense=tensor == INPUT)[1] / 1e3 if self.overheads else 0.0
         ser = self.costs.serialize_ms(a, b, nbytes, codec, quant, start)
         end = start + ser
         self.egress_free[res] = end
@@ -170,7 +173,7 @@ class _Engine:
         self.raw_total += nbytes
         if self.tracing:
             self.trace.add(a, "send", name, start, end, peer=b, bytes=nbytes, wire_bytes=round(wire), **args)
-        return _Xfer(a, start, end, lat, wire)
+        return _Xfer(a, start, end, lat, wire, dec_ms)
 
     def _arrive(self, d: str, x: _Xfer, nbytes: int, now: float) -> float:
         """When the program on ``d`` (at ``now``) has message ``x``: its arrival plus the receiver's handling."""
@@ -181,7 +184,7 @@ class _Engine:
         # (all the device's threads share it: a period the program used up delays them, and vice versa)
         rs, rr = self.rt[x.sender], self.rt[d]
         sent = self.cpu[x.sender].side(x.arrival + rs.delivery_ms, rs.send_io_ms(nbytes))
-        got = self.cpu[d].side(sent + rr.loopback_ms(nbytes), rr.recv_ms(nbytes))
+        got = self.cpu[d].side(sent + rr.loopback_ms(nbytes), rr.recv_ms(nbytes) + x.decode_ms)
         return max(got, now)
 
     def _received(self, d: str, x: _Xfer, name: str, ready: float | None = None, **args: Any) -> None:
@@ -191,11 +194,16 @@ class _Engine:
             self.trace.add(d, "recv", name, s, x.arrival if ready is None else max(ready, x.arrival),
                            peer=x.sender, **args)
 
-    def _send_cpu(self, d: str, t: float, nbytes: int) -> float:
-        """The sender's program-thread part of a send (its transport's part runs at delivery: ``_arrive``)."""
+    def _send_cpu(self, d: str, t: float, nbytes: int, tensor: int | None) -> float:
+        """The sender's program-thread part of a send, encoding in the tensor's wire codec included
+        (``None``: the result, always raw; the transport's part runs at delivery: ``_arrive``)."""
         if not self.overheads:
             return t
-        return self.cpu[d].run(t, self.rt[d].send_ms(nbytes))
+        enc_ms = 0.0
+        if tensor is not None:
+            codec, quant = self.plan.wire_for(tensor)
+            enc_ms = cpu_us(codec, quant, nbytes, dense=tensor == INPUT)[0] / 1e3
+        return self.cpu[d].run(t, self.rt[d].send_ms(nbytes) + enc_ms)
 
     def _geom(self, stage: int, part: int) -> PartGeom:
         """The part's geometry (rebuilt when the Lowered came without it, e.g. from data)."""
@@ -243,7 +251,7 @@ class _Engine:
             op = ins.op
             if op == "send":
                 assert ins.peer is not None
-                self.t[d] = self._send_cpu(d, self.t[d], ins.nbytes)
+                self.t[d] = self._send_cpu(d, self.t[d], ins.nbytes, ins.tensor)
                 x = self._transfer(d, ins.peer, ins.nbytes, ins.tensor, self.t[d],
                                    ins.text() if self.tracing else "", instr=i)
                 key = (d, ins.peer, ins.tensor, ins.region)
@@ -283,7 +291,7 @@ class _Engine:
 
                     nb = 4 * math.prod(st.out_shape)
                     rt = self.rt[d]
-                    t = self._send_cpu(d, self.t[d], nb)
+                    t = self._send_cpu(d, self.t[d], nb, None)
                     t = self.cpu[d].side(t, rt.send_io_ms(nb))  # unshaped: the transport sends at once
                     self.latency = t + rt.loopback_ms(nb) + rt.recv_ms(nb)
             self.pc[d] = i + 1
@@ -328,14 +336,14 @@ class _Engine:
                         free[d] = end
                         arrive = end
                     else:
-                        issue = self._send_cpu(src, now, info.in_bytes)
+                        issue = self._send_cpu(src, now, info.in_bytes, s - 1)
                         x = self._transfer(src, d, info.in_bytes, s - 1, issue, f"send tile s{s}.p{p} to {d}",
                                            tile=True)
                         got = self._arrive(d, x, info.in_bytes, free[d])
                         self._received(d, x, f"recv tile s{s}.p{p} from {src}", got, tile=True)
                         begin = max(got, free[d])
                         end = self._compute(d, begin, s, p, name, tile=True)
-                        free[d] = self._send_cpu(d, end, info.out_bytes)
+                        free[d] = self._send_cpu(d, end, info.out_bytes, s)
                         y = self._transfer(d, src, info.out_bytes, s, free[d], f"send tile_out s{s}.p{p} to {src}",
                                            tile=True)
                         # the master handles the output when it arrives (in arrival order, below), not now:
