@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 from coinfer.cli.main import build_app
 from coinfer.cluster import builtin_cluster
-from coinfer.cost import CostModel
+from coinfer.cost import BUILTIN, CostModel
 from coinfer.plan.plan import Grid, Whole
 from coinfer.runtime.schedulers import AdcnnScheduler, make_scheduler
 from coinfer.sim.run import simulate_lowered
 from coinfer.strategies import PlanRequest, StrategyError, run
-from coinfer.strategies.adcnn import parse_grid, parse_wire
+from coinfer.strategies.adcnn import FINER_GRID_MARGIN, parse_grid, parse_wire
 
 MODEL = "alexnet_digits"
 runner = CliRunner()
@@ -25,7 +25,7 @@ runner = CliRunner()
 def _req(captured, cluster: str = "het4", model: str = MODEL, **params):  # type: ignore[no-untyped-def]
     g = captured(model).graph
     cl = builtin_cluster(cluster)
-    return PlanRequest(g, cl, model, CostModel(g, cl), params=params)
+    return PlanRequest(g, cl, model, CostModel(g, cl, calibration=BUILTIN), params=params)  # machine-independent
 
 
 def test_plan_shape_int4_default(captured) -> None:  # type: ignore[no-untyped-def]
@@ -40,9 +40,34 @@ def test_plan_shape_int4_default(captured) -> None:  # type: ignore[no-untyped-d
     # the rates follow the devices' speeds (het4: d3 is the fastest)
     assert sp["rates"]["d3"] > sp["rates"]["d0"]
     assert [isinstance(s.partition, Whole) and s.partition.device == p.source for s in tail] == [True] * len(tail)
-    # the planner keeps an earlier (simpler) candidate unless a later one is >0.1% faster
+    # the planner keeps an earlier (simpler) candidate unless a later one is >0.1% faster, or for a finer
+    # grid FINER_GRID_MARGIN faster
     best_tried = min(t["latency_ms"] for t in res.info["tried"])
-    assert res.info["tried"] and best_tried <= res.info["predicted_latency_ms"] <= best_tried * 1.001 + 1e-3
+    assert res.info["tried"] and best_tried <= res.info["predicted_latency_ms"] <= \
+        best_tried / (1 - FINER_GRID_MARGIN) + 1e-3
+
+
+def _tiles(grid: str) -> int:
+    r, c = grid.split("x")
+    return int(r) * int(c)
+
+
+@pytest.mark.parametrize(("model", "cluster"), [("yolov2_tiny", "eq8"), (MODEL, "het4")])
+def test_auto_grid_prefers_the_coarser_grid_in_a_near_tie(captured, model: str, cluster: str) -> None:
+    """A finer grid must simulate FINER_GRID_MARGIN faster: on eq8 YOLOv2-tiny 4x4 simulates ≈ 4 %
+    faster than 3x3 but measured 1.6x slower (docs/results.md), so 3x3 is chosen."""
+    res = run("adcnn", _req(captured, cluster, model))
+    best: dict | None = None
+    for t in res.info["tried"]:  # the rule, replayed over the candidates in the planner's order
+        margin = FINER_GRID_MARGIN if best is not None and _tiles(t["grid"]) > _tiles(best["grid"]) else 1e-3
+        if best is None or t["latency_ms"] < best["latency_ms"] * (1 - margin):
+            best = t
+    assert best is not None and res.info["grid"] == best["grid"]
+    if model == "yolov2_tiny":
+        by_grid = {t["grid"]: min(u["latency_ms"] for u in res.info["tried"] if u["grid"] == t["grid"])
+                   for t in res.info["tried"]}
+        assert by_grid["4x4"] < by_grid["3x3"] < by_grid["4x4"] / (1 - FINER_GRID_MARGIN)  # the near tie
+        assert res.info["grid"] == "3x3"
 
 
 def test_head_act_keeps_the_image_on_the_source(captured) -> None:  # type: ignore[no-untyped-def]
