@@ -151,6 +151,22 @@ def test_int4_clip_parameter_and_signed_tensors() -> None:
     assert np.abs(y - s).max() <= meta["scale"] / 2 * (1 + 1e-6)
 
 
+def test_signed_int4_is_packed_without_run_length_code() -> None:
+    """A signed tensor (an image) goes as plain nibbles: exactly ceil(n / 2) bytes, any other length
+    is refused before decoding."""
+    for n in (1, 7, 10):
+        s = RNG.standard_normal(n).astype(np.float32)
+        s[0] = -abs(s[0]) - 0.1  # signed
+        meta, buf = encode(s, "raw", "int4")
+        assert meta["zero"] < 0 and meta["nbytes"] == (n + 1) // 2
+        assert np.abs(decode(meta, buf) - s).max() <= meta["scale"] / 2 * (1 + 1e-6)
+        with pytest.raises(CodecError, match="must be"):
+            decode({**meta, "nbytes": meta["nbytes"] + 1}, bytes(buf) + b"\x00")
+    img = RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    meta, buf = encode(img, "zstd", "int4")  # and through a compressor
+    assert np.abs(decode(meta, buf) - img).max() <= meta["scale"] / 2 * (1 + 1e-6)
+
+
 @settings(max_examples=200)
 @given(st.lists(st.integers(0, 15), max_size=200), st.floats(0, 1))
 def test_int4_run_length_code_round_trips(vals: list[int], sparsity: float) -> None:

@@ -30,7 +30,10 @@ header) plus one buffer. Encoding is two steps, both optional:
      run-length coded losslessly. Tensors with negative values (which a
      clipped ReLU would zero out) are quantised symmetrically instead, to
      [-7, 7] · scale with ``scale = max|x| / 7`` (signalled by ``zero < 0``,
-     the lower clip bound). Maximum absolute error: scale / 2 inside the clip
+     the lower clip bound), and packed two per byte without the run-length
+     code (exactly ``ceil(n / 2)`` bytes: a signed tensor's zeros are
+     isolated, so the code would lengthen the stream, and it cost 15× the
+     CPU of the quantisation on an image tile). Maximum absolute error: scale / 2 inside the clip
      range (plus rounding: a float32 tensor is divided by the scale in
      float32, ≤ 1e-6 · scale more). On i.i.d. post-ReLU data (half zeros)
      the ratio is ≈ 8.5× (ADCNN reports ≈ 8×); on real post-ReLU CNN
@@ -101,13 +104,13 @@ EXPECTED_RATIO.update({q: EXPECTED_RATIO[("raw", q)] for q in ("int8", "int8c", 
 #: CPU cost of the codecs, µs on one full core of this project's machine (Intel Xeon, numpy; 6 Dec
 #: 2026, :func:`cpu_us`; the measurement: docs/cost-model.md, Codecs). Quantising is charged per KB
 #: of raw bytes, compressing per KB of the bytes the compressor sees (the quantised stream), plus a
-#: cost per call; signed dense tensors (the model input) are the expensive case for int4 (every
-#: symbol a token) and the cheap one for lz4 / zstd (incompressible bytes are skipped fast).
+#: cost per call; signed dense tensors (the model input) are cheap for int4 (packed nibbles, no
+#: run-length code) and for lz4 / zstd (incompressible bytes are skipped fast).
 QUANT_US_PER_KB: dict[str | None, tuple[float, float]] = {  # (encode, decode)
     None: (0.0, 0.0), "int8": (0.85, 0.28), "int8c": (1.3, 0.6), "int4": (1.5, 1.25)}
 QUANT_CALL_US: dict[str | None, float] = {None: 0.0, "int8": 20.0, "int8c": 40.0, "int4": 60.0}
 COMPRESS_US_PER_KB: dict[str, tuple[float, float]] = {"raw": (0.0, 0.0), "lz4": (1.9, 0.45), "zstd": (3.8, 1.0)}
-DENSE_US_PER_KB: dict[Any, tuple[float, float]] = {"int4": (4.0, 3.8), "lz4": (0.2, 0.1), "zstd": (1.3, 1.0)}
+DENSE_US_PER_KB: dict[Any, tuple[float, float]] = {"int4": (0.1, 0.1), "lz4": (0.2, 0.1), "zstd": (1.3, 1.0)}
 
 
 def cpu_us(codec: str, quant: str | None, nbytes: float, *, dense: bool = False) -> tuple[float, float]:
@@ -205,8 +208,10 @@ def validate_meta(meta: Mapping[str, Any], nbytes: int | None = None,
             raise CodecError(f"{quant} needs scale >= 0 and zero (got {scale}, {zero})")
         if quant == "int4" and zero > 0:
             raise CodecError(f"int4 zero is the lower clip bound and must be <= 0 (got {zero})")
-        # int8c: the groups' scales and zeros first; int4: an upper bound of the run-length stream
-        qlen = n if quant == "int8" else n + 8 * channel_groups(shape, n) if quant == "int8c" else n + 1
+        # int8c: the groups' scales and zeros first; int4: an upper bound of the run-length stream, or
+        # (signed, zero < 0) exactly the packed nibbles
+        qlen = n if quant == "int8" else n + 8 * channel_groups(shape, n) if quant == "int8c" else \
+            (n + 1) // 2 if zero < 0 else n + 1
     nb = meta["nbytes"]
     if not _is_int(nb) or not 0 <= int(nb) <= max(max_bytes, qlen):
         raise CodecError(f"nbytes must be an int in [0, {max(max_bytes, qlen)}] (got {nb!r})")
@@ -214,7 +219,7 @@ def validate_meta(meta: Mapping[str, Any], nbytes: int | None = None,
     if nbytes is not None and nb != nbytes:
         raise CodecError(f"nbytes {nb} does not match the payload length {nbytes}")
     if codec == "raw":
-        if quant == "int4":
+        if quant == "int4" and not zero < 0:  # (zero is a float here: int4 always has one)
             if nb > qlen:
                 raise CodecError(f"int4 stream of {nb} bytes is longer than possible for {n} values")
         elif nb != qlen:
@@ -312,6 +317,15 @@ def _pack_nibbles(nib: np.ndarray) -> np.ndarray:
     if nib.size & 1:  # an odd stream is padded with one 0 nibble
         nib = np.concatenate((nib, np.zeros(1, np.uint8)))
     return (nib[0::2] << 4) | nib[1::2]
+
+
+def _unpack_nibbles(buf: Buffer, n: int) -> np.ndarray:
+    """The first ``n`` nibbles of packed bytes (high nibble first); the length was validated."""
+    b = np.frombuffer(buf, np.uint8, count=(n + 1) // 2)
+    nib = np.empty(2 * b.size, np.uint8)
+    nib[0::2] = b >> 4
+    nib[1::2] = b & 15
+    return nib[:n]
 
 
 def _rle4_tokens(q: np.ndarray) -> np.ndarray:
@@ -414,7 +428,7 @@ def _int4(x: np.ndarray, clip: float | None) -> tuple[np.ndarray, float, float]:
     np.rint(t, out=t)
     np.clip(t, -7, 7, out=t)
     s = t.astype(np.int8).view(np.uint8) & 15
-    return _rle4_encode(s), scale, -7.0 * scale
+    return _pack_nibbles(s), scale, -7.0 * scale  # no run-length code: a signed tensor's zeros are isolated
 
 
 def _lut_decode(q: np.ndarray, table: np.ndarray, dt: np.dtype) -> np.ndarray:
@@ -525,7 +539,8 @@ def decode(meta: Mapping[str, Any], buf: Buffer, *, max_bytes: int = DEFAULT_MAX
             raise CodecError(f"payload is not a contiguous byte buffer: {e}") from None
     dt, shape, qlen = validate_meta(meta, len(view), max_bytes)
     quant = meta["quant"]
-    data = _decompress(meta["codec"], view, qlen, exact=quant != "int4")
+    rle = quant == "int4" and float(meta["zero"]) >= 0.0  # int4's run-length stream has no fixed length
+    data = _decompress(meta["codec"], view, qlen, exact=not rle)
     n = math.prod(shape)
     if quant is None:
         out = np.frombuffer(data, dtype=dt, count=n).reshape(shape)
@@ -539,9 +554,11 @@ def decode(meta: Mapping[str, Any], buf: Buffer, *, max_bytes: int = DEFAULT_MAX
         y = _int8c_decode(data, shape, n).astype(dt)
     else:
         codes = np.arange(16.0)
-        if zero < 0:  # signed symmetric mode: nibbles 8..15 are -8..-1
+        if zero < 0:  # signed symmetric mode: packed nibbles, 8..15 are -8..-1
             codes = np.where(codes < 8, codes, codes - 16.0)
-        y = _lut_decode(_rle4_decode(data, n), codes * scale, dt)
+            y = _lut_decode(_unpack_nibbles(data, n), codes * scale, dt)
+        else:
+            y = _lut_decode(_rle4_decode(data, n), codes * scale, dt)
     return y.reshape(shape)
 
 
