@@ -31,11 +31,11 @@ header) plus one buffer. Encoding is two steps, both optional:
      clipped ReLU would zero out) are quantised symmetrically instead, to
      [-7, 7] · scale with ``scale = max|x| / 7`` (signalled by ``zero < 0``,
      the lower clip bound), and packed two per byte without the run-length
-     code (exactly ``ceil(n / 2)`` bytes: a signed tensor's zeros are
-     isolated, so the code would lengthen the stream, and it cost 15× the
-     CPU of the quantisation on an image tile). Maximum absolute error: scale / 2 inside the clip
-     range (plus rounding: a float32 tensor is divided by the scale in
-     float32, ≤ 1e-6 · scale more). On i.i.d. post-ReLU data (half zeros)
+     code (exactly ``ceil(n / 2)`` bytes: a signed tensor's zeros are mostly
+     isolated, and the code cost 15× the CPU of the quantisation on an image
+     tile). Maximum absolute error: scale / 2 inside the clip range (plus
+     rounding: a float32 tensor is divided by the scale in float32, ≤ 1e-6 ·
+     scale more). On i.i.d. post-ReLU data (half zeros)
      the ratio is ≈ 8.5× (ADCNN reports ≈ 8×); on real post-ReLU CNN
      activations 11–15× (sparser and heavy-tailed: with ``clip`` = the
      maximum many small values become zero).
@@ -165,7 +165,7 @@ def validate_meta(meta: Mapping[str, Any], nbytes: int | None = None,
     """Check tensor meta before anything is decoded; return ``(dtype, shape, decoded_len)``.
 
     ``decoded_len`` is the exact length of the buffer after decompression (the
-    quantised bytes for int8, an upper bound for int4's run-length stream).
+    quantised bytes for int8 and signed int4, an upper bound for int4's run-length stream).
     ``nbytes`` (the buffer's real length), when given, must equal ``meta["nbytes"]``.
     The decoded tensor (``prod(shape) * itemsize``) must fit in ``max_bytes``.
     """
