@@ -29,7 +29,7 @@ def _req(captured, cluster: str = "het4", model: str = MODEL, **params):  # type
 
 
 def test_plan_shape_int4_default(captured) -> None:  # type: ignore[no-untyped-def]
-    res = run("adcnn", _req(captured))
+    res = run("adcnn", _req(captured, fc_split=False))  # the paper's shape (the FC split: its own test)
     p = res.plan
     assert p.wire.quant == "int4" and p.wire.codec == "raw" and not res.info["exact"]
     grid, *tail = p.stages  # as in the paper, the tiles start at the input image
@@ -199,3 +199,14 @@ def test_simulated_tiles_follow_rates_and_deadline(captured) -> None:  # type: i
     p2.strategy.params["tile_deadline_ms"] = 1.0
     sim2 = simulate_lowered(p2, g, costs)
     assert sim2.latency_ms < sim.latency_ms
+
+
+def test_fc_tail_split_by_features_when_it_simulates_faster(captured) -> None:  # type: ignore[no-untyped-def]
+    """fc_split unset: adcnn splits the classifier by features over its devices when the simulator says it
+    is faster (VGG-16 on eq8: measured 414 -> 369 ms); fc_split=false keeps the paper's whole tail."""
+    auto = run("adcnn", _req(captured, "eq8"))
+    whole = run("adcnn", _req(captured, "eq8", fc_split=False))
+    kinds = [s.partition.type for s in auto.plan.stages]
+    assert "features" in kinds and auto.info["fc_split"]
+    assert [s.partition.type for s in whole.plan.stages] == ["grid", "whole"]
+    assert auto.info["predicted_latency_ms"] < whole.info["predicted_latency_ms"]

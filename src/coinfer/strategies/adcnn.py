@@ -51,6 +51,10 @@ Parameters (``--param key=value``):
 ``wire``      ``int4`` (default: 4 bit + RLE), ``int8``, ``raw``, ``lz4``,
               ``zstd``, or ``<quant>+<codec>`` such as ``int4+zstd``.
 ``lossless``  ``true`` forbids quantised wires (``wire=int4`` then is an error).
+``fc_split``  unset (default): the tail's big linear layers are split by
+              output features over the plan's devices when that simulates
+              faster (MoDNN's FC partition, ``features.py``); ``false``
+              keeps the paper's whole tail, ``true`` always splits.
 ``pool``      ``all`` (every device computes tiles, the source too),
               ``workers`` (the source only scatters, gathers and runs the
               head and tail, as ADCNN's central node) or ``auto`` (default:
@@ -75,7 +79,7 @@ from ..cost.model import CostModel
 from ..graph.geometry import part_geometry
 from ..graph.ir import OUTPUT, Graph, GraphError
 from ..plan.plan import Grid, Stage, Whole, Wire
-from .registry import PlanRequest, PlanResult, StrategyError, flag_param, register
+from .registry import FC_SPLIT, PlanRequest, PlanResult, StrategyError, flag_param, register
 
 #: ``grid=auto`` takes a finer grid only when it simulates at least this much faster (see ``plan``)
 FINER_GRID_MARGIN = 0.10
@@ -393,8 +397,18 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
     if best is None:
         raise StrategyError(f"no grid from 2x2 to 8x8 fits: {last_err}")
     lat, plan, pool, _ = best
+    fc_split: list[str] | None = None
+    if req.params.get(FC_SPLIT) is None:  # auto: the tail's big linear layers split by features when faster
+        from .features import split_fc_tail
+
+        alt = split_fc_tail(plan, g, costs, plan.devices_used_names())
+        if alt is not plan:
+            alt_lat = simulate(lower(alt, g), costs).latency_ms
+            if alt_lat < lat * (1 - 1e-3):
+                fc_split = [s.until for s in alt.stages if s.partition.type == "features"]
+                plan, lat = alt, alt_lat
     sp = plan.strategy.params
     info = {"grid": sp["grid"], "until": sp["until"], "head": head, "tail": sp["tail"], "wire": wire.to_dict(),
             "pool": pool, "depth": sp["scheduler_params"]["depth"], "predicted_latency_ms": round(lat, 3),
-            "tried": tried, "exact": False}
+            "tried": tried, "exact": False, "fc_split": fc_split}
     return PlanResult(plan, info)
