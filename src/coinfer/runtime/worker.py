@@ -208,13 +208,6 @@ class Worker:
                               h.get("link_trace"))
         sender = m.sender
 
-        def work() -> None:
-            try:
-                _build()
-            finally:
-                with self.lock:
-                    self.building -= 1
-
         def _build() -> None:
             try:
                 d = build(dep, h["plan"], device, sender, int(h.get("seed", 0)),
@@ -231,6 +224,13 @@ class Worker:
                 self.deployments[dep] = d
             self.ep.send(sender, {"kind": "deploy_ok", "dep": dep, "device": self.name, "build_ms": d.build_ms,
                                   "backends": d.backends_used(), "memory": d.memory})
+
+        def work() -> None:
+            try:
+                _build()
+            finally:
+                with self.lock:
+                    self.building -= 1
 
         with self.lock:
             self.building += 1
