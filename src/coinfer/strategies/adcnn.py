@@ -399,13 +399,13 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
     lat, plan, pool, _ = best
     fc_split: list[str] | None = None
     if req.params.get(FC_SPLIT) is None:  # auto: the tail's big linear layers split by features when faster
-        from .features import split_fc_tail
+        from .features import feature_stage_ends, split_fc_tail
 
         alt = split_fc_tail(plan, g, costs, plan.devices_used_names())
         if alt is not plan:
             alt_lat = simulate(lower(alt, g), costs).latency_ms
             if alt_lat < lat * (1 - 1e-3):
-                fc_split = [s.until for s in alt.stages if s.partition.type == "features"]
+                fc_split = feature_stage_ends(alt)
                 plan, lat = alt, alt_lat
     sp = plan.strategy.params
     info = {"grid": sp["grid"], "until": sp["until"], "head": head, "tail": sp["tail"], "wire": wire.to_dict(),

@@ -91,6 +91,11 @@ def feature_stages(graph: Graph, start: str, device: str, devices: list[str],
     return out
 
 
+def feature_stage_ends(plan: Plan) -> list[str]:
+    """Where the plan's ``features`` stages end (what ``fc_split`` reports in a plan's info)."""
+    return [s.until for s in plan.stages if s.partition.type == "features"]
+
+
 def split_fc_tail(plan: Plan, graph: Graph, costs: CostModel | None = None,
                   devices: list[str] | None = None, min_mb: float = MIN_MB) -> Plan:
     """``plan`` with its final whole stage's big linear layers split by features (see the module).

@@ -159,11 +159,10 @@ def run(name: str, req: PlanRequest) -> PlanResult:
     if fc is None:
         fc = bool(res.plan.strategy.params.get(FC_SPLIT, False))
     if fc:
-        from .features import split_fc_tail
+        from .features import feature_stage_ends, split_fc_tail
 
         plan = split_fc_tail(res.plan, req.graph, req.costs, res.plan.devices_used_names())
         if plan is not res.plan:
-            res = PlanResult(plan, dict(res.info, fc_split=[s.until for s in plan.stages
-                                                            if s.partition.type == "features"]))
+            res = PlanResult(plan, dict(res.info, fc_split=feature_stage_ends(plan)))
     res.plan.validate(req.graph)
     return res
