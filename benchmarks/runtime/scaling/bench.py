@@ -252,6 +252,21 @@ def measure(model: str, cl: Any, lc: Any, repeat: int, warmup: int, only: list[s
             "skipped": skipped, "best": best["plan"], "best_efficiency": best["efficiency"]}
 
 
+def pin_workers(lc: Any) -> dict[str, int]:
+    """Pin device i's worker process, every thread of it, to core i mod the cores we may use.
+
+    Two 0.35-share devices per core sum to 0.7 of it, so each gets its quota inside every
+    period however short; unpinned, the scheduler sometimes stacks three on one core."""
+    cores = sorted(os.sched_getaffinity(0))
+    placed = {}
+    for i, (name, w) in enumerate(lc.workers.items()):
+        core = cores[i % len(cores)]
+        for tid in os.listdir(f"/proc/{w.proc.pid}/task"):
+            os.sched_setaffinity(int(tid), {core})
+        placed[name] = core
+    return placed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="vgg16,resnet50")
@@ -264,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="cgroup CPU quota period (default: the launcher's, 10 ms)")
     ap.add_argument("--fc-split", choices=("off", "on", "both"), default="both",
                     help="also (both) or only (on) run every plan with its FC tail split by features")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin device i's worker (every thread) to core i mod the cores available")
     ap.add_argument("--emulation-check", action="store_true")
     ap.add_argument("--gantt", type=Path, default=None, help="write the median run's Gantt PNG + trace per plan")
     ap.add_argument("--json", action="store_true")
@@ -283,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             limiters = [limit_cpu(w.proc.pid, cl.device(n).cpu_share, n, int(a.period_ms * 1000))
                         for n, w in lc.workers.items()]
             out["cpu_modes"] = {n: f"{lim.mode} (period {a.period_ms} ms)" for n, lim in zip(lc.workers, limiters)}
+        if a.pin:
+            out["pinned"] = pin_workers(lc)
         if a.emulation_check:
             out["emulation"] = emulation_check(lc, cl, a.models.split(",")[-1], max(3, a.repeat // 2))
         for m in a.models.split(","):
@@ -298,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     modes = sorted(set(out["cpu_modes"].values()))
     print(f"scaling on eq4 (4 x cpu_share 0.35, cpu emulation {', '.join(modes)}, backend {a.backend}; links "
-          f"{'unshaped' if a.bandwidth is None else f'{a.bandwidth} Mbit/s'}), median of {a.repeat} interleaved "
+          f"{'unshaped' if a.bandwidth is None else f'{a.bandwidth} Mbit/s'}"
+          f"{', pinned ' + str(out['pinned']) if a.pin else ''}), median of {a.repeat} interleaved "
           f"rounds; load {out['load_before'][0]:.2f} -> {out['load_after'][0]:.2f}")
     if "emulation" in out:
         e = out["emulation"]
