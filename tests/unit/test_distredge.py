@@ -260,3 +260,32 @@ def test_cpu_time_profiles_and_twins(captured, cache: Path) -> None:  # type: ig
     assert costs.stage_ms("d0", *whole, None) == pytest.approx(costs.stage_ms("d1", *whole, None) * 2.5, rel=1e-6)
     with pytest.raises(StrategyError, match="timing"):
         emulated_profiles(cl, MODEL, g, timing="gpu")
+
+
+def test_anchor_splits_are_kept_when_they_beat_the_policy(captured, cache: Path) -> None:  # type: ignore[no-untyped-def]
+    """With a 5-episode policy, a split that needs no learning (everything on the fastest device, or
+    rows by speed) simulates faster; the plan takes it, and it still verifies exactly."""
+    from coinfer.execute.local import TOLERANCE, InProcessExecutor, compare
+
+    g = captured(MODEL).graph
+    cl = parse_cluster({"source": "d0", "network": {"bandwidth_mbps": 1000},
+                        "devices": [{"name": "d0", "cpu_share": 0.1}, {"name": "d1", "cpu_share": 0.1},
+                                    {"name": "d2", "cpu_share": 0.1}, {"name": "d3", "cpu_share": 1.0}]})
+
+    def req(**params):  # type: ignore[no-untyped-def]
+        return PlanRequest(g, cl, MODEL, CostModel(g, cl), params={"costs": "analytic", "train_episodes": 5,
+                                                                    **params})
+
+    res = run("distredge", req())
+    info = res.info
+    assert set(info["anchors_ms"]) == {"all on d0", "all on d1", "all on d2", "all on d3", "proportional to speed"}
+    assert info["predicted_latency_ms"] <= min(info["anchors_ms"].values()) + 1e-3
+    assert info["predicted_latency_ms"] <= info["policy_latency_ms"] + 1e-3
+    assert info["splits_from"] == "anchor: all on d3" and [s.partition.to_dict() for s in res.plan.stages][0] \
+        == {"type": "whole", "device": "d3"}
+    c = captured(MODEL)
+    assert compare(InProcessExecutor(c.cm, res.plan)(c.x), c.ref)[1] <= TOLERANCE
+    # anchors=false: the paper's splitter alone (the policy or its best explored episode)
+    bare = run("distredge", req(anchors="false"))
+    assert bare.info["anchors_ms"] == {} and not bare.info["splits_from"].startswith("anchor")
+    assert bare.info["predicted_latency_ms"] > info["predicted_latency_ms"]

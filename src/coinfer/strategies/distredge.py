@@ -32,7 +32,9 @@ The non-splittable tail runs whole on the device that finishes it first.
 Parameters (``--param key=value``): ``train_episodes`` (default 4000, the
 paper's), ``algo`` (ddpg | td3 | sac), ``alpha`` (0.75), ``n_random`` (100),
 ``max_volumes`` (none), ``seed`` (0), ``shaping`` (none | progress: reward
-shaping, off by default: docs/strategies/distredge.md), ``policy`` (a policy file to load
+shaping, off by default: docs/strategies/distredge.md), ``anchors`` (default true: also
+simulate the splits that need no learning — every volume whole on one device, rows in proportion
+to speed — and keep one if it beats the policy; ``false`` = the paper's policy alone), ``policy`` (a policy file to load
 instead of the cache), ``retrain`` (ignore the cache), ``costs``
 (``auto``: the ``--profiles DIR`` tables when given, else emulated profiles
 of the local devices, measured once and cached; ``cpu``: the same tables in
@@ -337,7 +339,7 @@ def costs_fingerprint(costs: CostModel) -> str:
           exact=True, needs_costs=True)
 def plan_distredge(req: PlanRequest) -> PlanResult:
     """Partition into layer volumes, then split each with the trained (or cached) policy."""
-    known = set(DEFAULTS) | {"policy", "retrain", "costs", "wire", "shaping", "fc_split"}
+    known = set(DEFAULTS) | {"policy", "retrain", "costs", "wire", "shaping", "fc_split", "anchors"}
     unknown = set(req.params) - known
     if unknown:
         raise StrategyError(f"distredge: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -374,4 +376,5 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
     return plan_with_policy(req, algo=algo, episodes=episodes, alpha=alpha, n_random=n_random, seed=seed,
                             max_volumes=max_volumes, wire=Wire(wire_p, None),
                             policy=req.param("policy"), retrain=flag_param(req.param("retrain", False), "retrain"),
-                            profiles=str(req.param("costs", "auto")), shaping=shaping)
+                            profiles=str(req.param("costs", "auto")), shaping=shaping,
+                            use_anchors=flag_param(req.param("anchors", True), "anchors"))

@@ -67,6 +67,7 @@ from ..strategies.distredge import (
     cluster_fingerprint,
     costs_fingerprint,
     partition_volumes,
+    rows_from_fractions,
 )
 from ..strategies.registry import PlanRequest, PlanResult, StrategyError
 
@@ -381,8 +382,11 @@ def check_policy_meta(meta: dict[str, Any], req: PlanRequest, path: str) -> None
 def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float, n_random: int, seed: int,
                      max_volumes: int | None, wire: Wire, policy: str | None, retrain: bool, profiles: str,
                      progress: Progress | None = None, note: Callable[[str], None] | None = None,
-                     shaping: str = "none") -> PlanResult:
-    """What ``coinfer plan --strategy distredge`` runs: volumes, then a cached or trained splitter."""
+                     shaping: str = "none", use_anchors: bool = True) -> PlanResult:
+    """What ``coinfer plan --strategy distredge`` runs: volumes, then a cached or trained splitter.
+
+    The splits are the policy's rollout, or the best episode seen in training, or (``use_anchors``,
+    our addition) one of the anchor splits of :func:`anchor_splits` — whichever simulates fastest."""
     from .distredge_env import DistrEdgeEnv
 
     costs, cost_src = ensure_profiles(req, req.costs, profiles, note)
@@ -435,6 +439,12 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
         Tb = env.simulate(bs)
         if Tb < T:
             chosen, T, source = bs, Tb, "best explored during training"
+    anchors_ms: dict[str, float] = {}
+    if use_anchors:
+        for name, sp in anchor_splits(env).items():
+            Ta = anchors_ms[name] = env.simulate(sp)
+            if Ta < T * (1 - 1e-6):
+                chosen, T, source = sp, Ta, f"anchor: {name}"
     # the tail device: the one the policy was trained with, or another if it simulates faster
     tail_used = tail
     for d in req.devices:
@@ -445,11 +455,32 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
     plan = env.plan(chosen, tail_used)
     info = {"volumes": boundaries, "partition": pinfo, "tail": tail_used, "costs": cost_src,
             "predicted_latency_ms": round(T, 3), "policy_latency_ms": round(T_policy, 3), "splits_from": source,
+            "anchors_ms": {k: round(v, 3) for k, v in anchors_ms.items()},
             "policy_inference_ms": round(inf_ms, 3),
             "policy_inference_cpu_ms": round(inf_cpu_ms, 3), "trained": trained, "algo": algo,
             "train_s": meta.get("train_s"), "train_cpu_s": meta.get("train_cpu_s"),
             "train_load": meta.get("train_load"), "episodes": meta.get("episodes"), "policy": str(zpath)}
     return PlanResult(plan, info)
+
+
+def anchor_splits(env: Any) -> dict[str, list[list[tuple[int, int]]]]:
+    """Splits in the splitter's own action space that need no learning: every volume whole on one
+    device (one per device), and every volume's rows in proportion to the devices' speeds over the
+    whole model (the cost model's, which knows their quotas)."""
+    g = env.g
+    heights = [g[e].height for _, e in env.volumes]
+    out: dict[str, list[list[tuple[int, int]]]] = {}
+    for i, d in enumerate(env.devices):
+        out[f"all on {d}"] = [[(0, h) if j == i else (h, h) for j in range(env.D)] for h in heights]
+    speed = np.array([1.0 / max(1e-9, env.costs.stage_ms(d, g.input.name, g.output.name, None))
+                      for d in env.devices])
+    fr = speed / speed.sum()
+    prop = []
+    for h in heights:
+        a, b = rows_from_fractions(h, fr)
+        prop.append([(int(x), int(y)) if y > x else (h, h) for x, y in zip(a, b)])
+    out["proportional to speed"] = prop
+    return out
 
 
 def plot_curve(curves: dict[str, list[float]], path: str | Path, title: str = "DistrEdge splitter") -> None:
