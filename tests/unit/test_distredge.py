@@ -281,8 +281,10 @@ def test_anchor_splits_are_kept_when_they_beat_the_policy(captured, cache: Path)
     assert set(info["anchors_ms"]) == {"all on d0", "all on d1", "all on d2", "all on d3", "proportional to speed"}
     assert info["predicted_latency_ms"] <= min(info["anchors_ms"].values()) + 1e-3
     assert info["predicted_latency_ms"] <= info["policy_latency_ms"] + 1e-3
-    assert info["splits_from"] == "anchor: all on d3" and [s.partition.to_dict() for s in res.plan.stages][0] \
-        == {"type": "whole", "device": "d3"}
+    assert info["splits_from"] == "anchor: all on d3" and info["tail"] == "d3"
+    # every volume whole on d3 and the tail there too: one stage, no hand-over from d3 to itself
+    assert [s.to_dict() for s in res.plan.stages] == [{"until": "output", "partition": {"type": "whole",
+                                                                                         "device": "d3"}}]
     c = captured(MODEL)
     assert compare(InProcessExecutor(c.cm, res.plan)(c.x), c.ref)[1] <= TOLERANCE
     # anchors=false: the paper's splitter alone (the policy or its best explored episode)

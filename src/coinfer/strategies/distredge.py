@@ -290,7 +290,14 @@ def build_plan(req: PlanRequest, boundaries: list[str], splits: list[list[tuple[
     stages = [volume_stage(g, e, devices, r) for e, r in zip(boundaries, splits)]
     if g.resolve(boundaries[-1]) != g.output.name:
         stages.append(Stage(OUTPUT, Whole(tail)))
-    return req.make_plan(stages, "distredge", params, wire=wire)
+    # consecutive volumes whole on one device are one stage (no hand-over to itself)
+    merged: list[Stage] = []
+    for st in stages:
+        if merged and isinstance(st.partition, Whole) and merged[-1].partition == st.partition:
+            merged[-1] = Stage(st.until, st.partition)
+        else:
+            merged.append(st)
+    return req.make_plan(merged, "distredge", params, wire=wire)
 
 
 def choose_tail(g: Graph, costs: CostModel, last: str, devices: list[str], source: str) -> str:

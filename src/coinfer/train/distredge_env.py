@@ -172,10 +172,11 @@ class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
     def _simulate_uncached(self, splits: list[list[tuple[int, int]]], tail: str | None) -> float:
         plan = self.plan(splits, tail)
         geoms = {}
-        for si, stage in enumerate(plan.stages[: len(self.volumes)]):
-            s, e = self.volumes[si]
+        vol = {e: (s, e) for s, e in self.volumes}  # stages of whole volumes on one device may be merged
+        for si, stage in enumerate(plan.stages):
             p = stage.partition
             if hasattr(p, "parts"):
+                s, e = vol[stage.until]
                 for k, rp in enumerate(p.parts):
                     geoms[(si, k)] = self.geom(s, e, rp.rows[0], rp.rows[1])
         return simulate(lower(plan, self.g, geoms), self.costs).latency_ms
