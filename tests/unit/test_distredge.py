@@ -176,6 +176,10 @@ def test_cli_plan_train_episodes(tmp_path: Path, cache: Path) -> None:
     assert info["trained"] and info["episodes"] == 20 and info["policy_inference_ms"] < 50.0
     r = runner.invoke(build_app(), args)
     assert r.exit_code == 0 and not json.loads(r.stdout.strip().splitlines()[-1])["info"]["trained"]
+    # without --json the plan says where its splits came from
+    r = runner.invoke(build_app(), args[:-1])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0 and "distredge: " in out and "layer volume(s); splits from " in out, r.output
     r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "het4", "-s", "aofl", "--train-episodes", "20",
                                     "-o", str(tmp_path / "q.json")])
     assert r.exit_code == 2 and "distredge" in r.output

@@ -69,6 +69,8 @@ def cmd(
                 f"(dynamic {p['dynamic_energy_j']:.3f} J), {p['bytes_moved'] / 1e6:.2f} MB on the wire "
                 f"({p['costs']} costs; coinfer simulate {out} --cluster {cluster} for the timeline)")
         c.print("busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in p["busy_ms"].items()))
+        if res.info.get("summary"):
+            c.print(f"{strategy}: {res.info['summary']}", markup=False)
         if p["costs"] == "analytic" and costs.calibration.source == "builtin":
             c.print("note: analytic costs with the built-in calibration (another machine's speeds); "
                     "add --calibrate to measure this host once (≈ 3 s, cached; later plans use it)")

@@ -460,6 +460,8 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
             "policy_inference_cpu_ms": round(inf_cpu_ms, 3), "trained": trained, "algo": algo,
             "train_s": meta.get("train_s"), "train_cpu_s": meta.get("train_cpu_s"),
             "train_load": meta.get("train_load"), "episodes": meta.get("episodes"), "policy": str(zpath)}
+    info["summary"] = (f"{len(boundaries)} layer volume(s); splits from {source} ({T:.1f} ms simulated, "
+                       f"the policy's own {T_policy:.1f} ms); policy {'trained now' if trained else 'from ' + str(zpath)}")
     return PlanResult(plan, info)
 
 
