@@ -16,7 +16,7 @@ from coinfer.plan.plan import Grid, Whole
 from coinfer.runtime.schedulers import AdcnnScheduler, make_scheduler
 from coinfer.sim.run import simulate_lowered
 from coinfer.strategies import PlanRequest, StrategyError, run
-from coinfer.strategies.adcnn import FINER_GRID_MARGIN, parse_grid, parse_wire
+from coinfer.strategies.adcnn import FINER_GRID_MARGIN, auto_grids, parse_grid, parse_wire
 
 MODEL = "alexnet_digits"
 runner = CliRunner()
@@ -67,7 +67,18 @@ def test_auto_grid_prefers_the_coarser_grid_in_a_near_tie(captured, model: str, 
         by_grid = {t["grid"]: min(u["latency_ms"] for u in res.info["tried"] if u["grid"] == t["grid"])
                    for t in res.info["tried"]}
         assert by_grid["4x4"] < by_grid["3x3"] < by_grid["4x4"] / (1 - FINER_GRID_MARGIN)  # the near tie
-        assert res.info["grid"] == "3x3"
+        # ... and one tile per worker (7 of them: 7x1, fewer tiles than 3x3) beats both
+        assert res.info["grid"] == "7x1" and by_grid["7x1"] < by_grid["3x3"]
+
+
+def test_auto_grids_add_one_tile_per_pool_device() -> None:
+    squares = [(n, n) for n in range(2, 9)]
+    assert auto_grids([]) == squares
+    # fewest tiles first, the squarer grid first among equals
+    assert auto_grids([7, 8]) == [(2, 2), (7, 1), (4, 2), (8, 1), *squares[1:]]
+    assert auto_grids([4]) == [(2, 2), (4, 1), *squares[1:]]
+    assert auto_grids([6]) == [(2, 2), (3, 2), (6, 1), *squares[1:]]
+    assert auto_grids([9]) == squares  # 9x1 has a side over 8; 3x3 is there already
 
 
 def test_head_act_keeps_the_image_on_the_source(captured) -> None:  # type: ignore[no-untyped-def]

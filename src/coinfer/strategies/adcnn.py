@@ -21,10 +21,12 @@ executes:
 
 Parameters (``--param key=value``):
 
-``grid``      ``RxC`` (e.g. ``4x4``) or ``auto`` (default): the square grid
-              from 2x2 to 8x8 with the lowest simulated latency, a finer one
-              only when ≥ :data:`FINER_GRID_MARGIN` faster (the paper uses
-              8x8 for VGG-16 / ResNet-34 and 4x4 for YOLO).
+``grid``      ``RxC`` (e.g. ``4x4``) or ``auto`` (default): the grid with the
+              lowest simulated latency among the squares 2x2 … 8x8 (the paper
+              uses 8x8 for VGG-16 / ResNet-34 and 4x4 for YOLO) and, our
+              addition, the grids of exactly one tile per pool device (7
+              workers: 7x1; 8: 8x1, 4x2 — :func:`auto_grids`); one with more
+              tiles only when ≥ :data:`FINER_GRID_MARGIN` faster.
 ``until``     cut point ending the FDSP stage; default: the last splittable
               cut point whose feature map has at least R rows and C columns
               ("the conv part"). A grid finer than the feature map is an error.
@@ -86,6 +88,19 @@ FINER_GRID_MARGIN = 0.10
 GRIDS_AUTO = ((2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8))
 WIRES = {"int4": ("raw", "int4"), "int8": ("raw", "int8"), "int8c": ("raw", "int8c"), "raw": ("raw", None),
          "lz4": ("lz4", None), "zstd": ("zstd", None)}
+
+
+def auto_grids(pool_sizes: Any) -> list[tuple[int, int]]:
+    """``grid=auto``'s candidates: the square grids 2x2 … 8x8 and, for each tile pool of n devices,
+    the grids of exactly n tiles (R x C = n, R >= C, both <= 8: 8 -> 8x1, 4x2; 7 -> 7x1) — one tile
+    per device, no second round of tiles; fewest tiles first (the finer-grid margin compares in
+    that order)."""
+    grids = set(GRIDS_AUTO)
+    for n in pool_sizes:
+        for c in range(1, 9):
+            if n % c == 0 and c <= n // c <= 8 and n >= 2:
+                grids.add((n // c, c))
+    return sorted(grids, key=lambda rc: (rc[0] * rc[1], rc[0] - rc[1]))
 
 
 def parse_grid(v: Any) -> tuple[int, int] | None:
@@ -353,7 +368,7 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
         raise StrategyError("need depth >= 1, 0 < gamma <= 1 and tile_deadline_ms > 0")
     given = parse_grid(req.param("grid", "auto"))
     until_p = req.param("until")
-    grids = [given] if given is not None else list(GRIDS_AUTO)
+    grids = [given] if given is not None else auto_grids(len(pl) for pl in pools.values())
     if until_p is not None:
         fdsp_end(g, (1, 2), until_p, head)  # a bad node name or order is an error whatever the grid
     tried: list[dict[str, Any]] = []
@@ -395,7 +410,7 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
                 if best is None or lat < best[0] * (1 - margin):
                     best = (lat, plan, pool, ntiles)
     if best is None:
-        raise StrategyError(f"no grid from 2x2 to 8x8 fits: {last_err}")
+        raise StrategyError(f"no grid of {', '.join(f'{r}x{c}' for r, c in grids)} fits: {last_err}")
     lat, plan, pool, _ = best
     fc_split: list[str] | None = None
     if req.params.get(FC_SPLIT) is None:  # auto: the tail's big linear layers split by features when faster
