@@ -40,6 +40,8 @@ def test_plan_shape_int4_default(captured) -> None:  # type: ignore[no-untyped-d
     # the rates follow the devices' speeds (het4: d3 is the fastest)
     assert sp["rates"]["d3"] > sp["rates"]["d0"]
     assert [isinstance(s.partition, Whole) and s.partition.device == p.source for s in tail] == [True] * len(tail)
+    assert res.info["summary"].startswith(f"grid {res.info['grid']} until {res.info['until']}, tiles on ")
+    assert "wire int4" in res.info["summary"] and "approximate" in res.info["summary"]
     # the planner keeps an earlier (simpler) candidate unless a later one is >0.1% faster, or for a finer
     # grid FINER_GRID_MARGIN faster
     best_tried = min(t["latency_ms"] for t in res.info["tried"])

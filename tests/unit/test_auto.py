@@ -25,6 +25,7 @@ def test_auto_beats_every_candidate_and_is_exact(model, cluster):
     x = random_input(tuple(cm.graph.input_shape), 0)
     assert compare(InProcessExecutor(cm, res.plan)(x), reference_output(cm, x))[1] <= TOLERANCE
     assert res.plan.strategy.name == "auto" and res.plan.strategy.params["base"] in cands
+    assert res.info["summary"].startswith(f"best of {len(cands)} strategies' plans: {res.info['chosen_from']}, ")
 
 
 def test_auto_energy_objective_respects_deadline():

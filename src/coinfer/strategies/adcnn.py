@@ -426,4 +426,8 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
     info = {"grid": sp["grid"], "until": sp["until"], "head": head, "tail": sp["tail"], "wire": wire.to_dict(),
             "pool": pool, "depth": sp["scheduler_params"]["depth"], "predicted_latency_ms": round(lat, 3),
             "tried": tried, "exact": False, "fc_split": fc_split}
+    info["summary"] = (f"grid {sp['grid']} until {sp['until']}, tiles on {', '.join(pool)} (depth "
+                       f"{info['depth']}), wire {'+'.join(x for x in (wire.quant, wire.codec) if x and x != 'raw') or 'raw'}"
+                       + (f", classifier split by features ({len(fc_split)} stages)" if fc_split else "")
+                       + f"; best of {len(tried)} simulated candidates; approximate (zero-padded tiles)")
     return PlanResult(plan, info)

@@ -193,9 +193,11 @@ def plan_auto(req: PlanRequest) -> PlanResult:
         params["deadline_ms"] = req.deadline_ms
     plan = replace(best_plan, strategy=replace(best_plan.strategy, name="auto", params=params), predicted=None)
     first = next(c for c in cands if c[1] == best_from)
+    gain = round(1 - best_obj / first[0], 4) if first[0] else 0.0
     return PlanResult(plan, {
         "candidates": report, "chosen_from": best_from, "refine_steps": steps,
         "predicted_latency_ms": round(lat, 3), "predicted_energy_j": round(en, 5),
-        "gain_over_base": round(1 - best_obj / first[0], 4) if first[0] else 0.0,
-        "evaluations": len(cache),
+        "gain_over_base": gain, "evaluations": len(cache),
+        "summary": f"best of {len(cands)} strategies' plans: {best_from}, then {steps} refinement step(s) "
+                   f"({100 * gain:.1f} % better {req.objective}); {len(cache)} plans simulated",
     })
