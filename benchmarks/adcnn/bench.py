@@ -36,11 +36,15 @@ def load() -> float:
 
 
 #: Benchmark-local clusters: ``het8s`` is het8's spread of speeds (1:3) scaled so that the eight shares
-#: sum to 1.52 cores and fit on this 2-core machine next to the coordinator (het8 sums to 2.27).
+#: sum to 1.52 cores and fit on this 2-core machine next to the coordinator (het8 sums to 2.27);
+#: ``eq9`` is the paper's central node + 8 workers at eq8's speed.
 LOCAL_CLUSTERS: dict[str, dict[str, Any]] = {
     "het8s": {"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": s} for i, s in
                                           enumerate([0.1, 0.12, 0.15, 0.18, 0.2, 0.22, 0.25, 0.3])],
               "network": {"bandwidth_mbps": 88, "latency_ms": 1.0}},
+    # the paper's set-up: a central node (the source) and 8 workers, all alike (1.8 cores in all)
+    "eq9": {"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": 0.2} for i in range(9)],
+            "network": {"bandwidth_mbps": 88, "latency_ms": 1.0}},
 }
 
 
