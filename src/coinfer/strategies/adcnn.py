@@ -96,10 +96,8 @@ def auto_grids(pool_sizes: Any) -> list[tuple[int, int]]:
     per device, no second round of tiles; fewest tiles first (the finer-grid margin compares in
     that order)."""
     grids = set(GRIDS_AUTO)
-    for n in pool_sizes:
-        for c in range(1, 9):
-            if n % c == 0 and c <= n // c <= 8 and n >= 2:
-                grids.add((n // c, c))
+    for n in (n for n in pool_sizes if n >= 2):
+        grids.update((n // c, c) for c in range(1, 9) if n % c == 0 and c <= n // c <= 8)
     return sorted(grids, key=lambda rc: (rc[0] * rc[1], rc[0] - rc[1]))
 
 
@@ -426,8 +424,9 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
     info = {"grid": sp["grid"], "until": sp["until"], "head": head, "tail": sp["tail"], "wire": wire.to_dict(),
             "pool": pool, "depth": sp["scheduler_params"]["depth"], "predicted_latency_ms": round(lat, 3),
             "tried": tried, "exact": False, "fc_split": fc_split}
+    wire_txt = "+".join(x for x in (wire.quant, wire.codec) if x and x != "raw") or "raw"
     info["summary"] = (f"grid {sp['grid']} until {sp['until']}, tiles on {', '.join(pool)} (depth "
-                       f"{info['depth']}), wire {'+'.join(x for x in (wire.quant, wire.codec) if x and x != 'raw') or 'raw'}"
+                       f"{info['depth']}), wire {wire_txt}"
                        + (f", classifier split by features ({len(fc_split)} stages)" if fc_split else "")
                        + f"; best of {len(tried)} simulated candidates; approximate (zero-padded tiles)")
     return PlanResult(plan, info)
