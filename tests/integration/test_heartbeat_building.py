@@ -75,3 +75,50 @@ def test_a_device_building_for_another_session_gets_the_build_grace() -> None:
         # ... and then a silent device is judged normally again
         _freeze(lc, "d1", 2.5 * DEAD_AFTER_S)
         assert "d1" in a.dead_at
+
+
+def test_a_device_killed_while_building_is_declared_dead_without_the_grace() -> None:
+    """The grace is for a live device answering late. A worker process that dies closes its
+    connections at once; the session sees the link drop and judges it by ``dead_after_s`` alone
+    (it waited BUILD_GRACE x as long before: 120 s with a test's dead_after_s of 15)."""
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}],
+                        "network": {"shape": False}})
+    cm, small = _whole("resnet18_digits", cl, "d1")
+    _, big = _whole("vgg16", cl, "d1")
+    x = random_input(tuple(cm.graph.input_shape), 3)
+    with LocalCluster(cl, emulate_cpu=False) as lc, \
+            Session(small, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, replan=False) as a:
+        assert compare(a(x), reference_output(cm, x))[1] <= TOLERANCE
+        other: list[Session] = []
+        errors: list[BaseException] = []
+
+        def deploy_big() -> None:
+            try:
+                other.append(Session(big, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, replan=False).__enter__())
+            except BaseException as e:  # noqa: BLE001 - the build fails: its device is killed
+                errors.append(e)
+
+        t = threading.Thread(target=deploy_big)
+        t.start()
+        try:
+            t_end = time.monotonic() + 60
+            while not a.peer_building.get("d1") and time.monotonic() < t_end:
+                time.sleep(0.01)
+            assert a.peer_building.get("d1"), "d1 never said it was building"
+            t_kill = time.monotonic()
+            lc.kill("d1")
+            while "d1" not in a.dead_at and time.monotonic() - t_kill < BUILD_GRACE * DEAD_AFTER_S + 5:
+                time.sleep(0.02)
+            assert "d1" in a.dead_at
+            waited = a.dead_at["d1"] - t_kill
+            print(f"\nd1 killed while building: declared dead after {waited:.2f} s "
+                  f"(dead_after_s {DEAD_AFTER_S}, the build grace would be {BUILD_GRACE * DEAD_AFTER_S:.0f} s)")
+            assert waited < 3 * DEAD_AFTER_S, f"took {waited:.1f} s: the build grace still applied"
+            # the session that was deploying on d1 gives up as soon, not after its deploy timeout
+            t.join(10 * DEAD_AFTER_S)
+            assert not t.is_alive(), "the deploying session still waits for the dead device"
+            assert not other and errors and "went away while deploying" in str(errors[0]), errors
+        finally:
+            t.join(120)
+            for s in other:
+                s.__exit__(None, None, None)

@@ -311,3 +311,36 @@ def test_zmq_zero_copy_receive() -> None:
         assert np.shares_memory(y, np.frombuffer(m.frames[0], np.uint8))
         assert y.flags.aligned  # (writable here: the frame is ours; in general it may be read-only)
         np.testing.assert_array_equal(y, x)
+
+
+def test_a_closed_peer_shows_as_link_down_until_it_is_back() -> None:
+    """ZeroMQ hides connections; the endpoint's socket monitor tells when the one to a peer dropped
+    (its process died or closed) and clears it when the peer is back at the same address."""
+    a = zmq_endpoint("a", "tcp://127.0.0.1:0")
+    b = zmq_endpoint("b", "tcp://127.0.0.1:0")
+    try:
+        a.connect("b", b.address)
+        a.send("b", {"kind": "ping", "seq": 0, "t": 0.0})
+        assert isinstance(_recv(b), Message)
+        assert a.link_down_since("b") is None
+        address = b.address
+        t0 = time.monotonic()
+        b.close()
+        deadline = time.monotonic() + 5
+        while a.link_down_since("b") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        since = a.link_down_since("b")
+        assert since is not None and t0 <= since < t0 + 5
+        b = zmq_endpoint("b", address)  # back at the same address: a's DEALER reconnects
+        deadline = time.monotonic() + 10
+        while a.link_down_since("b") is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert a.link_down_since("b") is None
+        a.send("b", {"kind": "ping", "seq": 1, "t": 0.0})
+        m = _recv(b)
+        assert isinstance(m, Message) and m.header["seq"] == 1
+    finally:
+        a.close()
+        b.close()
+    with InProcHub() as hub:
+        assert hub.endpoint("x").link_down_since("y") is None  # in process: nothing to lose

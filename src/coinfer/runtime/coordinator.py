@@ -33,6 +33,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -386,9 +387,10 @@ class Session:
                                "coord": self.ep.address, "seed": self.seed, "links": self._links(dev, devs), "link_trace": self.link_trace,
                                "backend": choice[dev][0], "precision": choice[dev][1]})
         built: dict[str, dict[str, Any]] = {}
+        t_end = time.monotonic() + timeout_s
         for dev, f in futs.items():
             try:
-                built[dev] = f.result(timeout=timeout_s)
+                built[dev] = self._await_build(dev, f, t_end)
             except DeviceUnreachable:
                 self._abandon(dep)
                 raise
@@ -470,6 +472,22 @@ class Session:
             self.waiters.pop(key, None)
         self._undeploy(dep)
 
+    def _await_build(self, dev: str, f: Future[dict[str, Any]], t_end: float) -> dict[str, Any]:
+        """``dev``'s deploy_ok, waiting until ``t_end`` — or less if its connection has been down for
+        ``dead_after_s`` (its process died: before the heartbeat runs, nothing else would tell)."""
+        link_down = getattr(self.ep, "link_down_since", lambda _d: None)
+        while True:
+            left = t_end - time.monotonic()
+            try:
+                return f.result(timeout=max(0.0, min(left, 0.25)))
+            except FutureTimeout:
+                if left <= 0.25:
+                    raise
+                since = link_down(dev)
+                if since is not None and time.monotonic() - since > self.dead_after_s:
+                    raise DeviceUnreachable(f"device {dev} went away while deploying (its connection "
+                                            f"closed {time.monotonic() - since:.1f} s ago)") from None
+
     def _heartbeat(self) -> None:
         seq = itertools.count()
         last = time.monotonic()
@@ -492,6 +510,10 @@ class Session:
             # — its own deployment, or (its last pong says) another coordinator's
             building = {k[1].split("/", 1)[1] for k in list(self.waiters) if k[0] == "deploy_ok"}
             building |= {d for d, b in list(self.peer_building.items()) if b}
+            # ... unless its connection has dropped: a process that died closes it at once, and
+            # then "building" in its last pong is stale (the grace would only delay its death)
+            link_down = getattr(self.ep, "link_down_since", lambda _d: None)
+            building = {d for d in building if link_down(d) is None}
             with self.lock:
                 for dev in list(self.alive):
                     limit = self.dead_after_s * (BUILD_GRACE if dev in building else 1.0)

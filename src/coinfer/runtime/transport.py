@@ -47,6 +47,7 @@ must use the key of its own name (or the ``coordinator`` key). See
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -190,7 +191,7 @@ class _RateLimitedLog:
 class _Peer:
     """A connected peer: its queues (shared, under the endpoint lock) and DEALER (I/O thread only)."""
 
-    __slots__ = ("address", "blocked", "control", "data", "name", "queued_bytes", "shaper", "sock")
+    __slots__ = ("address", "blocked", "control", "data", "mon", "name", "queued_bytes", "shaper", "sock")
 
     def __init__(self, name: str, address: str, shaper: LinkShaper | None) -> None:
         self.name = name
@@ -200,6 +201,7 @@ class _Peer:
         self.data: deque[_Out] = deque()
         self.queued_bytes = 0
         self.sock: Any = None
+        self.mon: Any = None  # the DEALER's monitor socket: connection lost / made
         self.blocked = False
 
 
@@ -259,6 +261,7 @@ class ZmqEndpoint:
             raise
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
+        self._link_down: dict[str, float] = {}  # peer -> when its connection dropped (monitor events)
         self._replies: deque[tuple[bytes, _Out]] = deque()
         self._seen: OrderedDict[str, bytes] = OrderedDict()  # inbound sender -> routing id
         self._key_names: dict[bytes, str | None] = {}  # client public key (z85) -> key name
@@ -474,10 +477,17 @@ class ZmqEndpoint:
             raise
         p = _Peer(peer, address, shaper)
         p.sock = s
+        try:
+            p.mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        except zmq.ZMQError:  # monitoring is a help, not a need
+            p.mon = None
         with self._lock:
             self._peers[peer] = p
         self._poller.register(s, zmq.POLLIN)
         self._sock_peer[s] = peer
+        if p.mon is not None:
+            self._poller.register(p.mon, zmq.POLLIN)
+            self._mon_peer[p.mon] = peer
 
     def _do_disconnect(self, peer: str, why: str) -> None:
         with self._lock:
@@ -490,15 +500,54 @@ class ZmqEndpoint:
         if n:
             self.stats.dropped += n
             log.warning("%s: %s %s dropped %d queued message(s)", self.name, why, peer, n)
+        self._close_monitor(p)
+        self._link_down.pop(peer, None)
         if p.sock is not None:
             self._poller.unregister(p.sock)
             self._sock_peer.pop(p.sock, None)
             p.sock.close(linger=0)
 
+    def _close_monitor(self, p: _Peer) -> None:
+        if p.mon is None:
+            return
+        self._poller.unregister(p.mon)
+        self._mon_peer.pop(p.mon, None)
+        with contextlib.suppress(Exception):  # closing anyway
+            p.sock.disable_monitor()
+        p.mon.close(linger=0)
+        p.mon = None
+
+    def _drain_monitor(self, mon: Any, peer: str) -> None:
+        """Connection events of the DEALER to ``peer``: when its TCP connection drops (the peer's
+        process died or closed it), :meth:`link_down_since` says since when, until it connects again."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        zmq = self._zmq
+        for _ in range(64):
+            try:
+                ev = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception:  # noqa: BLE001 - a malformed event: ignore it
+                return
+            with self._lock:
+                if ev["event"] == zmq.EVENT_DISCONNECTED:
+                    self._link_down.setdefault(peer, time.monotonic())
+                elif ev["event"] == zmq.EVENT_CONNECTED:
+                    self._link_down.pop(peer, None)
+
+    def link_down_since(self, peer: str) -> float | None:
+        """``time.monotonic()`` when the connection to ``peer`` was lost, or None while it is up
+        (or unknown). A process that dies closes its connections at once; a device that loses
+        power or network does not, so this is a quick hint, never the only sign of death."""
+        with self._lock:
+            return self._link_down.get(peer)
+
     def _run(self) -> None:
         zmq = self._zmq
         self._poller = zmq.Poller()
         self._sock_peer: dict[Any, str | None] = {self._router: None}
+        self._mon_peer: dict[Any, str] = {}
         self._poller.register(self._router, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         idle = zmq.Poller()  # when the inbox is full: only wake-ups
@@ -521,6 +570,8 @@ class ZmqEndpoint:
                 for sock, ev in events.items():
                     if sock is not self._wake_r and ev & zmq.POLLIN and sock in self._sock_peer:
                         self._drain_in(sock, self._sock_peer[sock])
+                    elif ev & zmq.POLLIN and sock in self._mon_peer:
+                        self._drain_monitor(sock, self._mon_peer[sock])
                 self._flush()
         except Exception:
             log.exception("%s: transport I/O thread failed", self.name)
@@ -691,6 +742,8 @@ class ZmqEndpoint:
             self.stats.dropped += dropped
             log.warning("%s: closed with %d queued message(s) unsent; dropped", self.name, dropped)
         for p in peers:
+            if p.mon is not None:
+                p.mon.close(linger=0)
             if p.sock is not None:
                 p.sock.close(linger=0)
         self._router.close(linger=0)
@@ -814,6 +867,10 @@ class InProcEndpoint:
 
     def __repr__(self) -> str:
         return f"InProcEndpoint({self.name!r})"
+
+    def link_down_since(self, peer: str) -> float | None:
+        """In process there are no connections to lose: always None (see ZmqEndpoint)."""
+        return None
 
     def connect(self, peer: str, address: str, *, shaper: LinkShaper | None = None) -> None:
         _check_name(peer, "peer name")

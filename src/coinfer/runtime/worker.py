@@ -238,10 +238,18 @@ class Worker:
 
     def on_undeploy(self, m: Message) -> None:
         with self.lock:
-            self.deployments.pop(m.header["dep"], None)
+            d = self.deployments.pop(m.header["dep"], None)
             for key, st in list(self.requests.items()):
                 if key[0] == m.header["dep"]:
                     st.abort("undeployed")
+            coord = d.coord if d is not None else None
+            done = coord is not None and all(x.coord != coord for x in self.deployments.values())
+        if done and coord in self.peers:
+            # the coordinator's last deployment here is gone (its session closed or moved on): drop
+            # the connection to it, which would otherwise retry a closed address for ever (one
+            # socket per session a long-running worker served); its next deploy connects again
+            self.peers.pop(coord, None)
+            self.ep.disconnect(coord)
 
     def on_cancel(self, m: Message) -> None:
         key = (m.header["dep"], int(m.header["req"]))
