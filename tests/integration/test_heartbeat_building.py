@@ -43,6 +43,13 @@ def _freeze(lc: LocalCluster, name: str, seconds: float) -> None:
         proc.send_signal(signal.SIGCONT)
 
 
+def _wait_until_building(a: Session, dev: str) -> None:
+    t_end = time.monotonic() + 60
+    while not a.peer_building.get(dev) and time.monotonic() < t_end:
+        time.sleep(0.01)
+    assert a.peer_building.get(dev), f"{dev} never said it was building"
+
+
 def test_a_device_building_for_another_session_gets_the_build_grace() -> None:
     cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}],
                         "network": {"shape": False}})
@@ -56,10 +63,7 @@ def test_a_device_building_for_another_session_gets_the_build_grace() -> None:
         t = threading.Thread(target=lambda: other.append(Session(big, cl, lc.addresses).__enter__()))
         t.start()
         try:
-            t_end = time.monotonic() + 60
-            while not a.peer_building.get("d1") and time.monotonic() < t_end:
-                time.sleep(0.01)
-            assert a.peer_building.get("d1"), "d1 never said it was building"
+            _wait_until_building(a, "d1")
             # silent for 2.5x dead_after_s (a throttled build), well inside the grace
             _freeze(lc, "d1", 2.5 * DEAD_AFTER_S)
             assert 2.5 < BUILD_GRACE
@@ -101,10 +105,7 @@ def test_a_device_killed_while_building_is_declared_dead_without_the_grace() -> 
         t = threading.Thread(target=deploy_big)
         t.start()
         try:
-            t_end = time.monotonic() + 60
-            while not a.peer_building.get("d1") and time.monotonic() < t_end:
-                time.sleep(0.01)
-            assert a.peer_building.get("d1"), "d1 never said it was building"
+            _wait_until_building(a, "d1")
             t_kill = time.monotonic()
             lc.kill("d1")
             while "d1" not in a.dead_at and time.monotonic() - t_kill < BUILD_GRACE * DEAD_AFTER_S + 5:
