@@ -475,7 +475,6 @@ class Session:
     def _await_build(self, dev: str, f: Future[dict[str, Any]], t_end: float) -> dict[str, Any]:
         """``dev``'s deploy_ok, waiting until ``t_end`` — or less if its connection has been down for
         ``dead_after_s`` (its process died: before the heartbeat runs, nothing else would tell)."""
-        link_down = getattr(self.ep, "link_down_since", lambda _d: None)
         while True:
             left = t_end - time.monotonic()
             try:
@@ -483,7 +482,7 @@ class Session:
             except FutureTimeout:
                 if left <= 0.25:
                     raise
-                since = link_down(dev)
+                since = self.ep.link_down_since(dev)
                 if since is not None and time.monotonic() - since > self.dead_after_s:
                     raise DeviceUnreachable(f"device {dev} went away while deploying (its connection "
                                             f"closed {time.monotonic() - since:.1f} s ago)") from None
@@ -512,8 +511,7 @@ class Session:
             building |= {d for d, b in list(self.peer_building.items()) if b}
             # ... unless its connection has dropped: a process that died closes it at once, and
             # then "building" in its last pong is stale (the grace would only delay its death)
-            link_down = getattr(self.ep, "link_down_since", lambda _d: None)
-            building = {d for d in building if link_down(d) is None}
+            building = {d for d in building if self.ep.link_down_since(d) is None}
             with self.lock:
                 for dev in list(self.alive):
                     limit = self.dead_after_s * (BUILD_GRACE if dev in building else 1.0)

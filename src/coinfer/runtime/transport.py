@@ -125,6 +125,8 @@ class Endpoint(Protocol):
 
     def disconnect(self, peer: str) -> None: ...
 
+    def link_down_since(self, peer: str) -> float | None: ...
+
     def close(self) -> None: ...
 
 
@@ -501,7 +503,8 @@ class ZmqEndpoint:
             self.stats.dropped += n
             log.warning("%s: %s %s dropped %d queued message(s)", self.name, why, peer, n)
         self._close_monitor(p)
-        self._link_down.pop(peer, None)
+        with self._lock:
+            self._link_down.pop(peer, None)
         if p.sock is not None:
             self._poller.unregister(p.sock)
             self._sock_peer.pop(p.sock, None)
