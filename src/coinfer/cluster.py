@@ -95,6 +95,12 @@ class Network(_Strict):
     shape: bool = True  # emulate bandwidth/latency in the transport for local devices
 
 
+class Emulation(_Strict):
+    # how `address: local` devices get their cpu_share: the kernel's CPU quota (cgroup, else a
+    # SIGSTOP duty cycle), time dilation inside the worker (coinfer.runtime.dilation), or not at all
+    cpu: Literal["quota", "dilate", "off"] = "quota"
+
+
 class Security(_Strict):
     auth: Literal["curve", "none"] = "none"
     keys: str = "~/.coinfer/keys"
@@ -105,6 +111,7 @@ class Cluster(_Strict):
     devices: list[Device]
     network: Network = Field(default_factory=Network)
     security: Security = Field(default_factory=Security)
+    emulation: Emulation = Field(default_factory=Emulation)
 
     @model_validator(mode="after")
     def _check(self) -> Cluster:

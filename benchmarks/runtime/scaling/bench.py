@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also (both) or only (on) run every plan with its FC tail split by features")
     ap.add_argument("--pin", action="store_true",
                     help="pin device i's worker (every thread) to core i mod the cores available")
+    ap.add_argument("--emulation", choices=("quota", "dilate"), default="quota",
+                    help="cpu_share emulation: cgroup quota (default) or time dilation inside each worker")
     ap.add_argument("--emulation-check", action="store_true")
     ap.add_argument("--gantt", type=Path, default=None, help="write the median run's Gantt PNG + trace per plan")
     ap.add_argument("--json", action="store_true")
@@ -290,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     cl = _cluster(a.bandwidth, a.backend)
     only = a.strategies.split(",") if a.strategies else None
     out: dict[str, Any] = {"load_before": os.getloadavg(), "models": []}
-    lc = LocalCluster(cl, emulate_cpu=a.period_ms is None).start()
+    if a.emulation == "dilate" and (a.period_ms is not None or a.pin):
+        ap.error("--period-ms and --pin are for the quota emulation, not --emulation dilate")
+    lc = LocalCluster(cl, emulate_cpu="dilate" if a.emulation == "dilate" else a.period_ms is None).start()
     limiters = []
     try:
         out["cpu_modes"] = lc.cpu_modes()

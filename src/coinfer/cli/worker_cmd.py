@@ -16,8 +16,11 @@ def cmd(
     keys: str = typer.Option(None, "--keys", help="CURVE key directory (coinfer keys); required beyond loopback"),
     insecure: bool = typer.Option(False, "--insecure", help="no CURVE (allowed only on loopback)"),
     threads: int = typer.Option(1, "--threads", min=1, help="compute threads"),
-    cpu_share: float = typer.Option(None, "--cpu-share", help="limit to a fraction of a core (needs a writable cgroup)"),
+    cpu_share: float = typer.Option(None, "--cpu-share", help="limit to a fraction of a core (quota: needs a writable cgroup)"),
     timeout_s: float = typer.Option(300.0, "--timeout-s", help="give up on a request after this long"),
+    cpu_emulation: str = typer.Option("quota", "--cpu-emulation",
+                                      help="how --cpu-share is emulated: quota (a cgroup CPU quota) or dilate "
+                                           "(time dilation inside the worker; needs no cgroup)"),
 ) -> None:
     """Serve deployments and requests from coordinators and peers until stopped."""
     from ..runtime.worker_main import run
@@ -26,4 +29,13 @@ def cmd(
         from ..errors import UserError
 
         raise UserError("give --keys DIR (CURVE, see coinfer keys) or --insecure (loopback binds only)")
-    raise typer.Exit(run(bind, name, keys, insecure, threads, cpu_share, timeout_s))
+    if cpu_emulation not in ("quota", "dilate"):
+        from ..errors import UserError
+
+        raise UserError(f"--cpu-emulation {cpu_emulation!r} is unknown; use quota or dilate")
+    if cpu_share is not None and not cpu_share > 0:
+        from ..errors import UserError
+
+        raise UserError(f"--cpu-share must be > 0 (got {cpu_share}); 0.25 = a quarter of one core")
+    dilate = cpu_share if cpu_emulation == "dilate" and cpu_share is not None else None
+    raise typer.Exit(run(bind, name, keys, insecure, threads, None if dilate else cpu_share, timeout_s, dilate))

@@ -19,6 +19,7 @@ import torch
 
 from ..graph.geometry import Region
 from ..plan.lower import INPUT, Instr
+from . import dilation
 from .deployment import Deployment
 from .schedulers import make_scheduler
 from .store import RequestAborted, RequestState
@@ -76,23 +77,26 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
             t0 = -1.0
         elif op == "compute":
             info = d.lowered.parts[(ins.tensor, ins.part)]  # type: ignore[index]
-            c0 = time.thread_time()
-            x = _assemble(d, st, ins.tensor - 1, info.in_region)
-            runner = d.runner(ins.tensor, ins.part)  # type: ignore[arg-type]
-            c1 = time.thread_time()
-            y = runner(x)
-            c2 = time.thread_time()
-            st.store.add(ins.tensor, info.out_region, y)
+            with dilation.section():
+                c0 = time.thread_time()
+                x = _assemble(d, st, ins.tensor - 1, info.in_region)
+                runner = d.runner(ins.tensor, ins.part)  # type: ignore[arg-type]
+                c1 = time.thread_time()
+                y = runner(x)
+                c2 = time.thread_time()
+                st.store.add(ins.tensor, info.out_region, y)
+                c3 = time.thread_time()
             ev.append(["compute", ins.text(), t0, _now_ms(), {"flops": info.flops, "backend": runner.backend,
                                                               "precision": runner.precision,
-                                                              "cpu_ms": round((time.thread_time() - c0) * 1e3, 3),
+                                                              "cpu_ms": round((c3 - c0) * 1e3, 3),
                                                               "run_cpu_ms": round((c2 - c1) * 1e3, 3)}])
             t0 = -1.0
         elif op == "send":
-            v = _assemble(d, st, ins.tensor, ins.region)
-            hdr = {"kind": "data", "dep": d.dep, "req": st.req, "tensor": ins.tensor,
-                   "region": None if ins.region is None else list(ins.region), "src": me}
-            io.send_tensor(ins.peer or "", hdr, v, shaped=True)
+            with dilation.section():
+                v = _assemble(d, st, ins.tensor, ins.region)
+                hdr = {"kind": "data", "dep": d.dep, "req": st.req, "tensor": ins.tensor,
+                       "region": None if ins.region is None else list(ins.region), "src": me}
+                io.send_tensor(ins.peer or "", hdr, v, shaped=True)
             ev.append(["send", ins.text(), t0, _now_ms(), {"bytes": ins.nbytes}])
             t0 = -1.0
         elif op == "dyn_master":
@@ -100,8 +104,9 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
         elif op == "dyn_worker":
             _dyn_worker(d, st, io, ins.tensor, timeout_s)
         elif op == "output":
-            y = _assemble(d, st, ins.tensor, ins.region)
-            io.send_tensor(d.coord, {"kind": "result", "dep": d.dep, "req": st.req}, y, shaped=False)
+            with dilation.section():
+                y = _assemble(d, st, ins.tensor, ins.region)
+                io.send_tensor(d.coord, {"kind": "result", "dep": d.dep, "req": st.req}, y, shaped=False)
         for t in drops.get(i, ()):
             if op != "output":
                 st.store.drop(t)
@@ -135,7 +140,8 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
 
     def local_tile(p: int, x: torch.Tensor) -> None:
         t0 = _now_ms()
-        y = d.runner(stage, p)(x)
+        with dilation.section():
+            y = d.runner(stage, p)(x)
         ms = _now_ms() - t0
         st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms,
                       {"tile": True, "backend": d.runner(stage, p).backend}])
@@ -157,8 +163,9 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
                     local_futs.append(pool.submit(local_tile, p, x.contiguous()))
                 else:
                     t0 = _now_ms()
-                    io.send_tensor(dev, {"kind": "tile", "dep": d.dep, "req": st.req, "tensor": stage - 1,
-                                         "stage": stage, "part": p}, x.contiguous(), shaped=True)
+                    with dilation.section():
+                        io.send_tensor(dev, {"kind": "tile", "dep": d.dep, "req": st.req, "tensor": stage - 1,
+                                             "stage": stage, "part": p}, x.contiguous(), shaped=True)
                     st.events.append(["send", f"send tile s{stage}.p{p} to {dev}", t0, _now_ms(),
                                       {"bytes": pinfo.in_bytes}])
 
@@ -175,10 +182,11 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
         if s != stage:
             continue
         r = lw.parts[(stage, p)].out_region
-        if out is None or r is None:
-            out = y
-        else:
-            out[:, :, r[0]:r[1], r[2]:r[3]] = y
+        with dilation.section():
+            if out is None or r is None:
+                out = y
+            else:
+                out[:, :, r[0]:r[1], r[2]:r[3]] = y
         inflight[dev] = max(0, inflight[dev] - 1)
         sched.done(dev, p, ms)
         done += 1
@@ -230,12 +238,14 @@ def _dyn_worker(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
             st.tiles.remove(item)
         _, p, x, _ = item
         t0 = _now_ms()
-        y = d.runner(stage, p)(x)
+        with dilation.section():
+            y = d.runner(stage, p)(x)
         ms = _now_ms() - t0
         st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms,
                       {"tile": True, "backend": d.runner(stage, p).backend}])
-        io.send_tensor(src, {"kind": "tile_out", "dep": d.dep, "req": st.req, "tensor": stage, "stage": stage,
-                             "part": p, "device": io.name, "ms": ms}, y, shaped=True)
+        with dilation.section():
+            io.send_tensor(src, {"kind": "tile_out", "dep": d.dep, "req": st.req, "tensor": stage,
+                                 "stage": stage, "part": p, "device": io.name, "ms": ms}, y, shaped=True)
 
 
 def _shape(d: Deployment, tensor: int) -> tuple[int, ...]:

@@ -37,18 +37,23 @@ class LocalWorker:
     limiter: CpuLimiter | None
     log_path: Path | None = None
     log: list[str] = field(default_factory=list)
+    dilated: bool = False
 
     @property
     def cpu_mode(self) -> str:
+        if self.dilated:
+            return "dilate"
         return self.limiter.mode if self.limiter is not None else "none"
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
 
-def _worker_cmd(name: str, bind: str, threads: int, keys: str | None) -> list[str]:
+def _worker_cmd(name: str, bind: str, threads: int, keys: str | None, dilate: float | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "coinfer.runtime.worker_main", "--bind", bind, "--name", name,
            "--threads", str(threads)]
+    if dilate is not None:
+        cmd += ["--dilate", repr(float(dilate))]
     cmd += ["--keys", keys] if keys else ["--insecure"]
     return cmd
 
@@ -56,11 +61,22 @@ def _worker_cmd(name: str, bind: str, threads: int, keys: str | None) -> list[st
 class LocalCluster:
     """The local devices of a cluster as worker processes on 127.0.0.1."""
 
-    def __init__(self, cluster: Cluster, *, keys: str | None = None, emulate_cpu: bool = True,
+    def __init__(self, cluster: Cluster, *, keys: str | None = None, emulate_cpu: bool | str | None = None,
                  log_dir: str | Path | None = None, start_timeout_s: float = 90.0) -> None:
+        """``emulate_cpu`` (default: the cluster's ``emulation.cpu``): True or ``"quota"`` limits each
+        worker to its ``cpu_share`` with :func:`~coinfer.runtime.emulation.limit_cpu`; ``"dilate"``
+        makes each worker emulate it by time dilation (:mod:`coinfer.runtime.dilation`); False or
+        ``"off"`` runs them at full speed."""
+        if emulate_cpu is None:
+            emulate_cpu = cluster.emulation.cpu
+        if emulate_cpu == "off":
+            emulate_cpu = False
+        if emulate_cpu not in (True, False, "quota", "dilate"):
+            raise ValueError(f"emulate_cpu must be True, False, 'quota', 'dilate' or 'off' (got {emulate_cpu!r})")
         self.cluster = cluster
         self.keys = keys
-        self.emulate_cpu = emulate_cpu
+        self.emulate_cpu: bool | str = emulate_cpu
+        self.dilate = emulate_cpu == "dilate"
         self.log_dir = Path(log_dir) if log_dir else None
         self.timeout = start_timeout_s
         self.workers: dict[str, LocalWorker] = {}
@@ -78,7 +94,7 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         pending = [d for d in self.cluster.devices if d.is_local and d.name not in self.workers]
-        procs = {d.name: self._spawn(d.name, "tcp://127.0.0.1:0", d.threads) for d in pending}
+        procs = {d.name: self._spawn(d.name, "tcp://127.0.0.1:0", d.threads, d.cpu_share) for d in pending}
         try:
             for d in pending:
                 self.workers[d.name] = self._ready(d.name, procs[d.name], d.cpu_share)
@@ -92,11 +108,12 @@ class LocalCluster:
             self._atexit = True
         return self
 
-    def _spawn(self, name: str, bind: str, threads: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, bind: str, threads: int, share: float) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(threads))
         env["PYTHONUNBUFFERED"] = "1"
-        return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys), stdout=subprocess.PIPE,
+        dilate = share if self.dilate else None
+        return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys, dilate), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
 
@@ -113,8 +130,9 @@ class LocalCluster:
             lines.append(line)
             if line.startswith("READY "):
                 _, _wname, address, _pid = line.split()[:4]
-                limiter = limit_cpu(proc.pid, share, name) if self.emulate_cpu else None
-                w = LocalWorker(name, address, proc, limiter)
+                quota = self.emulate_cpu in (True, "quota")
+                limiter = limit_cpu(proc.pid, share, name) if quota else None
+                w = LocalWorker(name, address, proc, limiter, dilated=self.dilate)
                 self._drain(w, proc.stdout)
                 return w
         tail = " | ".join(lines[-3:]) or "no output"
@@ -161,7 +179,7 @@ class LocalCluster:
         d = self.cluster.device(name)
         deadline = time.monotonic() + 10
         while True:
-            proc = self._spawn(name, old.address, d.threads)
+            proc = self._spawn(name, old.address, d.threads, d.cpu_share)
             try:
                 w = self._ready(name, proc, d.cpu_share)
                 break

@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..execute.backends import available_backends
-from . import wire
+from . import dilation, wire
 from .deployment import DeployError, Deployment, build, trim_heap
 from .engine import run_program
 from .shaping import LinkShaper
@@ -151,7 +151,8 @@ class Worker:
         if fn is None:
             self._error(m.sender, f"a worker does not accept {kind!r} messages", "bad_kind")
             return
-        fn(m)
+        with dilation.section():
+            fn(m)
 
     # -- handlers -----------------------------------------------------------------
     def on_hello(self, m: Message) -> None:

@@ -10,7 +10,7 @@ import sys
 
 
 def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
-        cpu_share: float | None = None, timeout_s: float = 300.0) -> int:
+        cpu_share: float | None = None, timeout_s: float = 300.0, dilate: float | None = None) -> int:
     from .security import KeyStore, check_bind
     from .transport import zmq_endpoint
     from .worker import Worker
@@ -18,7 +18,12 @@ def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
     ks = KeyStore(keys) if keys else None
     check_bind(bind, ks, insecure)
     mode = "none"
-    if cpu_share is not None:
+    if dilate is not None:
+        from .dilation import install
+
+        install(dilate, threads)
+        mode = "dilate"
+    elif cpu_share is not None:
         from .emulation import cpu_mode_available, limit_cpu
 
         if cpu_mode_available().startswith("cgroup"):
@@ -44,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cpu-share", type=float)
     p.add_argument("--timeout-s", type=float, default=300.0)
+    p.add_argument("--dilate", type=float, metavar="SHARE",
+                   help="emulate a device SHARE times as fast by time dilation (coinfer.runtime.dilation)")
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("COINFER_LOG", "WARNING"), format="%(name)s: %(message)s")
-    return run(a.bind, a.name, a.keys, a.insecure, a.threads, a.cpu_share, a.timeout_s)
+    return run(a.bind, a.name, a.keys, a.insecure, a.threads, a.cpu_share, a.timeout_s, a.dilate)
 
 
 if __name__ == "__main__":
