@@ -1,7 +1,8 @@
 """Scaling: 4 equal emulated devices vs one such device, through the real runtime.
 
 The built-in cluster ``eq4`` (4 × ``cpu_share`` 0.35, one thread each; cgroup
-CPU quota when writable, see ``coinfer.runtime.emulation``) is started once as
+CPU quota when writable, see ``coinfer.runtime.emulation``; ``--emulation
+dilate``: time dilation inside each worker, ``coinfer.runtime.dilation``) is started once as
 four worker processes on loopback; links are NOT shaped (``network.shape:
 false``) unless ``--bandwidth`` is given. For each model, one Session per
 plan on the same workers:
