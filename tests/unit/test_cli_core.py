@@ -151,3 +151,13 @@ def test_inspect_import_path(run_cli) -> None:  # type: ignore[no-untyped-def]
     assert "cannot import" in msg
     msg = _one_line_error(run_cli("inspect", "nosuchmodel"))
     assert "unknown model 'nosuchmodel'" in msg
+
+
+@pytest.mark.parametrize(("args", "want"), [
+    (["--cpu-emulation", "dilate"], "needs --cpu-share"),
+    (["--cpu-emulation", "slow", "--cpu-share", "0.5"], "use quota or dilate"),
+    (["--cpu-share", "0", "--cpu-emulation", "dilate"], "--cpu-share must be > 0"),
+])
+def test_worker_cpu_emulation_errors(args: list[str], want: str, run_cli) -> None:  # type: ignore[no-untyped-def]
+    msg = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "w", "--insecure", *args))
+    assert want in msg

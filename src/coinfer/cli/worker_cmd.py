@@ -33,6 +33,10 @@ def cmd(
         from ..errors import UserError
 
         raise UserError(f"--cpu-emulation {cpu_emulation!r} is unknown; use quota or dilate")
+    if cpu_emulation == "dilate" and cpu_share is None:
+        from ..errors import UserError
+
+        raise UserError("--cpu-emulation dilate needs --cpu-share F (the fraction of a core to emulate)")
     if cpu_share is not None and not cpu_share > 0:
         from ..errors import UserError
 
