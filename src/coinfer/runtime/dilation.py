@@ -15,15 +15,17 @@ assembly, encoding and sending a tensor, decoding a message — runs at full
 speed as a *section*, and the section then lasts until ``cpu / share`` wall
 seconds after it began, where ``cpu`` is the CPU time the section's thread
 used (``time.thread_time``: a backend with one thread computes in the calling
-thread; with more threads the process's CPU time). Sections of one device run
-one at a time: the device's CPU is busy while a section lasts. Waiting (for a halo, a request) is not a section and costs
-nothing.
+thread). With more threads it is the process's CPU time, which then also
+counts whatever other threads of the worker do meanwhile (little: the I/O
+thread, heartbeats). Sections of one device run one at a time: the device's
+CPU is busy while a section lasts. Waiting (for a halo, a request) is not a
+section and costs nothing.
 
 It is exact while every device gets at least ``share`` of a core when all of
 them compute at once (4 × 0.35 on 2 cores: each gets 0.5 ≥ 0.35); CPU the
 worker spends outside sections (ZeroMQ's I/O thread moving bytes, the
-heartbeat) is not dilated — like a network card's DMA, it is not the
-device's CPU.
+heartbeat, building a deployment) is not dilated — like a network card's
+DMA, it is not the request's CPU.
 """
 
 from __future__ import annotations
