@@ -110,3 +110,20 @@ def test_cluster_file_selects_the_cpu_emulation() -> None:
         parse_cluster({**base, "emulation": {"cpu": "slow"}}, "c.yaml")
     msg = str(e.value)
     assert msg.startswith("c.yaml: emulation.cpu:") and "'dilate'" in msg and "\n" not in msg
+
+
+def test_a_worker_without_a_writable_cgroup_falls_back_to_dilation(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from coinfer.runtime import emulation, worker_main
+
+    monkeypatch.setattr(emulation, "cpu_mode_available", lambda: "duty-cycle")
+    try:
+        assert worker_main.self_limit("w", None, None) == "none"
+        assert D.active() is None
+        assert worker_main.self_limit("w", 0.5, None) == "dilate"
+        d = D.active()
+        assert d is not None and d.share == 0.5
+        assert "time dilation" in capsys.readouterr().err
+        assert worker_main.self_limit("w", None, 0.3) == "dilate"  # asked for directly
+        assert D.active() is not None and D.active().share == 0.3  # type: ignore[union-attr]
+    finally:
+        D.install(None)

@@ -16,11 +16,11 @@ def cmd(
     keys: str = typer.Option(None, "--keys", help="CURVE key directory (coinfer keys); required beyond loopback"),
     insecure: bool = typer.Option(False, "--insecure", help="no CURVE (allowed only on loopback)"),
     threads: int = typer.Option(1, "--threads", min=1, help="compute threads"),
-    cpu_share: float = typer.Option(None, "--cpu-share", help="limit to a fraction of a core (quota: needs a writable cgroup)"),
+    cpu_share: float = typer.Option(None, "--cpu-share", help="emulate a fraction of a core"),
     timeout_s: float = typer.Option(300.0, "--timeout-s", help="give up on a request after this long"),
     cpu_emulation: str = typer.Option("quota", "--cpu-emulation",
-                                      help="how --cpu-share is emulated: quota (a cgroup CPU quota) or dilate "
-                                           "(time dilation inside the worker; needs no cgroup)"),
+                                      help="how --cpu-share is emulated: quota (a cgroup CPU quota; time "
+                                           "dilation when no cgroup is writable) or dilate (time dilation)"),
 ) -> None:
     """Serve deployments and requests from coordinators and peers until stopped."""
     from ..runtime.worker_main import run

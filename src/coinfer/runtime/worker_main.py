@@ -9,6 +9,32 @@ import signal
 import sys
 
 
+def self_limit(name: str, cpu_share: float | None, dilate: float | None, threads: int = 1) -> str:
+    """Emulate this process's ``cpu_share``; returns the mode (``cgroup-…``, ``dilate`` or ``none``).
+
+    ``dilate`` asks for time dilation; otherwise a cgroup quota when one is
+    writable, else time dilation — the in-process fallback (a SIGSTOP duty
+    cycle needs an outside process), said on stderr.
+    """
+    if dilate is None and cpu_share is None:
+        return "none"
+    from .dilation import install
+
+    if dilate is None:
+        from .emulation import cpu_count, cpu_mode_available, limit_cpu
+
+        assert cpu_share is not None
+        if cpu_share >= cpu_count():
+            return "none"
+        if cpu_mode_available().startswith("cgroup"):
+            return limit_cpu(os.getpid(), cpu_share, name).mode
+        print(f"note: no writable cgroup here: {name} emulates cpu_share {cpu_share} by time dilation "
+              f"(coinfer.runtime.dilation)", file=sys.stderr, flush=True)
+        dilate = cpu_share
+    install(dilate, threads)
+    return "dilate"
+
+
 def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
         cpu_share: float | None = None, timeout_s: float = 300.0, dilate: float | None = None) -> int:
     from .security import KeyStore, check_bind
@@ -17,20 +43,7 @@ def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
 
     ks = KeyStore(keys) if keys else None
     check_bind(bind, ks, insecure)
-    mode = "none"
-    if dilate is not None:
-        from .dilation import install
-
-        install(dilate, threads)
-        mode = "dilate"
-    elif cpu_share is not None:
-        from .emulation import cpu_mode_available, limit_cpu
-
-        if cpu_mode_available().startswith("cgroup"):
-            mode = limit_cpu(os.getpid(), cpu_share, name).mode
-        else:
-            print(f"warning: cannot limit {name} to cpu_share {cpu_share} (no writable cgroup); "
-                  f"use coinfer up, which throttles from outside", file=sys.stderr)
+    mode = self_limit(name, cpu_share, dilate, threads)
     ep = zmq_endpoint(name, bind, keys=ks, insecure=insecure)
     w = Worker(name, ep, threads=threads, cpu_mode=mode, request_timeout_s=timeout_s)
     signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
