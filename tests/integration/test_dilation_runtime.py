@@ -56,3 +56,19 @@ def test_dilated_workers_compute_at_their_share_and_stay_exact() -> None:
         # never shorter than the dilated time; a little longer when the message loop held the device's CPU
         assert min(r) >= 0.97
         assert med <= 1.15
+
+
+def test_without_a_writable_cgroup_the_launcher_dilates(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from coinfer.runtime import launcher
+    from coinfer.runtime.emulation import cpu_count
+
+    monkeypatch.setattr(launcher, "cpu_mode_available", lambda: "duty-cycle")
+    big = float(cpu_count())  # a device as fast as the machine: nothing to emulate
+    cl = parse_cluster({"source": "a", "devices": [{"name": "a", "cpu_share": 0.5}, {"name": "b", "cpu_share": big}],
+                        "network": {"shape": False}})
+    assert cl.emulation.cpu == "quota"
+    with LocalCluster(cl) as lc:
+        assert lc.cpu_modes() == {"a": "dilate", "b": "none"}
+        assert all(w.limiter is None for w in lc.workers.values())  # no SIGSTOP thread in the launcher
+    with LocalCluster(cl, emulate_cpu=False) as lc:
+        assert lc.cpu_modes() == {"a": "none", "b": "none"}

@@ -1,9 +1,10 @@
 """Start every ``address: local`` device of a cluster as its own worker process.
 
 Each worker binds loopback, prints ``READY <name> <address> <pid>`` and is
-then limited to its ``cpu_share`` (cgroup quota when the machine allows,
-otherwise a duty-cycle throttle — :func:`coinfer.runtime.emulation.limit_cpu`
-says which). Links are shaped inside the transport by each sender, from the
+then limited to its ``cpu_share``: a cgroup quota when the machine allows
+(:func:`coinfer.runtime.emulation.limit_cpu`), otherwise — or when the
+cluster says ``emulation: {cpu: dilate}`` — by time dilation inside the
+worker (:mod:`coinfer.runtime.dilation`); ``cpu_modes()`` says which. Links are shaped inside the transport by each sender, from the
 cluster's bandwidth and latency. ``stop()`` (also on context exit, Ctrl-C
 and interpreter exit) terminates every process it started.
 """
@@ -11,6 +12,7 @@ and interpreter exit) terminates every process it started.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import subprocess
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import IO
 
 from ..cluster import Cluster
-from .emulation import CpuLimiter, limit_cpu
+from .emulation import CpuLimiter, cpu_count, cpu_mode_available, limit_cpu
+
+log = logging.getLogger("coinfer.launcher")
 
 
 class LaunchError(RuntimeError):
@@ -75,6 +79,9 @@ class LocalCluster:
             raise ValueError(f"emulate_cpu must be True, False, 'quota', 'dilate' or 'off' (got {emulate_cpu!r})")
         self.cluster = cluster
         self.keys = keys
+        if emulate_cpu in (True, "quota") and not cpu_mode_available().startswith("cgroup"):
+            log.info("no writable cgroup: local devices emulate their cpu_share by time dilation")
+            emulate_cpu = "dilate"  # the in-process throttle: a SIGSTOP duty cycle freezes the network too
         self.emulate_cpu: bool | str = emulate_cpu
         self.dilate = emulate_cpu == "dilate"
         self.log_dir = Path(log_dir) if log_dir else None
@@ -112,7 +119,7 @@ class LocalCluster:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(threads))
         env["PYTHONUNBUFFERED"] = "1"
-        dilate = share if self.dilate else None
+        dilate = share if self.dilate and share < cpu_count() else None
         return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys, dilate), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
@@ -132,7 +139,7 @@ class LocalCluster:
                 _, _wname, address, _pid = line.split()[:4]
                 quota = self.emulate_cpu in (True, "quota")
                 limiter = limit_cpu(proc.pid, share, name) if quota else None
-                w = LocalWorker(name, address, proc, limiter, dilated=self.dilate)
+                w = LocalWorker(name, address, proc, limiter, dilated=self.dilate and share < cpu_count())
                 self._drain(w, proc.stdout)
                 return w
         tail = " | ".join(lines[-3:]) or "no output"
