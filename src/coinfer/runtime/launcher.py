@@ -4,8 +4,9 @@ Each worker binds loopback, prints ``READY <name> <address> <pid>`` and is
 then limited to its ``cpu_share``: a cgroup quota when the machine allows
 (:func:`coinfer.runtime.emulation.limit_cpu`), otherwise — or when the
 cluster says ``emulation: {cpu: dilate}`` — by time dilation inside the
-worker (:mod:`coinfer.runtime.dilation`); ``cpu_modes()`` says which. Links are shaped inside the transport by each sender, from the
-cluster's bandwidth and latency. ``stop()`` (also on context exit, Ctrl-C
+worker (:mod:`coinfer.runtime.dilation`); ``cpu_modes()`` says which. Links
+are shaped inside the transport by each sender, from the cluster's bandwidth
+and latency. ``stop()`` (also on context exit, Ctrl-C
 and interpreter exit) terminates every process it started.
 """
 
