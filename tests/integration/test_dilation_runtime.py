@@ -55,7 +55,7 @@ def test_dilated_workers_compute_at_their_share_and_stay_exact() -> None:
         assert len(r) >= 3
         # never shorter than the dilated time; a little longer when the message loop held the device's CPU
         assert min(r) >= 0.97
-        assert med <= 1.15
+        assert med <= 1.3
 
 
 def test_without_a_writable_cgroup_the_launcher_dilates(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -28,7 +28,7 @@ def test_a_section_lasts_its_cpu_time_divided_by_the_share() -> None:
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
     # the section ends cpu / share after it began: never sooner, and only scheduling late after
     assert wall >= cpu / 0.25 * 0.99
-    assert wall <= cpu / 0.25 + 0.015
+    assert wall <= cpu / 0.25 + 0.05  # (sleep wake-up on a loaded machine)
     assert d.cpu_s == pytest.approx(cpu, rel=0.05)
     assert d.busy_s == pytest.approx(wall, rel=0.05)
 
@@ -39,7 +39,7 @@ def test_waiting_inside_a_section_is_not_dilated() -> None:
     with d.section():
         time.sleep(0.05)  # no CPU: a slow device waits no longer than a fast one
     wall = time.perf_counter() - t0
-    assert 0.045 <= wall < 0.08  # ≈ 50 ms, not 50 ms ÷ 0.1 (only the sleep call's few µs of CPU are dilated)
+    assert 0.045 <= wall < 0.15  # ≈ 50 ms, not 50 ms ÷ 0.1 = 500 (only the sleep call's µs of CPU are dilated)
     assert d.cpu_s < 0.005
 
 
@@ -76,7 +76,8 @@ def test_nested_sections_count_once() -> None:
         with d.section():  # e.g. a send inside a handler: not a second dilation, no deadlock
             _burn(0.01)
     wall = time.perf_counter() - t0
-    assert 0.04 * 0.99 <= wall <= 0.04 + 0.015
+    assert 0.04 * 0.99 <= wall <= 0.04 + 0.05  # 20 ms of CPU ÷ 0.5
+    assert d.cpu_s == pytest.approx(0.02, rel=0.2)  # counted once (the inner section is part of the outer)
 
 
 def test_section_is_a_no_op_unless_installed() -> None:

@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     cl = _cluster(a.bandwidth, a.backend)
     only = a.strategies.split(",") if a.strategies else None
     out: dict[str, Any] = {"load_before": os.getloadavg(), "models": []}
-    if a.emulation == "dilate" and (a.period_ms is not None or a.pin):
-        ap.error("--period-ms and --pin are for the quota emulation, not --emulation dilate")
+    if a.emulation == "dilate" and a.period_ms is not None:
+        ap.error("--period-ms is for the quota emulation, not --emulation dilate")
     lc = LocalCluster(cl, emulate_cpu="dilate" if a.emulation == "dilate" else a.period_ms is None).start()
     limiters = []
     try:
