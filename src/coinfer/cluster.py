@@ -251,6 +251,18 @@ BUILTIN: dict[str, dict[str, Any]] = {
 }
 
 
+CPU_EMULATIONS = ("quota", "dilate", "off")
+
+
+def with_cpu_emulation(cluster: Cluster, mode: str | None) -> Cluster:
+    """``cluster`` with ``emulation.cpu`` set to ``mode`` (a CLI's ``--cpu-emulation``; None: as is)."""
+    if mode is None:
+        return cluster
+    if mode not in CPU_EMULATIONS:
+        raise ClusterError(f"--cpu-emulation {mode!r} is unknown; use {', '.join(CPU_EMULATIONS)}")
+    return cluster.model_copy(update={"emulation": Emulation(cpu=mode)})  # type: ignore[arg-type]
+
+
 def resolve_cluster(spec: str) -> Cluster:
     """A cluster from a YAML path or a built-in name."""
     if spec in BUILTIN and not Path(spec).exists():

@@ -26,3 +26,17 @@ def test_demo_classifies_the_cat_identically_and_faster(tmp_path: Path) -> None:
     # the point of the demo: the weak source gets its answer faster with help (same run, a ratio)
     assert res["speedup"] > 1.0, res
     assert (tmp_path / "gantt.png").is_file() and (tmp_path / "trace.json").is_file()
+
+
+def test_demo_with_time_dilation(tmp_path: Path) -> None:
+    """``--cpu-emulation dilate`` overrides the built-in cluster's quota: every worker dilates, the
+    result is still exact and the weak source is still helped."""
+    exe = Path(sys.executable).parent / "coinfer"
+    r = subprocess.run([str(exe), "demo", "-m", "resnet18", "--repeat", "2", "--cpu-emulation", "dilate",
+                        "--out", str(tmp_path), "--json"],
+                       capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert set(res["cpu_modes"].values()) == {"dilate"}, res["cpu_modes"]
+    assert res["identical_top5"] and res["rel"] <= 1e-4
+    assert res["speedup"] > 1.0, res

@@ -161,3 +161,9 @@ def test_inspect_import_path(run_cli) -> None:  # type: ignore[no-untyped-def]
 def test_worker_cpu_emulation_errors(args: list[str], want: str, run_cli) -> None:  # type: ignore[no-untyped-def]
     msg = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "w", "--insecure", *args))
     assert want in msg
+
+
+@pytest.mark.parametrize("cmd", [["demo"], ["up", "eq4"]])
+def test_unknown_cpu_emulation_is_one_line(cmd: list[str], run_cli) -> None:  # type: ignore[no-untyped-def]
+    msg = _one_line_error(run_cli(*cmd, "--cpu-emulation", "fast"))
+    assert "--cpu-emulation 'fast' is unknown; use quota, dilate, off" in msg

@@ -62,6 +62,9 @@ def cmd(
     repeat: int = typer.Option(5, "--repeat", min=1, help="timed runs of each configuration"),
     out: Path = typer.Option(Path("coinfer-demo"), "--out", help="directory for the Gantt PNG and trace JSON"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
+    cpu_emulation: str = typer.Option(None, "--cpu-emulation",
+                                      help="how local devices get their cpu_share: quota | dilate | off "
+                                           "(default: the cluster's emulation.cpu, quota)"),
 ) -> None:
     """Split a model over local worker processes, classify an image, compare with one device."""
     import torch
@@ -69,7 +72,7 @@ def cmd(
 
     from .. import zoo
     from ..api import plan_result
-    from ..cluster import resolve_cluster
+    from ..cluster import resolve_cluster, with_cpu_emulation
     from ..execute.local import compare
     from ..inputs import make_input
     from ..runtime.coordinator import Session
@@ -79,7 +82,7 @@ def cmd(
     c = console(stderr=json_out)
     t_start = time.perf_counter()
     model = model or default_model()
-    cl = resolve_cluster(cluster) if cluster else demo_cluster(devices)
+    cl = with_cpu_emulation(resolve_cluster(cluster) if cluster else demo_cluster(devices), cpu_emulation)
     out.mkdir(parents=True, exist_ok=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=c,
                   transient=True) as prog:

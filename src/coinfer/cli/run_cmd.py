@@ -24,9 +24,12 @@ def cmd(
     gantt: str = typer.Option(None, "--gantt", help="write the last run's Gantt chart PNG"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
+    cpu_emulation: str = typer.Option(None, "--cpu-emulation",
+                                      help="how local devices get their cpu_share: quota | dilate | off "
+                                           "(default: the cluster's emulation.cpu, quota)"),
 ) -> None:
     """Run a plan on the cluster's workers (local devices are started if coinfer up is not running)."""
-    from ..cluster import resolve_cluster
+    from ..cluster import resolve_cluster, with_cpu_emulation
     from ..execute.local import TOLERANCE, compare, reference_output
     from ..inputs import make_input
     from ..modelspec import capture_model
@@ -36,7 +39,7 @@ def cmd(
     from ..runtime.report import measure_energy, summarize
 
     plan = Plan.load(plan_path)
-    cl = resolve_cluster(cluster)
+    cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
     missing = [d for d in plan.devices if d not in cl.names]
     if missing:
         raise PlanError(f"plan devices {missing} are not in the cluster {cl.names}; re-plan for this cluster")

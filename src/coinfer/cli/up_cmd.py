@@ -16,13 +16,16 @@ def cmd(
     cluster: str = typer.Argument(..., help="cluster YAML or built-in name"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     log_dir: str = typer.Option(None, "--log-dir", help="write each worker's log here"),
+    cpu_emulation: str = typer.Option(None, "--cpu-emulation",
+                                      help="how local devices get their cpu_share: quota | dilate | off "
+                                           "(default: the cluster's emulation.cpu, quota)"),
 ) -> None:
     """Run the cluster's local devices until Ctrl-C (coinfer run uses them)."""
-    from ..cluster import resolve_cluster
+    from ..cluster import resolve_cluster, with_cpu_emulation
     from ..runtime import upstate
     from ..runtime.launcher import LocalCluster
 
-    cl = resolve_cluster(cluster)
+    cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
     c = console()
     lc = LocalCluster(cl, keys=keys, log_dir=log_dir)
     with c.status(f"starting {sum(d.is_local for d in cl.devices)} local workers…"):
