@@ -72,3 +72,21 @@ def test_without_a_writable_cgroup_the_launcher_dilates(monkeypatch) -> None:  #
         assert all(w.limiter is None for w in lc.workers.values())  # no SIGSTOP thread in the launcher
     with LocalCluster(cl, emulate_cpu=False) as lc:
         assert lc.cpu_modes() == {"a": "none", "b": "none"}
+
+
+def test_a_long_dilated_compute_does_not_stop_the_heartbeat() -> None:
+    """A dilated device answers pings while it computes: ResNet-18 whole on a 0.02 device is one
+    section of ≈ 1.3 s, longer than ``dead_after_s``; the device must not be declared dead (a
+    message handler that waited for the device's CPU did that)."""
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0", "cpu_share": 0.02}, {"name": "d1"}],
+                        "network": {"shape": False}, "emulation": {"cpu": "dilate"}})
+    cm = capture_model("resnet18")
+    g = cm.graph
+    plan = PlanRequest(g, cl, "resnet18").make_plan([Stage("output", Whole("d0"))], "test-long")
+    x = torch.randn(g.input_shape, generator=torch.Generator().manual_seed(1))
+    with LocalCluster(cl) as lc, Session(plan, cl, lc.addresses, heartbeat_s=0.1, dead_after_s=0.5,
+                                         replan=False) as s:
+        assert compare(s(x), reference_output(cm, x))[1] <= TOLERANCE
+        comp = [e for e in s.last_trace.events if e.lane == "compute"]
+        assert max(e.dur_ms for e in comp) > 1000  # the section really outlasted dead_after_s
+        assert "d0" not in s.dead_at

@@ -128,3 +128,27 @@ def test_a_worker_without_a_writable_cgroup_falls_back_to_dilation(monkeypatch, 
         assert D.active() is not None and D.active().share == 0.3  # type: ignore[union-attr]
     finally:
         D.install(None)
+
+
+def test_message_handling_runs_beside_a_long_compute() -> None:
+    """A non-exclusive section (a worker's message handler) does not wait for the device's CPU:
+    a ping answered while a dilated compute lasts 200 ms comes back in a few ms."""
+    d = D.Dilation(0.1)
+    started = threading.Event()
+    done: list[float] = []
+
+    def compute() -> None:
+        with d.section():
+            started.set()
+            _burn(0.02)  # ÷ 0.1: 200 ms
+
+    t = threading.Thread(target=compute)
+    t.start()
+    started.wait(5)
+    t0 = time.perf_counter()
+    with d.section(exclusive=False):
+        _burn(0.001)  # ÷ 0.1: 10 ms
+    done.append(time.perf_counter() - t0)
+    t.join()
+    assert done[0] < 0.1, done  # not behind the 200-ms compute
+    assert done[0] >= 0.001 / 0.1 * 0.9  # but dilated itself

@@ -17,9 +17,11 @@ seconds after it began, where ``cpu`` is the CPU time the section's thread
 used (``time.thread_time``: a backend with one thread computes in the calling
 thread). With more threads it is the process's CPU time, which then also
 counts whatever other threads of the worker do meanwhile (little: the I/O
-thread, heartbeats). Sections of one device run one at a time: the device's
-CPU is busy while a section lasts. Waiting (for a halo, a request) is not a
-section and costs nothing.
+thread, heartbeats). A device's computes and sends run one at a time: its
+CPU is busy while such a section lasts. Message handling (decoding a halo,
+answering a ping) runs beside them, dilated too — it must not wait seconds
+for a long compute of a slow device, or its heartbeat would stop. Waiting
+(for a halo, a request) is not a section and costs nothing.
 
 It is exact while every device gets at least ``share`` of a core when all of
 them compute at once (4 × 0.35 on 2 cores: each gets 0.5 ≥ 0.35); CPU the
@@ -52,11 +54,15 @@ class Dilation:
         self.cpu_s = 0.0  # CPU time the sections used
 
     @contextmanager
-    def section(self) -> Iterator[None]:
+    def section(self, exclusive: bool = True) -> Iterator[None]:
+        """Dilate the CPU work inside. ``exclusive`` (computes, sends): wait until the device's
+        CPU is free first. Message handlers are not exclusive: they must not wait for a compute
+        that lasts seconds on a slow device (its heartbeat would stop), so they run beside it, as
+        an operating system would time-slice them in."""
         if getattr(self._local, "depth", 0):  # nested: the outer section accounts for it
             yield
             return
-        with self._cpu:
+        with self._cpu if exclusive else nullcontext():
             self._local.depth = 1
             w0 = time.perf_counter()
             c0 = self._clock()
@@ -86,7 +92,7 @@ def active() -> Dilation | None:
     return _ACTIVE
 
 
-def section() -> AbstractContextManager[None]:
-    """A dilated section when this process is dilated, else nothing."""
+def section(exclusive: bool = True) -> AbstractContextManager[None]:
+    """A dilated section when this process is dilated, else nothing (see :meth:`Dilation.section`)."""
     d = _ACTIVE
-    return d.section() if d is not None else nullcontext()
+    return d.section(exclusive) if d is not None else nullcontext()

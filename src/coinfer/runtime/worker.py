@@ -151,7 +151,7 @@ class Worker:
         if fn is None:
             self._error(m.sender, f"a worker does not accept {kind!r} messages", "bad_kind")
             return
-        with dilation.section():
+        with dilation.section(exclusive=False):  # beside a running compute, never behind it
             fn(m)
 
     # -- handlers -----------------------------------------------------------------
