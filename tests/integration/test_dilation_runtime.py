@@ -90,3 +90,28 @@ def test_a_long_dilated_compute_does_not_stop_the_heartbeat() -> None:
         comp = [e for e in s.last_trace.events if e.lane == "compute"]
         assert max(e.dur_ms for e in comp) > 1000  # the section really outlasted dead_after_s
         assert "d0" not in s.dead_at
+
+
+def test_a_dilated_source_hands_out_tiles_while_it_computes_its_own() -> None:
+    """Dynamic tiles (DeepThings) on dilated workers: the source's own tile compute must not hold
+    back the tiles it sends to the others (sends run beside a compute): the helper's first tile
+    starts before the source's first tile ends, and the result is exact."""
+    from coinfer.strategies import run as run_strategy
+
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0", "cpu_share": 0.1}, {"name": "d1", "cpu_share": 0.5}],
+                        "network": {"shape": False}, "emulation": {"cpu": "dilate"}})
+    cm = capture_model("yolov2_tiny")
+    g = cm.graph
+    until = [c for c, ok in g.splittable_cuts().items() if ok and g[c].height == 26][-1]
+    plan = run_strategy("deepthings", PlanRequest(g, cl, "yolov2_tiny", None, "latency", None,
+                                                  {"grid": "2x2", "until": until, "tail": "source",
+                                                   "devices": ["d0", "d1"]})).plan
+    x = torch.randn(g.input_shape, generator=torch.Generator().manual_seed(2))
+    ref = reference_output(cm, x)
+    with LocalCluster(cl) as lc, Session(plan, cl, lc.addresses) as s:
+        for _ in range(4):
+            assert compare(s(x), ref)[1] <= TOLERANCE
+            tiles = [e for e in s.last_trace.events if e.lane == "compute" and "(tile)" in e.name]
+            first = {d: min((e for e in tiles if e.device == d), key=lambda e: e.start_ms) for d in ("d0", "d1")}
+            # every request (a source whose sends waited for its own tile lost this race most times)
+            assert first["d1"].start_ms < first["d0"].end_ms, (first["d0"], first["d1"])

@@ -17,11 +17,13 @@ seconds after it began, where ``cpu`` is the CPU time the section's thread
 used (``time.thread_time``: a backend with one thread computes in the calling
 thread). With more threads it is the process's CPU time, which then also
 counts whatever other threads of the worker do meanwhile (little: the I/O
-thread, heartbeats). A device's computes and sends run one at a time: its
-CPU is busy while such a section lasts. Message handling (decoding a halo,
-answering a ping) runs beside them, dilated too — it must not wait seconds
-for a long compute of a slow device, or its heartbeat would stop. Waiting
-(for a halo, a request) is not a section and costs nothing.
+thread, heartbeats). A device's computes run one at a time: its CPU is
+busy while one lasts. Everything else — encoding and sending, decoding a
+halo, answering a ping — runs beside them, dilated too, as an operating
+system would time-slice it in: it must not wait seconds for a long compute
+of a slow device (its heartbeat would stop; a source computing its own tile
+would stop handing tiles out). Waiting (for a halo, a request) is not a
+section and costs nothing.
 
 It is exact while every device gets at least ``share`` of a core when all of
 them compute at once (4 × 0.35 on 2 cores: each gets 0.5 ≥ 0.35); CPU the
@@ -55,10 +57,9 @@ class Dilation:
 
     @contextmanager
     def section(self, exclusive: bool = True) -> Iterator[None]:
-        """Dilate the CPU work inside. ``exclusive`` (computes, sends): wait until the device's
-        CPU is free first. Message handlers are not exclusive: they must not wait for a compute
-        that lasts seconds on a slow device (its heartbeat would stop), so they run beside it, as
-        an operating system would time-slice them in."""
+        """Dilate the CPU work inside. ``exclusive`` (computes): wait until the device's other
+        computes are done first. Not exclusive (sends, message handlers): run beside a compute —
+        they must not wait for one that lasts seconds on a slow device."""
         if getattr(self._local, "depth", 0):  # nested: the outer section accounts for it
             yield
             return

@@ -92,7 +92,7 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
                                                               "run_cpu_ms": round((c2 - c1) * 1e3, 3)}])
             t0 = -1.0
         elif op == "send":
-            with dilation.section():
+            with dilation.section(exclusive=False):
                 v = _assemble(d, st, ins.tensor, ins.region)
                 hdr = {"kind": "data", "dep": d.dep, "req": st.req, "tensor": ins.tensor,
                        "region": None if ins.region is None else list(ins.region), "src": me}
@@ -104,7 +104,7 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
         elif op == "dyn_worker":
             _dyn_worker(d, st, io, ins.tensor, timeout_s)
         elif op == "output":
-            with dilation.section():
+            with dilation.section(exclusive=False):
                 y = _assemble(d, st, ins.tensor, ins.region)
                 io.send_tensor(d.coord, {"kind": "result", "dep": d.dep, "req": st.req}, y, shaped=False)
         for t in drops.get(i, ()):
@@ -163,7 +163,7 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
                     local_futs.append(pool.submit(local_tile, p, x.contiguous()))
                 else:
                     t0 = _now_ms()
-                    with dilation.section():
+                    with dilation.section(exclusive=False):
                         io.send_tensor(dev, {"kind": "tile", "dep": d.dep, "req": st.req, "tensor": stage - 1,
                                              "stage": stage, "part": p}, x.contiguous(), shaped=True)
                     st.events.append(["send", f"send tile s{stage}.p{p} to {dev}", t0, _now_ms(),
@@ -182,7 +182,7 @@ def _dyn_master(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
         if s != stage:
             continue
         r = lw.parts[(stage, p)].out_region
-        with dilation.section():
+        with dilation.section(exclusive=False):
             if out is None or r is None:
                 out = y
             else:
@@ -243,7 +243,7 @@ def _dyn_worker(d: Deployment, st: RequestState, io: WorkerIO, stage: int, timeo
         ms = _now_ms() - t0
         st.events.append(["compute", f"compute s{stage}.p{p} (tile)", t0, t0 + ms,
                       {"tile": True, "backend": d.runner(stage, p).backend}])
-        with dilation.section():
+        with dilation.section(exclusive=False):
             io.send_tensor(src, {"kind": "tile_out", "dep": d.dep, "req": st.req, "tensor": stage,
                                  "stage": stage, "part": p, "device": io.name, "ms": ms}, y, shaped=True)
 
