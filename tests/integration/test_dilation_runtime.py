@@ -1,9 +1,13 @@
 """Time-dilation CPU emulation with real worker processes (``emulation: {cpu: dilate}``).
 
-Two workers at 0.25 and 0.5 of a core run a rows plan of ResNet-18: the
-results are exact, the launcher reports the mode, and every compute in the
-trace lasted its CPU time (the worker's own ``cpu_ms``) ÷ its device's share
-— a ratio within one run, so it holds on a loaded machine.
+* Two workers at 0.25 and 0.5 of a core run a rows plan of ResNet-18: the
+  results are exact, the launcher reports the mode, and every compute in the
+  trace lasted its CPU time (the worker's own ``cpu_ms``) ÷ its device's
+  share — a ratio within one run, so it holds on a loaded machine.
+* Without a writable cgroup the launcher dilates instead of throttling.
+* A compute longer than ``dead_after_s`` does not stop the heartbeat, and a
+  source computing its own tile still hands tiles out (only computes wait for
+  a device's CPU).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def test_dilated_workers_compute_at_their_share_and_stay_exact() -> None:
         med = statistics.median(r)
         print(f"{dev}: compute wall ÷ (cpu_ms ÷ share) median {med:.3f} over {len(r)} computes")
         assert len(r) >= 3
-        # never shorter than the dilated time; a little longer when the message loop held the device's CPU
+        # never shorter than the dilated time; a little longer by the sleep's wake-up
         assert min(r) >= 0.97
         assert med <= 1.3
 
