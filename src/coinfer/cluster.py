@@ -100,6 +100,11 @@ class Emulation(_Strict):
     # SIGSTOP duty cycle), time dilation inside the worker (coinfer.runtime.dilation), or not at all
     cpu: Literal["quota", "dilate", "off"] = "quota"
 
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
 
 class Security(_Strict):
     auth: Literal["curve", "none"] = "none"

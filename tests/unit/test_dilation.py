@@ -107,6 +107,10 @@ def test_cluster_file_selects_the_cpu_emulation() -> None:
     base = {"source": "a", "devices": [{"name": "a", "cpu_share": 0.35}]}
     assert Cluster.model_validate(base).emulation.cpu == "quota"
     assert Cluster.model_validate({**base, "emulation": {"cpu": "dilate"}}).emulation.cpu == "dilate"
+    import yaml
+
+    assert parse_cluster(yaml.safe_load("source: a\ndevices: [{name: a}]\nemulation: {cpu: off}\n")).emulation.cpu \
+        == "off"  # YAML's bare `off` is false
     with pytest.raises(ClusterError) as e:
         parse_cluster({**base, "emulation": {"cpu": "slow"}}, "c.yaml")
     msg = str(e.value)

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 COMMAND = "up"
 
+import signal
 import time
 
 import typer
 
 from .common import console, user_errors
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM / SIGHUP (a script's ``kill``, a closed terminal) stop the workers like Ctrl-C; so
+    does SIGINT where the shell started us with it ignored (``coinfer up &`` in a script). The
+    workers run in sessions of their own: without this they outlived ``coinfer up``."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
 
 
 @user_errors
@@ -27,6 +40,7 @@ def cmd(
 
     cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
     c = console()
+    _stop_on_signals()
     lc = LocalCluster(cl, keys=keys, log_dir=log_dir)
     with c.status(f"starting {sum(d.is_local for d in cl.devices)} local workers…"):
         lc.start()
@@ -44,5 +58,7 @@ def cmd(
     except KeyboardInterrupt:
         c.print("stopping")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the stopping short
         upstate.clear(cluster)
         lc.stop()
