@@ -4,6 +4,7 @@ before this a ``kill`` of ``coinfer up`` left them running."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -71,3 +72,32 @@ def test_up_stops_its_workers_on_a_signal(tmp_path: Path, sig: signal.Signals, i
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_run_reports_the_cpu_modes_of_up_s_workers(tmp_path: Path) -> None:
+    """``coinfer run`` on the workers of a running ``coinfer up`` reports how they are emulated
+    (it reported ``{}``: the modes were only known for workers it started itself)."""
+    spec = tmp_path / "dil.yaml"
+    spec.write_text("source: a\ndevices: [{name: a, cpu_share: 0.5}, {name: b, cpu_share: 0.5}]\n"
+                    "network: {shape: false}\nemulation: {cpu: dilate}\n")
+    exe = Path(sys.executable).parent / "coinfer"
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    plan = tmp_path / "p.json"
+    r = subprocess.run([str(exe), "plan", "-m", "resnet18_digits", "-c", str(spec), "-s", "proportional", "-o",
+                        str(plan)], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = subprocess.Popen([str(exe), "up", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, env=env, text=True)
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            if line.startswith("up:"):
+                break
+        r = subprocess.run([str(exe), "run", str(plan), "-c", str(spec), "--verify", "--json"],
+                           capture_output=True, text=True, env=env, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads(r.stdout)
+        assert res["cpu_modes"] == {"a": "dilate", "b": "dilate"}, res
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)

@@ -51,7 +51,8 @@ def cmd(
     up = upstate.read(cluster)
     c = console(stderr=json_out)
     with c.status("deploying…"):
-        session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys)
+        session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys,
+                         cpu_modes=up.get("cpu_modes") if up else None)
     lat: list[float] = []
     joules, esrc = None, "model"
     with session:

@@ -734,8 +734,9 @@ def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = N
             local = LocalCluster(sub, keys=keys).start()
             addresses.update(local.addresses)
     try:
+        modes = kw.pop("cpu_modes", None)  # the caller's (coinfer up's workers), unless started here
         return Session(plan, cluster, addresses, keys=keys, local=local,
-                       cpu_modes=local.cpu_modes() if local else None, **kw)
+                       cpu_modes=local.cpu_modes() if local else modes, **kw)
     except BaseException:
         if local is not None:
             local.stop()
