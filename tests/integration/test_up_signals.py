@@ -1,6 +1,7 @@
-"""``coinfer up`` stops its workers on SIGTERM, SIGHUP and SIGINT — also when started with SIGINT
-ignored, as a shell script's ``coinfer up &`` is. The workers run in sessions of their own, so
-before this a ``kill`` of ``coinfer up`` left them running."""
+"""``coinfer up`` from a user's shell: it stops its workers on SIGTERM, SIGHUP and SIGINT — also
+when started with SIGINT ignored, as a shell script's ``coinfer up &`` is (the workers run in
+sessions of their own, so before this a ``kill`` of ``coinfer up`` left them running) — and
+``coinfer run`` on its workers reports how they are emulated."""
 
 from __future__ import annotations
 
