@@ -96,8 +96,8 @@ class Network(_Strict):
 
 
 class Emulation(_Strict):
-    # how `address: local` devices get their cpu_share: the kernel's CPU quota (cgroup, else a
-    # SIGSTOP duty cycle), time dilation inside the worker (coinfer.runtime.dilation), or not at all
+    # how `address: local` devices get their cpu_share: a cgroup CPU quota (time dilation where no
+    # cgroup is writable), time dilation inside the worker (coinfer.runtime.dilation), or not at all
     cpu: Literal["quota", "dilate", "off"] = "quota"
 
     @field_validator("cpu", mode="before")
