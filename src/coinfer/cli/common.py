@@ -103,3 +103,7 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out
+
+
+CPU_EMULATION_HELP = ("how local devices get their cpu_share: quota | dilate | off "
+                      "(default: the cluster's emulation.cpu, quota)")

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from .common import console, emit_json, user_errors
+from .common import CPU_EMULATION_HELP, console, emit_json, user_errors
 
 
 def default_model() -> str:
@@ -62,9 +62,7 @@ def cmd(
     repeat: int = typer.Option(5, "--repeat", min=1, help="timed runs of each configuration"),
     out: Path = typer.Option(Path("coinfer-demo"), "--out", help="directory for the Gantt PNG and trace JSON"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
-    cpu_emulation: str = typer.Option(None, "--cpu-emulation",
-                                      help="how local devices get their cpu_share: quota | dilate | off "
-                                           "(default: the cluster's emulation.cpu, quota)"),
+    cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
 ) -> None:
     """Split a model over local worker processes, classify an image, compare with one device."""
     import torch

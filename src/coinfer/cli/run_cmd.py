@@ -9,7 +9,7 @@ import time
 
 import typer
 
-from .common import CheckFailed, console, emit_json, user_errors
+from .common import CPU_EMULATION_HELP, CheckFailed, console, emit_json, user_errors
 
 
 @user_errors
@@ -24,9 +24,7 @@ def cmd(
     gantt: str = typer.Option(None, "--gantt", help="write the last run's Gantt chart PNG"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
-    cpu_emulation: str = typer.Option(None, "--cpu-emulation",
-                                      help="how local devices get their cpu_share: quota | dilate | off "
-                                           "(default: the cluster's emulation.cpu, quota)"),
+    cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
 ) -> None:
     """Run a plan on the cluster's workers (local devices are started if coinfer up is not running)."""
     from ..cluster import resolve_cluster, with_cpu_emulation

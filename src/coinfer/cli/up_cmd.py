@@ -9,7 +9,9 @@ import time
 
 import typer
 
-from .common import console, user_errors
+from .common import CPU_EMULATION_HELP, console, user_errors
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -20,7 +22,7 @@ def _stop_on_signals() -> None:
     """SIGTERM / SIGHUP (a script's ``kill``, a closed terminal) stop the workers like Ctrl-C; so
     does SIGINT where the shell started us with it ignored (``coinfer up &`` in a script). The
     workers run in sessions of their own: without this they outlived ``coinfer up``."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
 
 
@@ -29,9 +31,7 @@ def cmd(
     cluster: str = typer.Argument(..., help="cluster YAML or built-in name"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     log_dir: str = typer.Option(None, "--log-dir", help="write each worker's log here"),
-    cpu_emulation: str = typer.Option(None, "--cpu-emulation",
-                                      help="how local devices get their cpu_share: quota | dilate | off "
-                                           "(default: the cluster's emulation.cpu, quota)"),
+    cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
 ) -> None:
     """Run the cluster's local devices until Ctrl-C (coinfer run uses them)."""
     from ..cluster import resolve_cluster, with_cpu_emulation
@@ -58,7 +58,7 @@ def cmd(
     except KeyboardInterrupt:
         c.print("stopping")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the stopping short
         upstate.clear(cluster)
         lc.stop()

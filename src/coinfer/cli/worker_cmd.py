@@ -23,23 +23,17 @@ def cmd(
                                            "dilation when no cgroup is writable) or dilate (time dilation)"),
 ) -> None:
     """Serve deployments and requests from coordinators and peers until stopped."""
+    from ..errors import UserError
     from ..runtime.worker_main import run
 
     if not keys and not insecure:
-        from ..errors import UserError
-
         raise UserError("give --keys DIR (CURVE, see coinfer keys) or --insecure (loopback binds only)")
     if cpu_emulation not in ("quota", "dilate"):
-        from ..errors import UserError
-
         raise UserError(f"--cpu-emulation {cpu_emulation!r} is unknown; use quota or dilate")
     if cpu_emulation == "dilate" and cpu_share is None:
-        from ..errors import UserError
-
         raise UserError("--cpu-emulation dilate needs --cpu-share F (the fraction of a core to emulate)")
     if cpu_share is not None and not cpu_share > 0:
-        from ..errors import UserError
-
         raise UserError(f"--cpu-share must be > 0 (got {cpu_share}); 0.25 = a quarter of one core")
-    dilate = cpu_share if cpu_emulation == "dilate" and cpu_share is not None else None
-    raise typer.Exit(run(bind, name, keys, insecure, threads, None if dilate else cpu_share, timeout_s, dilate))
+    dilate = cpu_emulation == "dilate"
+    raise typer.Exit(run(bind, name, keys, insecure, threads, None if dilate else cpu_share, timeout_s,
+                         cpu_share if dilate else None))

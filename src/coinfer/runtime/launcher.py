@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..cluster import Cluster
+from ..cluster import CPU_EMULATIONS, Cluster
 from .emulation import CpuLimiter, cpu_count, cpu_mode_available, limit_cpu
 
 log = logging.getLogger("coinfer.launcher")
@@ -73,18 +73,19 @@ class LocalCluster:
         makes each worker emulate it by time dilation (:mod:`coinfer.runtime.dilation`); False or
         ``"off"`` runs them at full speed."""
         if emulate_cpu is None:
-            emulate_cpu = cluster.emulation.cpu
-        if emulate_cpu == "off":
-            emulate_cpu = False
-        if emulate_cpu not in (True, False, "quota", "dilate"):
+            mode = cluster.emulation.cpu
+        elif isinstance(emulate_cpu, bool):
+            mode = "quota" if emulate_cpu else "off"
+        else:
+            mode = emulate_cpu
+        if mode not in CPU_EMULATIONS:
             raise ValueError(f"emulate_cpu must be True, False, 'quota', 'dilate' or 'off' (got {emulate_cpu!r})")
         self.cluster = cluster
         self.keys = keys
-        if emulate_cpu in (True, "quota") and not cpu_mode_available().startswith("cgroup"):
+        if mode == "quota" and not cpu_mode_available().startswith("cgroup"):
             log.info("no writable cgroup: local devices emulate their cpu_share by time dilation")
-            emulate_cpu = "dilate"  # the in-process throttle: a SIGSTOP duty cycle freezes the network too
-        self.emulate_cpu: bool | str = emulate_cpu
-        self.dilate = emulate_cpu == "dilate"
+            mode = "dilate"  # the in-process throttle: a SIGSTOP duty cycle freezes the network too
+        self.cpu_emulation = mode  # "quota", "dilate" or "off"
         self.log_dir = Path(log_dir) if log_dir else None
         self.timeout = start_timeout_s
         self.workers: dict[str, LocalWorker] = {}
@@ -116,12 +117,15 @@ class LocalCluster:
             self._atexit = True
         return self
 
+    def _dilate(self, share: float) -> float | None:
+        """The share a worker dilates to (None: not dilated; a device as fast as the machine never is)."""
+        return share if self.cpu_emulation == "dilate" and share < cpu_count() else None
+
     def _spawn(self, name: str, bind: str, threads: int, share: float) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(threads))
         env["PYTHONUNBUFFERED"] = "1"
-        dilate = share if self.dilate and share < cpu_count() else None
-        return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys, dilate), stdout=subprocess.PIPE,
+        return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys, self._dilate(share)), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
 
@@ -138,9 +142,8 @@ class LocalCluster:
             lines.append(line)
             if line.startswith("READY "):
                 _, _wname, address, _pid = line.split()[:4]
-                quota = self.emulate_cpu in (True, "quota")
-                limiter = limit_cpu(proc.pid, share, name) if quota else None
-                w = LocalWorker(name, address, proc, limiter, dilated=self.dilate and share < cpu_count())
+                limiter = limit_cpu(proc.pid, share, name) if self.cpu_emulation == "quota" else None
+                w = LocalWorker(name, address, proc, limiter, dilated=self._dilate(share) is not None)
                 self._drain(w, proc.stdout)
                 return w
         tail = " | ".join(lines[-3:]) or "no output"
