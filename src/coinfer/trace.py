@@ -10,11 +10,13 @@ PNG.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 LANES = ("compute", "send", "recv")
+_STAGE = re.compile(r"compute s(\d+)\.")
 
 
 @dataclass
@@ -61,6 +63,24 @@ class Trace:
         if cur_e is not None and cur_s is not None:
             total += cur_e - cur_s
         return total
+
+    def critical_compute_ms(self) -> float:
+        """Σ over the plan's stages of the busiest device's compute in that stage.
+
+        A stage's parts run in parallel and the next stage needs them, so this
+        is the latency the run would have had if messages, waiting and skew
+        between devices cost nothing; ``latency − this`` is what they cost.
+        Compute events are named by their stage (``compute s3.p1``)."""
+        per: dict[tuple[int, str], float] = {}
+        for e in self.events:
+            m = _STAGE.match(e.name) if e.lane == "compute" else None
+            if m:
+                k = (int(m.group(1)), e.device)
+                per[k] = per.get(k, 0.0) + e.dur_ms
+        longest: dict[int, float] = {}
+        for (stage, _), ms in per.items():
+            longest[stage] = max(longest.get(stage, 0.0), ms)
+        return sum(longest.values())
 
     # -- Chrome trace JSON ----------------------------------------------------
     def to_chrome(self) -> dict[str, Any]:

@@ -139,6 +139,19 @@ def _trace() -> Trace:
     return t
 
 
+def test_critical_compute_is_the_busiest_device_per_stage() -> None:
+    t = _trace()  # s0: d0 40 ms; s1: d1 38 ms
+    assert t.critical_compute_ms() == pytest.approx(78.0)
+    t.add("d2", "compute", "compute s1.p1", 52.0, 95.0)  # a slower part of the same stage sets its time
+    t.add("d3", "compute", "compute s2.p0 (tile)", 95.0, 100.0)  # tiles of a dynamic stage add up per device
+    t.add("d3", "compute", "compute s2.p1 (tile)", 100.0, 103.0)
+    t.add("d0", "compute", "compute s2.p2 (tile)", 95.0, 101.0)
+    t.add("d0", "send", "send    s2 rows[0,1) cols[0,8) to d1 (8 B)", 101.0, 150.0, bytes=8)  # not compute
+    assert t.critical_compute_ms() == pytest.approx(40 + 43 + 8)
+    assert report.summarize(t, parse_cluster({"source": "d0", "devices": [{"name": f"d{i}"} for i in range(4)]}))[
+        "critical_compute_ms"] == pytest.approx(91.0)
+
+
 def test_summarize_energy_source_and_link_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cl = parse_cluster({"source": "d0", "devices": [
         {"name": "d0", "power": {"busy_w": 5, "idle_w": 1, "tx_w": 2}},

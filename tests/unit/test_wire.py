@@ -137,6 +137,19 @@ def test_pack_rejects_programming_errors() -> None:
         pack({"kind": "undeploy", "dep": "x" * 257})
 
 
+def test_unchecked_pack_is_the_same_message_and_the_receiver_still_validates() -> None:
+    """``check=False`` (the worker's tensor sends) skips only the sender's schema check."""
+    for kind in ("data", "result", "tile"):
+        h, payload = _msg(kind)
+        assert [bytes(memoryview(f)) for f in pack(h, payload, check=False)] == \
+            [bytes(memoryview(f)) for f in pack(h, payload)]
+    bad = pack({"kind": "cancel", "dep": "d", "req": 1, "extra": 1}, check=False)  # not looked at ...
+    with pytest.raises(WireError, match="unknown field"):  # ... but refused where it arrives
+        unpack([bytes(memoryview(f)) for f in bad])
+    with pytest.raises(WireError, match="frames; at most"):  # the frame count is checked either way
+        pack({"kind": "ping", "seq": 1, "t": 0.0}, [b"x"] * wire.MAX_FRAMES, check=False)
+
+
 @pytest.mark.parametrize("region,ok", [(None, True), ([0, 1, 0, 1], True), ([2, 1, 0, 1], False),
                                        ([0, 0, 0, 1], False), ([-1, 1, 0, 1], False), ([0, 1, 0], False),
                                        ([0, 1, 0, 1.5], False), ("0,1,0,1", False)])

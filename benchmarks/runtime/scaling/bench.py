@@ -30,6 +30,10 @@ work: halo recomputation, smaller and slower kernels, throttling), and
 ``utilisation`` = the summed compute time ÷ (4 × latency) (idle time:
 waiting for halos, scatter/gather, the serial tail). The FLOP inflation of
 the plan (from the lowered parts) shows how much of the extra work is halo.
+A second view of the same run: ``bound`` = the one-device compute time ÷ (4 ×
+Σ over stages of the stage's longest part) — the efficiency if messages,
+waiting and skew between devices were free — and ``crit.`` = that Σ ÷ the
+latency; ``efficiency = bound × crit.``.
 
 ``--emulation-check`` also verifies the emulation premise: each device alone
 vs all four at once, each running the whole model (cgroup quota: as fast).
@@ -137,6 +141,7 @@ def analyse(trace: Any, plan: Any, graph: Any, t1_compute_ms: float) -> dict[str
     model_flops = sum(n.flops for n in graph.for_exit(plan.exit).nodes)
     waits = [e.args.get("waited_ms", 0.0) for e in trace.events if e.lane == "recv"]
     recv = [e for e in trace.events if e.lane == "recv"]
+    crit = trace.critical_compute_ms()
     return {
         "latency_ms": round(span, 1),
         "stages": len(plan.stages),
@@ -145,6 +150,9 @@ def analyse(trace: Any, plan: Any, graph: Any, t1_compute_ms: float) -> dict[str
         "inflation": round(total / t1_compute_ms, 3),
         "flop_inflation": round(flops / model_flops, 3),
         "utilisation": round(total / (N * span), 3),
+        "critical_ms": round(crit, 1),
+        "stage_bound": round(t1_compute_ms / (N * crit), 3) if crit else None,
+        "on_critical": round(crit / span, 3),
         "messages": len(recv),
         "bytes_moved": int(sum(e.args.get("bytes", 0) for e in trace.events if e.lane == "send")),
         "recv_wait_ms_sum": round(sum(waits), 1),
@@ -332,12 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in out["models"]:
         print(f"\n{r['model']}: one device (local) {r['local_ms']} ms (compute {r['local_compute_ms']} ms)")
         print(f"  {'plan':<18}{'ms':>8}{'speedup':>9}{'effic.':>8}{'infl.':>7}{'FLOPx':>7}{'util.':>7}"
-              f"{'stages':>7}{'msgs':>6}{'MB':>7}")
+              f"{'bound':>7}{'crit.':>7}{'stages':>7}{'msgs':>6}{'MB':>7}")
         for x in r["rows"]:
             if x["plan"] == "local":
                 continue
             print(f"  {x['plan']:<18}{x['latency_ms']:>8.1f}{x['speedup']:>9.3f}{x['efficiency']:>8.3f}"
-                  f"{x['inflation']:>7.3f}{x['flop_inflation']:>7.3f}{x['utilisation']:>7.3f}{x['stages']:>7}"
+                  f"{x['inflation']:>7.3f}{x['flop_inflation']:>7.3f}{x['utilisation']:>7.3f}"
+                  f"{x['stage_bound'] or 0:>7.3f}{x['on_critical']:>7.3f}{x['stages']:>7}"
                   f"{x['messages']:>6}{x['bytes_moved'] / 1e6:>7.2f}"
                   + ("" if x["exact"] else f"   approximate plan (rel err {x['rel_err']:.2g})"))
         for k, why in r["skipped"].items():

@@ -10,6 +10,7 @@ sum over stages bounds the plan's parallel efficiency from above:
 
     .venv/bin/python benchmarks/runtime/scaling/inflation.py resnet50 even max_redundancy=0.3
     .venv/bin/python benchmarks/runtime/scaling/inflation.py vgg16 even fc_split=true
+    .venv/bin/python benchmarks/runtime/scaling/inflation.py vgg16 even fc_split=true --backend onnxruntime
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("params", nargs="*", help="strategy parameters key=value")
     ap.add_argument("--cluster", default="eq4")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--backend", default="torch", help="the parts' backend (torch, onnxruntime, ...)")
     a = ap.parse_args(argv)
     import torch
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_result(a.model, a.cluster, a.strategy, **params).plan
     whole_plan = replace(plan, stages=[Stage(s.until, Whole(plan.source)) for s in plan.stages])
     x = torch.randn(cm.graph.input_shape, generator=torch.Generator().manual_seed(0))
-    split_ex, whole_ex = InProcessExecutor(cm, plan), InProcessExecutor(cm, whole_plan)
+    split_ex = InProcessExecutor(cm, plan, backend=a.backend)
+    whole_ex = InProcessExecutor(cm, whole_plan, backend=a.backend)
     for _ in range(2):
         split_ex.run(x)
         whole_ex.run(x)

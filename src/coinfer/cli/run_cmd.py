@@ -83,6 +83,10 @@ def cmd(
         c.print(f"{plan.model.name} · {plan.strategy.name}: median {s['latency_ms']:.1f} ms over {repeat} run(s); "
                 f"{s['bytes_moved'] / 1e6:.2f} MB moved; energy {s['energy_j']:.3f} J")
         c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in s["busy_ms"].items()))
+        span, crit = float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"]
+        if span > 0 and crit > 0:
+            c.print(f"  last run: {span:.1f} ms, of which {crit:.1f} ms the busiest device's compute per stage; "
+                    f"{max(0.0, span - crit):.1f} ms ({max(0.0, 1 - crit / span):.0%}) messages and waiting")
         c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))
         if verify:
             c.print(f"  max_abs_diff={s['max_abs_diff']:.3g} rel={s['rel']:.3g}")

@@ -59,6 +59,12 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def needs_limit(share: float) -> bool:
+    """Whether a ``share``-core device must be emulated here: one at least as fast as this machine
+    (``share`` ≥ its cores) runs unlimited, whatever the emulation."""
+    return share < cpu_count()
+
+
 def _mounts() -> list[tuple[str, str, set[str]]]:
     out = []
     try:
@@ -346,7 +352,7 @@ def limit_cpu(pid: int, share: float, name: str, period_us: int = 10000, *,
     if not _pid_alive(pid):
         raise ValueError(f"no process {pid} to limit")
     safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)[:64] or "proc"
-    if mode == "none" or (mode is None and share >= cpu_count()):
+    if mode == "none" or (mode is None and not needs_limit(share)):
         return CpuLimiter(pid, share, safe, "none", period_us)
     if mode in (None, "cgroup-v1", "cgroup-v2"):
         for v2 in ((False, True) if mode is None else (mode == "cgroup-v2",)):

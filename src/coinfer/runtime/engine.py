@@ -93,11 +93,13 @@ def run_program(d: Deployment, st: RequestState, io: WorkerIO, timeout_s: float,
             t0 = -1.0
         elif op == "send":
             with dilation.section(exclusive=False):
+                c0 = time.thread_time()
                 v = _assemble(d, st, ins.tensor, ins.region)
                 hdr = {"kind": "data", "dep": d.dep, "req": st.req, "tensor": ins.tensor,
                        "region": None if ins.region is None else list(ins.region), "src": me}
                 io.send_tensor(ins.peer or "", hdr, v, shaped=True)
-            ev.append(["send", ins.text(), t0, _now_ms(), {"bytes": ins.nbytes}])
+                c1 = time.thread_time()
+            ev.append(["send", ins.text(), t0, _now_ms(), {"bytes": ins.nbytes, "cpu_ms": round((c1 - c0) * 1e3, 3)}])
             t0 = -1.0
         elif op == "dyn_master":
             _dyn_master(d, st, io, ins.tensor, timeout_s, local_pool)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from ..cluster import CPU_EMULATIONS, Cluster
-from .emulation import CpuLimiter, cpu_count, cpu_mode_available, limit_cpu
+from .emulation import CpuLimiter, cpu_mode_available, limit_cpu, needs_limit
 
 log = logging.getLogger("coinfer.launcher")
 
@@ -119,7 +119,7 @@ class LocalCluster:
 
     def _dilate(self, share: float) -> float | None:
         """The share a worker dilates to (None: not dilated; a device as fast as the machine never is)."""
-        return share if self.cpu_emulation == "dilate" and share < cpu_count() else None
+        return share if self.cpu_emulation == "dilate" and needs_limit(share) else None
 
     def _spawn(self, name: str, bind: str, threads: int, share: float) -> subprocess.Popen[bytes]:
         env = dict(os.environ)

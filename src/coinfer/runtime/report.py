@@ -75,7 +75,8 @@ def measure_energy(fn: Callable[[], T]) -> tuple[T, float | None, str]:
 
 def summarize(trace: Trace, cluster: Cluster, *, measured_energy_j: float | None = None,
               energy_source: str | None = None) -> dict[str, Any]:
-    """latency, per-device busy/tx/rx ms, bytes moved and energy.
+    """latency, per-device busy/tx/rx ms, the compute on the critical path
+    (:meth:`~coinfer.trace.Trace.critical_compute_ms`), bytes moved and energy.
 
     Model energy per device = busy_w·compute + tx_w·tx + rx_w·rx + idle_w·(span − compute),
     the same accounting the simulator uses, over the request's span; tx/rx
@@ -97,6 +98,7 @@ def summarize(trace: Trace, cluster: Cluster, *, measured_energy_j: float | None
         energy += (p.busy_w * b + p.tx_w * tx[dev] + p.recv_w * rx[dev] + p.idle_w * max(0.0, span - b)) / 1e3
     moved = sum(int(e.args.get("bytes", 0)) for e in trace.events if e.lane == "send")
     out: dict[str, Any] = {"latency_ms": round(span, 3), "busy_ms": busy,
+                           "critical_compute_ms": round(trace.critical_compute_ms(), 3),
                            "tx_ms": {d: round(v, 3) for d, v in tx.items()},
                            "rx_ms": {d: round(v, 3) for d, v in rx.items()},
                            "bytes_moved": moved, "energy_j": round(energy, 6), "energy_source": "model"}

@@ -119,7 +119,7 @@ class Endpoint(Protocol):
     def connect(self, peer: str, address: str, *, shaper: LinkShaper | None = None) -> None: ...
 
     def send(self, peer: str, header: dict[str, Any], payload: Sequence[Any] = (), *,
-             shaped: bool = False) -> None: ...
+             shaped: bool = False, check: bool = True) -> None: ...
 
     def recv(self, timeout_ms: int | None = None) -> Message | BadMessage | None: ...
 
@@ -315,9 +315,10 @@ class ZmqEndpoint:
         self._call(lambda: self._do_disconnect(peer, "disconnect"))
 
     def send(self, peer: str, header: dict[str, Any], payload: Sequence[Any] = (), *,
-             shaped: bool = False) -> None:
-        """Queue a message for ``peer`` (thread-safe, non-blocking). Bad headers raise WireError."""
-        frames = pack(header, payload)
+             shaped: bool = False, check: bool = True) -> None:
+        """Queue a message for ``peer`` (thread-safe, non-blocking). Bad headers raise WireError
+        (``check=False``: not looked at — see :func:`~coinfer.runtime.wire.pack`)."""
+        frames = pack(header, payload, check=check)
         self._enqueue(peer, frames, shaped)
 
     def send_raw(self, peer: str, frames: Sequence[Any]) -> None:
@@ -893,8 +894,8 @@ class InProcEndpoint:
             return list(self._peers)
 
     def send(self, peer: str, header: dict[str, Any], payload: Sequence[Any] = (), *,
-             shaped: bool = False) -> None:
-        self._send(peer, pack(header, payload), shaped)
+             shaped: bool = False, check: bool = True) -> None:
+        self._send(peer, pack(header, payload, check=check), shaped)
 
     def send_raw(self, peer: str, frames: Sequence[Any]) -> None:
         self._send(peer, list(frames), False)

@@ -21,10 +21,10 @@ def self_limit(name: str, cpu_share: float | None, dilate: float | None, threads
     from .dilation import install
 
     if dilate is None:
-        from .emulation import cpu_count, cpu_mode_available, limit_cpu
+        from .emulation import cpu_mode_available, limit_cpu, needs_limit
 
         assert cpu_share is not None
-        if cpu_share >= cpu_count():
+        if not needs_limit(cpu_share):
             return "none"
         if cpu_mode_available().startswith("cgroup"):
             return limit_cpu(os.getpid(), cpu_share, name).mode
