@@ -94,7 +94,7 @@ def test_cli_run_shows_backends_verify_takes_them_bad_precision_exits_2(tmp_path
     line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("backends:"))
     # (on a badly overloaded machine a missed heartbeat may re-plan onto d0 alone: d1 then is absent)
     assert line.strip() in ("backends: d0 onnxruntime, d1 torch", "backends: d0 onnxruntime"), line
-    crit = re.search(r"last run: ([\d.]+) ms, of which ([\d.]+) ms the busiest device's compute per stage; "
+    crit = re.search(r"median run: ([\d.]+) ms, of which ([\d.]+) ms the busiest device's compute per stage; "
                      r"([\d.]+) ms \((\d+)%\) messages and waiting", r.stdout)
     assert crit, r.stdout
     span, comp, rest = (float(crit.group(i)) for i in (1, 2, 3))

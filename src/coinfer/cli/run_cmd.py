@@ -6,6 +6,7 @@ COMMAND = "run"
 
 import statistics
 import time
+from typing import Any
 
 import typer
 
@@ -20,8 +21,8 @@ def cmd(
     repeat: int = typer.Option(1, "--repeat", "-n", min=1, help="run the request N times"),
     warmup: int = typer.Option(1, "--warmup", min=0, help="untimed runs first"),
     verify: bool = typer.Option(False, "--verify", help="compare with the unpartitioned model here"),
-    trace: str = typer.Option(None, "--trace", help="write the last run's Chrome/Perfetto trace JSON"),
-    gantt: str = typer.Option(None, "--gantt", help="write the last run's Gantt chart PNG"),
+    trace: str = typer.Option(None, "--trace", help="write the median-latency run's Chrome/Perfetto trace JSON"),
+    gantt: str = typer.Option(None, "--gantt", help="write the median-latency run's Gantt chart PNG"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
     cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
@@ -52,7 +53,7 @@ def cmd(
         session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys,
                          cpu_modes=up.get("cpu_modes") if up else None)
     lat: list[float] = []
-    joules, esrc = None, "model"
+    runs: list[tuple[Any, float | None, str]] = []  # per request: its trace, measured joules, their source
     with session:
         for _ in range(warmup):
             session(x)
@@ -60,7 +61,9 @@ def cmd(
             t0 = time.perf_counter()
             y, joules, esrc = measure_energy(lambda: session(x))  # real power readers (RAPL/INA3221) if present
             lat.append((time.perf_counter() - t0) * 1e3)
-        tr = session.last_trace
+            runs.append((session.last_trace, joules, esrc))
+    # the request of the median latency (the lower one of an even count) stands for the run
+    tr, joules, esrc = runs[sorted(range(len(lat)), key=lat.__getitem__)[(len(lat) - 1) // 2]]
     assert tr is not None
     s = summarize(tr, cl, measured_energy_j=joules, energy_source=esrc)
     s.update(latency_ms=round(statistics.median(lat), 3), latencies_ms=[round(v, 3) for v in lat],
@@ -85,7 +88,7 @@ def cmd(
         c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in s["busy_ms"].items()))
         span, crit = float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"]
         if span > 0 and crit > 0:
-            c.print(f"  last run: {span:.1f} ms, of which {crit:.1f} ms the busiest device's compute per stage; "
+            c.print(f"  median run: {span:.1f} ms, of which {crit:.1f} ms the busiest device's compute per stage; "
                     f"{max(0.0, span - crit):.1f} ms ({max(0.0, 1 - crit / span):.0%}) messages and waiting")
         c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))
         if verify:
