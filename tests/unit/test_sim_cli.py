@@ -59,8 +59,12 @@ def test_simulate_json_trace_gantt(plan_file: Path, tmp_path: Path) -> None:
     assert t.meta["kind"] == "simulated" and t.meta["latency_ms"] == pytest.approx(s["latency_ms"], abs=1e-3)
     assert t.span_ms <= s["latency_ms"] + 1e-3  # the result's return to the coordinator has no event
     assert png.stat().st_size > 1000
+    # the compute on the critical path: each stage's busiest device, from the same trace
+    assert s["critical_compute_ms"] == pytest.approx(t.critical_compute_ms(), abs=1e-3)
+    assert 0 < s["critical_compute_ms"] <= s["latency_ms"]
     text = invoke("simulate", plan_file, "-c", "het4", "--nic", "shared")
     assert text.exit_code == 0 and "predicted latency" in text.stdout
+    assert "ms the busiest device's compute per stage;" in text.stdout.replace("\n", " ")
 
 
 def test_simulate_bandwidth_trace_option(plan_file: Path, tmp_path: Path) -> None:

@@ -107,3 +107,13 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 CPU_EMULATION_HELP = ("how local devices get their cpu_share: quota | dilate | off "
                       "(default: the cluster's emulation.cpu, quota)")
+
+
+def critical_path_line(span_ms: float, critical_ms: float, what: str) -> str | None:
+    """``what`` (e.g. "median run"): its latency split into the compute on the critical path
+    (:meth:`coinfer.trace.Trace.critical_compute_ms`) and the rest; None without either."""
+    if span_ms <= 0 or critical_ms <= 0:
+        return None
+    rest = max(0.0, span_ms - critical_ms)
+    return (f"{what}: {span_ms:.1f} ms, of which {critical_ms:.1f} ms the busiest device's compute per stage; "
+            f"{rest:.1f} ms ({rest / span_ms:.0%}) messages and waiting")

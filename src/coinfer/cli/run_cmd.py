@@ -10,7 +10,14 @@ from typing import Any
 
 import typer
 
-from .common import CPU_EMULATION_HELP, CheckFailed, console, emit_json, user_errors
+from .common import (
+    CPU_EMULATION_HELP,
+    CheckFailed,
+    console,
+    critical_path_line,
+    emit_json,
+    user_errors,
+)
 
 
 @user_errors
@@ -86,10 +93,10 @@ def cmd(
         c.print(f"{plan.model.name} · {plan.strategy.name}: median {s['latency_ms']:.1f} ms over {repeat} run(s); "
                 f"{s['bytes_moved'] / 1e6:.2f} MB moved; energy {s['energy_j']:.3f} J")
         c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in s["busy_ms"].items()))
-        span, crit = float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"]
-        if span > 0 and crit > 0:
-            c.print(f"  median run: {span:.1f} ms, of which {crit:.1f} ms the busiest device's compute per stage; "
-                    f"{max(0.0, span - crit):.1f} ms ({max(0.0, 1 - crit / span):.0%}) messages and waiting")
+        line = critical_path_line(float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"],
+                                  "median run")
+        if line:
+            c.print("  " + line)
         c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))
         if verify:
             c.print(f"  max_abs_diff={s['max_abs_diff']:.3g} rel={s['rel']:.3g}")

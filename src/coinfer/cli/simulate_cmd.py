@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, emit_json, user_errors
+from .common import console, critical_path_line, emit_json, user_errors
 
 
 @user_errors
@@ -72,6 +72,9 @@ def cmd(
         t.add_row(d, f"{res.busy_ms[d]:.2f}", f"{res.idle_ms[d]:.2f}", f"{res.tx_ms[d]:.2f}",
                   f"{res.rx_ms[d]:.2f}", f"{res.device_energy_j[d]:.4f}")
     c.print(t)
+    line = critical_path_line(res.latency_ms, summary["critical_compute_ms"], "predicted")
+    if line:
+        c.print(line)
     for what, path in (("trace", trace), ("gantt", gantt)):
         if path is not None:
             c.print(f"wrote {what} {path}")

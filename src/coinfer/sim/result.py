@@ -56,6 +56,7 @@ class SimResult:
             "bytes_moved": self.bytes_moved,
             "raw_bytes": self.raw_bytes,
             "busy_ms": rd(self.busy_ms),
+            "critical_compute_ms": r(self.trace.critical_compute_ms()),
             "idle_ms": rd(self.idle_ms),
             "tx_ms": rd(self.tx_ms),
             "rx_ms": rd(self.rx_ms),
