@@ -96,6 +96,8 @@ def _compare(model: str | None, cluster: str | None, strategies: str | None, pro
                          "predicted_energy_j": round(sim.energy_j, 5), "measured_energy_j": meas.summary["energy_j"],
                          "energy_source": meas.summary.get("energy_source", "model"),
                          "predicted_bytes": sim.bytes_moved, "measured_bytes": meas.summary["bytes_moved"],
+                         "predicted_critical_compute_ms": round(sim.trace.critical_compute_ms(), 3),
+                         "measured_critical_compute_ms": meas.summary["critical_compute_ms"],
                          "busy_ms": meas.summary["busy_ms"]})
     if json_out:
         emit_json({"model": model, "cluster": cluster, "profiles": profiles, "repeat": repeat, "results": rows})
