@@ -68,9 +68,11 @@ class Trace:
         """Σ over the plan's stages of the busiest device's compute in that stage.
 
         A stage's parts run in parallel and the next stage needs them, so this
-        is the latency the run would have had if messages, waiting and skew
-        between devices cost nothing; ``latency − this`` is what they cost.
-        Compute events are named by their stage (``compute s3.p1``)."""
+        is the latency the run would have had, stage after stage, if messages,
+        waiting and skew between devices cost nothing; ``latency − this`` is
+        what they cost. (A part that needs only its neighbours' halos may start
+        before the stage's slowest part ends, so a run can overlap a little more
+        than this counts.) Compute events are named by their stage (``compute s3.p1``)."""
         per: dict[tuple[int, str], float] = {}
         for e in self.events:
             m = _STAGE.match(e.name) if e.lane == "compute" else None
