@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 LANES = ("compute", "send", "recv")
 _STAGE = re.compile(r"compute s(\d+)\.")
@@ -31,6 +31,16 @@ class Event:
     @property
     def dur_ms(self) -> float:
         return self.end_ms - self.start_ms
+
+
+class StageTime(NamedTuple):
+    """One stage of a run (:meth:`Trace.stage_times`)."""
+
+    stage: int
+    device: str  # the busiest device of the stage
+    compute_ms: float  # its compute in the stage
+    end_ms: float  # when the stage's last compute ended
+    lost_ms: float  # previous stage's end → this end, minus compute_ms: messages, waiting, skew (< 0: overlap)
 
 
 @dataclass
@@ -64,6 +74,29 @@ class Trace:
             total += cur_e - cur_s
         return total
 
+    def stage_times(self) -> list[StageTime]:
+        """Per stage of the plan (from its compute events, ``compute s3.p1``), in stage order:
+        the busiest device and its compute in the stage (several tiles of a dynamic stage add
+        up), when the stage's last compute ended, and ``lost_ms`` — the time from the previous
+        stage's end to this one's not spent on that busiest compute (messages, waiting, skew;
+        negative when the stage's parts began before the previous stage's slowest part ended).
+        Σ ``lost_ms`` = the last stage's end − :meth:`critical_compute_ms`."""
+        per: dict[tuple[int, str], float] = {}
+        ends: dict[int, float] = {}
+        for e in self.events:
+            m = _STAGE.match(e.name) if e.lane == "compute" else None
+            if m:
+                k = int(m.group(1))
+                per[(k, e.device)] = per.get((k, e.device), 0.0) + e.dur_ms
+                ends[k] = max(ends.get(k, e.end_ms), e.end_ms)
+        out: list[StageTime] = []
+        prev_end = 0.0
+        for k in sorted(ends):
+            ms, dev = max((v, d) for (s, d), v in per.items() if s == k)
+            out.append(StageTime(k, dev, ms, ends[k], ends[k] - prev_end - ms))
+            prev_end = ends[k]
+        return out
+
     def critical_compute_ms(self) -> float:
         """Σ over the plan's stages of the busiest device's compute in that stage.
 
@@ -72,17 +105,8 @@ class Trace:
         waiting and skew between devices cost nothing; ``latency − this`` is
         what they cost. (A part that needs only its neighbours' halos may start
         before the stage's slowest part ends, so a run can overlap a little more
-        than this counts.) Compute events are named by their stage (``compute s3.p1``)."""
-        per: dict[tuple[int, str], float] = {}
-        for e in self.events:
-            m = _STAGE.match(e.name) if e.lane == "compute" else None
-            if m:
-                k = (int(m.group(1)), e.device)
-                per[k] = per.get(k, 0.0) + e.dur_ms
-        longest: dict[int, float] = {}
-        for (stage, _), ms in per.items():
-            longest[stage] = max(longest.get(stage, 0.0), ms)
-        return sum(longest.values())
+        than this counts.)"""
+        return sum(st.compute_ms for st in self.stage_times())
 
     # -- Chrome trace JSON ----------------------------------------------------
     def to_chrome(self) -> dict[str, Any]:

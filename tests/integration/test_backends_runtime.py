@@ -89,8 +89,9 @@ def _write(tmp_path, backends: list[str], precision: str = "fp32"):  # type: ign
 
 def test_cli_run_shows_backends_verify_takes_them_bad_precision_exits_2(tmp_path, run_cli) -> None:  # type: ignore[no-untyped-def]
     ppath, cpath = _write(tmp_path, ["onnxruntime", "torch"])
-    r = run_cli("run", ppath, "--cluster", cpath, "--verify", "--warmup", "0")
+    r = run_cli("run", ppath, "--cluster", cpath, "--verify", "--warmup", "0", "--stages")
     assert r.returncode == 0, r.stderr
+    assert "lost ms" in r.stdout and "(to the result)" in r.stdout
     line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("backends:"))
     # (on a badly overloaded machine a missed heartbeat may re-plan onto d0 alone: d1 then is absent)
     assert line.strip() in ("backends: d0 onnxruntime, d1 torch", "backends: d0 onnxruntime"), line

@@ -148,8 +148,16 @@ def test_critical_compute_is_the_busiest_device_per_stage() -> None:
     t.add("d0", "compute", "compute s2.p2 (tile)", 95.0, 101.0)
     t.add("d0", "send", "send    s2 rows[0,1) cols[0,8) to d1 (8 B)", 101.0, 150.0, bytes=8)  # not compute
     assert t.critical_compute_ms() == pytest.approx(40 + 43 + 8)
+    st = t.stage_times()
+    assert [(x.stage, x.device) for x in st] == [(0, "d0"), (1, "d2"), (2, "d3")]
+    assert [x.compute_ms for x in st] == pytest.approx([40, 43, 8])
+    assert [x.end_ms for x in st] == pytest.approx([40, 95, 103])
+    assert [x.lost_ms for x in st] == pytest.approx([0, 12, 0])  # s1: 40 → 95 with 43 ms of compute
+    assert sum(x.lost_ms for x in st) == pytest.approx(st[-1].end_ms - t.critical_compute_ms())
+    t.add("d1", "compute", "compute s3.p0", 101.0, 110.0)  # began before s2's slowest part ended
+    assert t.stage_times()[-1].lost_ms == pytest.approx(110 - 103 - 9)
     assert report.summarize(t, parse_cluster({"source": "d0", "devices": [{"name": f"d{i}"} for i in range(4)]}))[
-        "critical_compute_ms"] == pytest.approx(91.0)
+        "critical_compute_ms"] == pytest.approx(100.0)  # 40 + 43 + 8 + 9
 
 
 def test_summarize_energy_source_and_link_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

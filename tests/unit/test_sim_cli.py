@@ -62,9 +62,14 @@ def test_simulate_json_trace_gantt(plan_file: Path, tmp_path: Path) -> None:
     # the compute on the critical path: each stage's busiest device, from the same trace
     assert s["critical_compute_ms"] == pytest.approx(t.critical_compute_ms(), abs=1e-3)
     assert 0 < s["critical_compute_ms"] <= s["latency_ms"]
-    text = invoke("simulate", plan_file, "-c", "het4", "--nic", "shared")
+    text = invoke("simulate", plan_file, "-c", "het4", "--nic", "shared", "--stages")
     assert text.exit_code == 0 and "predicted latency" in text.stdout
     assert "ms the busiest device's compute per stage;" in text.stdout.replace("\n", " ")
+    assert "lost ms" in text.stdout and "(to the result)" in text.stdout
+    r = invoke("simulate", plan_file, "-c", "het4", "--json", "--stages")
+    rows = json.loads(r.stdout)["stages"]
+    assert [x["stage"] for x in rows] == list(range(len(rows))) and rows[-1]["until"] == "output"
+    assert sum(x["compute_ms"] for x in rows) == pytest.approx(s["critical_compute_ms"], abs=0.01)
 
 
 def test_simulate_bandwidth_trace_option(plan_file: Path, tmp_path: Path) -> None:

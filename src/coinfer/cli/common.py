@@ -117,3 +117,28 @@ def critical_path_line(span_ms: float, critical_ms: float, what: str) -> str | N
     rest = max(0.0, span_ms - critical_ms)
     return (f"{what}: {span_ms:.1f} ms, of which {critical_ms:.1f} ms the busiest device's compute per stage; "
             f"{rest:.1f} ms ({rest / span_ms:.0%}) messages and waiting")
+
+
+STAGES_HELP = "also show each stage: its busiest device and compute, and the time lost to messages and waiting"
+
+
+def stage_rows(trace: Any, plan: Any) -> list[dict[str, Any]]:
+    """:meth:`coinfer.trace.Trace.stage_times` as JSON rows, with each stage's ``until`` from ``plan``."""
+    return [{"stage": st.stage, "until": plan.stages[st.stage].until if st.stage < len(plan.stages) else None,
+             "device": st.device, "compute_ms": round(st.compute_ms, 3), "end_ms": round(st.end_ms, 3),
+             "lost_ms": round(st.lost_ms, 3)} for st in trace.stage_times()]
+
+
+def print_stages(c: Any, rows: list[dict[str, Any]], span_ms: float) -> None:
+    """The ``--stages`` table of ``coinfer run`` / ``simulate``."""
+    from rich.table import Table
+
+    t = Table(title="stages: the busiest device's compute, and the rest of the time to the stage's end")
+    for col in ("stage", "until", "busiest", "compute ms", "ends at ms", "lost ms"):
+        t.add_column(col, justify="left" if col in ("until", "busiest") else "right")
+    for r in rows:
+        t.add_row(str(r["stage"]), str(r["until"]), r["device"], f"{r['compute_ms']:.1f}", f"{r['end_ms']:.1f}",
+                  f"{r['lost_ms']:.1f}")
+    if rows:
+        t.add_row("", "(to the result)", "", "", f"{span_ms:.1f}", f"{max(0.0, span_ms - rows[-1]['end_ms']):.1f}")
+    c.print(t)

@@ -12,10 +12,13 @@ import typer
 
 from .common import (
     CPU_EMULATION_HELP,
+    STAGES_HELP,
     CheckFailed,
     console,
     critical_path_line,
     emit_json,
+    print_stages,
+    stage_rows,
     user_errors,
 )
 
@@ -31,6 +34,7 @@ def cmd(
     trace: str = typer.Option(None, "--trace", help="write the median-latency run's Chrome/Perfetto trace JSON"),
     gantt: str = typer.Option(None, "--gantt", help="write the median-latency run's Gantt chart PNG"),
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
+    stages: bool = typer.Option(False, "--stages", help=STAGES_HELP),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
     cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
 ) -> None:
@@ -77,6 +81,8 @@ def cmd(
              plan_path=plan_path, strategy=plan.strategy.name, cpu_modes=session.cpu_modes,
              backends=session.backends,
              predicted=plan.predicted)
+    if stages:
+        s["stages"] = stage_rows(tr, plan)
     if trace:
         tr.save(trace)
     if gantt:
@@ -97,6 +103,8 @@ def cmd(
                                   "median run")
         if line:
             c.print("  " + line)
+        if stages:
+            print_stages(c, s["stages"], float(tr.meta.get("latency_ms") or tr.span_ms))
         c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))
         if verify:
             c.print(f"  max_abs_diff={s['max_abs_diff']:.3g} rel={s['rel']:.3g}")

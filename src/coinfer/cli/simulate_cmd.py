@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from .common import console, critical_path_line, emit_json, user_errors
+from .common import (
+    STAGES_HELP,
+    console,
+    critical_path_line,
+    emit_json,
+    print_stages,
+    stage_rows,
+    user_errors,
+)
 
 
 @user_errors
@@ -25,6 +33,7 @@ def cmd(
     links: str = typer.Option("cluster", "--links", help="cluster (the file's figures, default) or probed "
                               "(bandwidth and RTT/2 from --profiles)"),
     ideal: bool = typer.Option(False, "--ideal", help="leave out the runtime's own costs (messages, CPU quotas)"),
+    stages: bool = typer.Option(False, "--stages", help=STAGES_HELP),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
     """Simulate a plan on a cluster: latency, per-device busy/idle, bytes moved, energy, timeline."""
@@ -53,6 +62,8 @@ def cmd(
     if gantt is not None:
         res.trace.gantt(gantt, f"simulated {plan.model.name} / {plan.strategy.name}: {res.latency_ms:.1f} ms")
     summary = {"plan": str(plan_path), **res.summary(), "costs": res.costs}
+    if stages:
+        summary["stages"] = stage_rows(res.trace, plan)
     if json_out:
         emit_json(summary)
         return
@@ -75,6 +86,8 @@ def cmd(
     line = critical_path_line(res.latency_ms, summary["critical_compute_ms"], "predicted")
     if line:
         c.print(line)
+    if stages:
+        print_stages(c, summary["stages"], res.latency_ms)
     for what, path in (("trace", trace), ("gantt", gantt)):
         if path is not None:
             c.print(f"wrote {what} {path}")
