@@ -129,6 +129,16 @@ def stage_rows(trace: Any, plan: Any) -> list[dict[str, Any]]:
              "lost_ms": round(st.lost_ms, 3)} for st in trace.stage_times()]
 
 
+def print_breakdown(c: Any, what: str, span_ms: float, critical_ms: float, rows: list[dict[str, Any]] | None,
+                    indent: str = "") -> None:
+    """``coinfer run`` / ``simulate``: the critical-path line, and the ``--stages`` table when ``rows``."""
+    line = critical_path_line(span_ms, critical_ms, what)
+    if line:
+        c.print(indent + line)
+    if rows is not None:
+        print_stages(c, rows, span_ms)
+
+
 def print_stages(c: Any, rows: list[dict[str, Any]], span_ms: float) -> None:
     """The ``--stages`` table of ``coinfer run`` / ``simulate``."""
     from rich.table import Table

@@ -15,9 +15,8 @@ from .common import (
     STAGES_HELP,
     CheckFailed,
     console,
-    critical_path_line,
     emit_json,
-    print_stages,
+    print_breakdown,
     stage_rows,
     user_errors,
 )
@@ -99,12 +98,8 @@ def cmd(
         c.print(f"{plan.model.name} · {plan.strategy.name}: median {s['latency_ms']:.1f} ms over {repeat} run(s); "
                 f"{s['bytes_moved'] / 1e6:.2f} MB moved; energy {s['energy_j']:.3f} J")
         c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in s["busy_ms"].items()))
-        line = critical_path_line(float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"],
-                                  "median run")
-        if line:
-            c.print("  " + line)
-        if stages:
-            print_stages(c, s["stages"], float(tr.meta.get("latency_ms") or tr.span_ms))
+        print_breakdown(c, "median run", float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"],
+                        s.get("stages"), indent="  ")
         c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))
         if verify:
             c.print(f"  max_abs_diff={s['max_abs_diff']:.3g} rel={s['rel']:.3g}")

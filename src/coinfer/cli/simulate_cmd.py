@@ -8,15 +8,7 @@ from pathlib import Path
 
 import typer
 
-from .common import (
-    STAGES_HELP,
-    console,
-    critical_path_line,
-    emit_json,
-    print_stages,
-    stage_rows,
-    user_errors,
-)
+from .common import STAGES_HELP, console, emit_json, print_breakdown, stage_rows, user_errors
 
 
 @user_errors
@@ -83,11 +75,7 @@ def cmd(
         t.add_row(d, f"{res.busy_ms[d]:.2f}", f"{res.idle_ms[d]:.2f}", f"{res.tx_ms[d]:.2f}",
                   f"{res.rx_ms[d]:.2f}", f"{res.device_energy_j[d]:.4f}")
     c.print(t)
-    line = critical_path_line(res.latency_ms, summary["critical_compute_ms"], "predicted")
-    if line:
-        c.print(line)
-    if stages:
-        print_stages(c, summary["stages"], res.latency_ms)
+    print_breakdown(c, "predicted", res.latency_ms, summary["critical_compute_ms"], summary.get("stages"))
     for what, path in (("trace", trace), ("gantt", gantt)):
         if path is not None:
             c.print(f"wrote {what} {path}")
