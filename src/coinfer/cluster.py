@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -95,10 +95,14 @@ class Network(_Strict):
     shape: bool = True  # emulate bandwidth/latency in the transport for local devices
 
 
+CpuEmulation = Literal["quota", "dilate", "off"]
+CPU_EMULATIONS: tuple[str, ...] = get_args(CpuEmulation)
+
+
 class Emulation(_Strict):
     # how `address: local` devices get their cpu_share: a cgroup CPU quota (time dilation where no
     # cgroup is writable), time dilation inside the worker (coinfer.runtime.dilation), or not at all
-    cpu: Literal["quota", "dilate", "off"] = "quota"
+    cpu: CpuEmulation = "quota"
 
     @field_validator("cpu", mode="before")
     @classmethod
@@ -254,9 +258,6 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "eq8": {"source": "d0", "devices": _devs([0.2] * 8), "network": {"bandwidth_mbps": 88, "latency_ms": 1.0}},
     "eq16": {"source": "d0", "devices": _devs([0.12] * 16), "network": {"bandwidth_mbps": 100, "latency_ms": 1.0}},
 }
-
-
-CPU_EMULATIONS = ("quota", "dilate", "off")
 
 
 def with_cpu_emulation(cluster: Cluster, mode: str | None) -> Cluster:
