@@ -218,14 +218,30 @@ def parse_cluster(data: Any, where: str = "cluster") -> Cluster:
 def load_cluster(path: str | Path) -> Cluster:
     p = Path(path)
     if not p.is_file():
-        raise ClusterError(f"cluster file {str(p)!r} does not exist; see configs/ for examples")
+        raise ClusterError(f"cluster file {str(p)!r} does not exist; name a built-in ({', '.join(BUILTIN)}) "
+                           f"or write one (docs/concepts.md#cluster-file; examples in the repository's configs/)")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ClusterError(f"{p.name}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
-    return parse_cluster(data, p.name)
+    return _relative_to(parse_cluster(data, p.name), p.parent)
+
+
+def _relative_to(cluster: Cluster, folder: Path) -> Cluster:
+    """Relative paths in a cluster file (``network.trace``, ``security.keys``) are read from its folder."""
+    def resolve(path: str) -> str:
+        q = Path(path)
+        return path if q.is_absolute() or path.startswith("~") else str(folder / q)
+
+    net, sec = cluster.network, cluster.security
+    update: dict[str, Any] = {}
+    if net.trace:
+        update["network"] = net.model_copy(update={"trace": resolve(net.trace)})
+    if sec.keys != resolve(sec.keys):
+        update["security"] = sec.model_copy(update={"keys": resolve(sec.keys)})
+    return cluster.model_copy(update=update) if update else cluster
 
 
 def builtin_cluster(name: str) -> Cluster:
