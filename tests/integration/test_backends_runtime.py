@@ -111,6 +111,15 @@ def test_cli_run_shows_backends_verify_takes_them_bad_precision_exits_2(tmp_path
     assert r.stderr.strip() == ("error: device d0: backend 'onnxruntime' does not support precision 'bf16' "
                                 "on this machine; supported: fp32")
 
+    # devices at bf16 make `run --verify` approximate, as they make `verify` (it exited 1 before 6 Dec)
+    _, bf16 = _write(tmp_path, ["torch", "torch"], precision="bf16")
+    r = run_cli("run", ppath, "--cluster", bf16, "--verify", "--warmup", "0")
+    assert r.returncode == 0, r.stderr
+    assert "approximate plan (halo zero, quantised wire or reduced precision): no tolerance applied" in r.stdout
+    assert "backends: d0 torch/bf16" in r.stdout
+    rel = float(re.search(r"rel=([\d.e+-]+)", r.stdout).group(1))  # type: ignore[union-attr]
+    assert 1e-4 < rel < 0.1  # really reduced precision, and still close
+
 
 def test_cli_backend_not_installed_exits_2_naming_the_extra(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import os

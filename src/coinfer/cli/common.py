@@ -119,6 +119,8 @@ def critical_path_line(span_ms: float, critical_ms: float, what: str) -> str | N
             f"{rest:.1f} ms ({rest / span_ms:.0%}) messages and waiting")
 
 
+# printed by `verify` and `run --verify` when no tolerance applies
+APPROXIMATE_NOTE = "approximate plan (halo zero, quantised wire or reduced precision): no tolerance applied"
 STAGES_HELP = "also show each stage: its busiest device and compute, and the time lost to messages and waiting"
 
 

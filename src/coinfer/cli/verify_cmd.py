@@ -6,7 +6,7 @@ COMMAND = "verify"
 
 import typer
 
-from .common import CheckFailed, emit_json, user_errors
+from .common import APPROXIMATE_NOTE, CheckFailed, emit_json, user_errors
 
 
 @user_errors
@@ -43,7 +43,7 @@ def cmd(
     y = ex(x)
     diff, rel = compare(y, reference_output(cm, x, plan.exit))
     reduced = any(r.precision != "fp32" for parts in ex.parts for _, r in parts)
-    exact = all(s.halo == "exact" for s in plan.stages) and plan.wire.lossless and not reduced
+    exact = plan.is_exact and not reduced
     ok = rel <= TOLERANCE or not exact
     if json_out:
         emit_json({"max_abs_diff": diff, "rel": rel, "exact_plan": exact, "tolerance": TOLERANCE, "ok": ok,
@@ -52,6 +52,6 @@ def cmd(
         typer.echo(f"max_abs_diff={diff:.3g} rel={rel:.3g}")
         typer.echo("backends: " + ", ".join(f"{d} {'+'.join(b)}" for d, b in ex.backends.items()))
         if not exact:
-            typer.echo("approximate plan (halo zero, quantised wire or reduced precision): no tolerance applied")
+            typer.echo(APPROXIMATE_NOTE)
     if not ok:
         raise CheckFailed(f"rel={rel:.3g} exceeds the tolerance {TOLERANCE} of an exact plan")

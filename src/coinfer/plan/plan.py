@@ -365,6 +365,12 @@ class Plan:
         for i in range(len(self.stages)):
             yield from self.parts(graph, i)
 
+    @property
+    def is_exact(self) -> bool:
+        """Every stage has exact halos and the wire is lossless: the output equals the plain model's
+        (within the core tolerance) when every device also computes at fp32."""
+        return all(s.halo == "exact" for s in self.stages) and self.wire.lossless
+
     def devices_used_names(self) -> list[str]:
         """Devices with work in some stage, plus the source (no graph needed)."""
         used = {self.source}
