@@ -25,6 +25,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -58,7 +58,8 @@ class Device(_Strict):
     threads: int = Field(1, ge=1, le=256)
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    power: Power = Field(default_factory=Power)
+    # pydantic's default_factory overloads make mypy infer Never for a model class; Power() is fine
+    power: Power = Field(default_factory=Power)  # type: ignore[arg-type]
     memory_mb: float | None = Field(None, gt=0)
     speed_gflops: float | None = Field(None, gt=0)  # planning speed before profiling (optional)
 
@@ -118,7 +119,7 @@ class Security(_Strict):
 class Cluster(_Strict):
     source: str
     devices: list[Device]
-    network: Network = Field(default_factory=Network)
+    network: Network = Field(default_factory=Network)  # type: ignore[arg-type]  # as Device.power
     security: Security = Field(default_factory=Security)
     emulation: Emulation = Field(default_factory=Emulation)
 

@@ -79,19 +79,19 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
     from . import zoo
 
     try:
-        e = zoo.entry(spec)
+        entry = zoo.entry(spec)
     except (KeyError, ValueError) as err:
         raise ModelError(str(err).strip("'\"")) from None
-    if shape is not None and tuple(shape) != tuple(e.input_shape):
+    if shape is not None and tuple(shape) != tuple(entry.input_shape):
         raise ModelError(
-            f"{spec} takes input shape {list(e.input_shape)}, not {list(shape)} (zoo models have a fixed "
+            f"{spec} takes input shape {list(entry.input_shape)}, not {list(shape)} (zoo models have a fixed "
             f"input shape): drop --input-shape, or re-plan with coinfer plan if a plan says otherwise"
         )
     try:
         mod = zoo.get(spec, seed=seed)
     except zoo.MissingExtraError as err:
         raise ModelError(str(err)) from None
-    return ModelSource(spec, mod, tuple(e.input_shape), spec)
+    return ModelSource(spec, mod, tuple(entry.input_shape), spec)
 
 
 _CACHE: dict[tuple[str, tuple[int, ...] | None, int], CapturedModel] = {}

@@ -91,7 +91,7 @@ class _T:
 
     node: torch.fx.Node
     example: torch.Tensor
-    owner: nn.Module | None = None  # the Conv2d / Linear producing exactly this value
+    owner: nn.Conv2d | nn.Linear | None = None  # the Conv2d / Linear producing exactly this value
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -513,13 +513,14 @@ class _Importer:
         conv = nn.Conv2d(
             cin,
             int(w.shape[0]),
-            tuple(kernel),
+            (kernel[0], kernel[1]),
+            # strides and dilations go in as read (torch checks how many); its stubs want exactly 2
             tuple(strides),  # type: ignore[arg-type]
             (t, lf) if sym else 0,
-            tuple(dil),
+            tuple(dil),  # type: ignore[arg-type]
             groups,
             bias=b is not None,
-        )  # type: ignore[arg-type]
+        )
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(w))
             if b is not None:
@@ -536,9 +537,13 @@ class _Importer:
         fits = t == b and lf == r and t <= kernel[0] // 2 and lf <= kernel[1] // 2
         if kind == "max":
             if fits:
-                return self.module(nn.MaxPool2d(kernel, strides, (t, lf), dil, ceil_mode=ceil), x)
+                return self.module(
+                    nn.MaxPool2d(tuple(kernel), tuple(strides), (t, lf), tuple(dil), ceil_mode=ceil), x
+                )
             x = self.module(nn.ConstantPad2d((lf, r, t, b), -_FLT_MAX), x, "_pad")
-            return self.module(nn.MaxPool2d(kernel, strides, 0, dil, ceil_mode=ceil), x)
+            return self.module(
+                nn.MaxPool2d(tuple(kernel), tuple(strides), 0, tuple(dil), ceil_mode=ceil), x
+            )
         if dil != [1, 1]:
             raise self.fail(f"AveragePool with dilations {dil} is not supported")
         cip = bool(a.get("count_include_pad", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 COMMAND = "plan"
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -55,7 +56,7 @@ def cmd(
     sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
-    summary = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
+    summary: dict[str, Any] = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
                "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted, "info": res.info}
     summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
     if json_out:

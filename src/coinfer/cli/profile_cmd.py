@@ -102,12 +102,12 @@ def cmd(
             except ProfileFailed as e:  # a device failed or stopped answering: what was measured is saved
                 raise CheckFailed(f"{e}; what was measured is in {out_dir} (re-run to resume)") from None
     if len(jobs) > 1:
-        out = {be: [profile_file(d, profile_backend(be, precision)) for d in cl.names] for be in backends}
+        written = {be: [profile_file(d, profile_backend(be, precision)) for d in cl.names] for be in backends}
         if json_out:
-            emit_json({"profiles": out_dir, "model": model, "backends": out,
+            emit_json({"profiles": out_dir, "model": model, "backends": written,
                        "seconds": round(sum(j.seconds for j in jobs), 1)})
             return
-        for be, files in out.items():
+        for be, files in written.items():
             c.print(f"{be}: wrote {out_dir}/{{{', '.join(files)}}}")
         c.print(f"use them: coinfer plan ... --profiles {out_dir} (each device's cluster-file backend picks its "
                 f"table; auto: the fastest)")

@@ -219,7 +219,7 @@ def validate_meta(meta: Mapping[str, Any], nbytes: int | None = None,
     if nbytes is not None and nb != nbytes:
         raise CodecError(f"nbytes {nb} does not match the payload length {nbytes}")
     if codec == "raw":
-        if quant == "int4" and not zero < 0:  # (zero is a float here: int4 always has one)
+        if quant == "int4" and zero is not None and not zero < 0:  # (int4 always has a zero: checked above)
             if nb > qlen:
                 raise CodecError(f"int4 stream of {nb} bytes is longer than possible for {n} values")
         elif nb != qlen:

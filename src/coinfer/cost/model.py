@@ -153,7 +153,7 @@ class CostModel:
             if j < len(cuts):
                 self._segment[n.name] = (prev, cuts[j])
         self._part_cache: dict[Any, float] = {}
-        self._ref_cache: dict[Any, float] = {}
+        self._ref_cache: dict[Any, Any] = {}  # reference costs (float) and the whole-model PartGeom
         self._link_cache: dict[tuple[str, str], tuple[float, float]] = {}
         self._speed_cache: dict[str, float] = {}
         self._width_cache: dict[tuple[str, tuple[str, str]], list[tuple[int, float]]] = {}
@@ -229,11 +229,11 @@ class CostModel:
 
     def _whole_geom(self) -> PartGeom:
         key = ("whole-model",)
-        g = self._ref_cache.get(key)
+        g: PartGeom | None = self._ref_cache.get(key)
         if g is None:
             g = part_geometry(self.graph, self.graph.input.name, self.graph.output.name, None)
-            self._ref_cache[key] = g  # type: ignore[assignment]
-        return g  # type: ignore[return-value]
+            self._ref_cache[key] = g
+        return g
 
     # -- compute ------------------------------------------------------------
     def _node_io(self, ng: NodeGeom, node: Node) -> tuple[int, int]:
@@ -437,14 +437,14 @@ class CostModel:
     def _reference_ms(self, seg: tuple[str, str], rows: int) -> float:
         """Analytic cost (scale 1) of the geometry a stage table was measured on: rows [0, rows), full width."""
         key = (seg, rows)
-        v = self._ref_cache.get(key)
+        v: float | None = self._ref_cache.get(key)
         if v is None:
             s, e = seg
             node = self._nodes[e]
             g = part_geometry(self.graph, s, e, (0, rows, 0, node.width), "exact")
             v = self._analytic_ngs(self.calibration, 1.0, g.nodes)
             self._ref_cache[key] = v
-        return v  # type: ignore[return-value]
+        return v
 
     # -- transfer -----------------------------------------------------------
     def link(self, a: str, b: str) -> tuple[float, float]:

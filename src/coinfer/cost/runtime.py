@@ -109,7 +109,8 @@ class RuntimeCosts:
         if extra:
             raise RuntimeCostsError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(names)}")
         try:
-            return cls(**{k: (str(v) if k == "source" else float(v)) for k, v in d.items()})
+            kwargs: dict[str, Any] = {k: (str(v) if k == "source" else float(v)) for k, v in d.items()}
+            return cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise RuntimeCostsError(f"{where}: {e}; re-run coinfer profile") from None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +102,10 @@ def _act_fn(kind: str, kwargs: dict[str, Any]) -> Callable[[torch.Tensor], torch
     if kind == "gelu":
         approx = str(kwargs.get("approximate", "none"))
         return lambda x: F.gelu(x, approximate=approx)
-    return {"silu": F.silu, "sigmoid": torch.sigmoid, "hardswish": F.hardswish,
-            "hardsigmoid": F.hardsigmoid, "tanh": torch.tanh}[kind]
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "silu": F.silu, "sigmoid": torch.sigmoid, "hardswish": F.hardswish,
+        "hardsigmoid": F.hardsigmoid, "tanh": torch.tanh}
+    return fns[kind]
 
 
 def _same_pad(k: int, s: int, d: int, size: int) -> tuple[int, int]:
@@ -149,17 +151,17 @@ class _Builder:
         raise UnsupportedOpError(n.name, _describe(n, self.modules), "weights must be parameters or buffers")
 
     def add(self, n: torch.fx.Node, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
-            tensors: dict[str, torch.Tensor] | None = None, fn: Callable[..., torch.Tensor] | None = None,
-            flops: int = 0, spatial: bool = True) -> None:
+            tensors: Mapping[str, torch.Tensor | None] | None = None,
+            fn: Callable[..., torch.Tensor] | None = None, flops: int = 0, spatial: bool = True) -> None:
         shape = self.shape(n)
-        tensors = {k: v for k, v in (tensors or {}).items() if v is not None}
-        params = sum(int(v.numel()) for k, v in tensors.items() if k in ("weight", "bias"))
-        pbytes = sum(int(v.numel() * v.element_size()) for v in tensors.values())
+        present = {k: v for k, v in (tensors or {}).items() if v is not None}
+        params = sum(int(v.numel()) for k, v in present.items() if k in ("weight", "bias"))
+        pbytes = sum(int(v.numel() * v.element_size()) for v in present.values())
         target = str(n.target) if n.op != "call_function" else getattr(n.target, "__name__", str(n.target))
         self.nodes.append(Node(n.name, op, tuple(inputs), shape, attrs or {}, int(flops), params,
                                pbytes, spatial, target))
-        if tensors:
-            self.tensors[n.name] = tensors
+        if present:
+            self.tensors[n.name] = present
         if fn is not None:
             self.fns[n.name] = fn
         self.alias[n.name] = n.name

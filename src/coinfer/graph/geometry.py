@@ -337,10 +337,10 @@ def part_geometry(graph: Graph, start: str, end: str, out_region: Region | None,
     elif halo == "exact":
         req: dict[str, Region] = {end: out_region}
         for n in reversed(nodes):
-            r = intersect(req[n.name], full(n))
-            req[n.name] = r
+            clipped = intersect(req[n.name], full(n))
+            req[n.name] = clipped
             for i in n.inputs:
-                req[i] = union(req.get(i), _require(needed_input(n, r), graph[i]))
+                req[i] = union(req.get(i), _require(needed_input(n, clipped), graph[i]))
         for n in involved:
             regions[n.name] = req[n.name]
             valid[n.name] = full(n)

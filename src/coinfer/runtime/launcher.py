@@ -72,6 +72,7 @@ class LocalCluster:
         worker to its ``cpu_share`` with :func:`~coinfer.runtime.emulation.limit_cpu`; ``"dilate"``
         makes each worker emulate it by time dilation (:mod:`coinfer.runtime.dilation`); False or
         ``"off"`` runs them at full speed."""
+        mode: str
         if emulate_cpu is None:
             mode = cluster.emulation.cpu
         elif isinstance(emulate_cpu, bool):

@@ -323,7 +323,8 @@ class Worker:
         st = self._state(h["dep"], int(h["req"]))
         if st is None:
             return
-        region = None if h["region"] is None else tuple(int(v) for v in h["region"])
+        r = h["region"]  # wire.validate: None or [r0, r1, c0, c1]
+        region = None if r is None else (int(r[0]), int(r[1]), int(r[2]), int(r[3]))
         st.put((int(h["tensor"]), region, h["src"]), self._tensor(m), h.get("ts"))
 
     def on_tile(self, m: Message) -> None:

@@ -50,7 +50,8 @@ def _key_events(t: Trace, lanes: tuple[str, ...]) -> dict[tuple[str, str, str, i
         if e.lane not in lanes:
             continue
         k = (e.device, e.lane, e.name)
-        out[(*k, seen[k])] = e
+        key = (*k, seen[k])  # (mypy reads a starred tuple inside [] as 3.11-only syntax)
+        out[key] = e
         seen[k] += 1
     return out
 

@@ -27,7 +27,7 @@ import csv
 import math
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -521,7 +521,7 @@ def validate(cases: list[Case], out_dir: str | Path, *, repeat: int = 5, warmup:
     return results
 
 
-def resimulate(csv_paths: list[str | Path], profiles_root: str | Path, *,
+def resimulate(csv_paths: Sequence[str | Path], profiles_root: str | Path, *,
                traces: bool = True) -> list[CaseResult]:
     """Predict measured cases again with the current simulator and cost model, without re-measuring.
 

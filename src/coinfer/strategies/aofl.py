@@ -213,11 +213,11 @@ def plan_aofl(req: PlanRequest) -> PlanResult:
         blocks.reverse()
         for i, j, parts in blocks:
             devs = [d for d, _ in parts]
-            bounds = [0]
+            row_bounds = [0]
             for _, c in parts:
-                bounds.append(bounds[-1] + c)
+                row_bounds.append(row_bounds[-1] + c)
             ex = "via_source" if exchange == "via_source" and i > 0 else "direct"
-            stages.append(rows_partition(pts[j], devs, bounds, exchange=ex))
+            stages.append(rows_partition(pts[j], devs, row_bounds, exchange=ex))
             blocks_info.append({"until": pts[j], "layers": j - i, "devices": {d: c for d, c in parts}})
         if g.resolve(pts[k_end]) != g.output.name:
             stages.append(Stage(OUTPUT, Whole(src)))

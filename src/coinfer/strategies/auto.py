@@ -77,16 +77,16 @@ def _rows_variants(g: Graph, plan: Plan, speeds: dict[str, float]) -> list[Plan]
                 keep = {rp.device: speeds.get(rp.device, 1.0) for rp in parts if rp.device != slow}
                 out.append(_with_stage(plan, i, _rows_stage(g, s, keep)))
         elif isinstance(p, Whole):
-            for d in plan.devices:
-                if d != p.device:
-                    out.append(_with_stage(plan, i, replace(s, partition=Whole(d))))
+            for dev in plan.devices:
+                if dev != p.device:
+                    out.append(_with_stage(plan, i, replace(s, partition=Whole(dev))))
     # fuse consecutive row stages with the same device set
     for i in range(len(st) - 1):
-        a, b = st[i], st[i + 1]
-        if isinstance(a.partition, Rows) and isinstance(b.partition, Rows) and a.halo == b.halo == "exact" \
-                and b.exchange == "direct":
-            w = {rp.device: max(1, rp.rows[1] - rp.rows[0]) for rp in b.partition.parts}
-            fused = _rows_stage(g, b, {d: float(v) for d, v in w.items()})
+        sa, sb = st[i], st[i + 1]
+        if isinstance(sa.partition, Rows) and isinstance(sb.partition, Rows) and sa.halo == sb.halo == "exact" \
+                and sb.exchange == "direct":
+            w = {rp.device: max(1, rp.rows[1] - rp.rows[0]) for rp in sb.partition.parts}
+            fused = _rows_stage(g, sb, {d: float(v) for d, v in w.items()})
             out.append(replace(plan, stages=st[:i] + [fused] + st[i + 2:]))
     return out
 

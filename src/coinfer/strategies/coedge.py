@@ -477,6 +477,7 @@ def solve_lp(inst: Instance, A: list[int], objective: str, deadline_ms: float | 
     if res.status != 0:
         return None
     x = res.x
+    lam: np.ndarray
     if per_stage:
         lam = np.zeros((N, L))
         for k in range(n):

@@ -181,7 +181,7 @@ def estimate(req: PlanRequest, pr: _Pricer, R: int, C: int, owners: list[str], t
             sc = (j > 0) + (j < C - 1)
             tiles.append((rows, cols, sr, sc))
     devs = list(dict.fromkeys(owners))
-    queues = {d: deque() for d in devs}
+    queues: dict[str, deque[int]] = {d: deque() for d in devs}
     for t, d in enumerate(owners):
         queues[d].append(t)
     energy = 0.0
@@ -341,9 +341,9 @@ def plan_deepthings(req: PlanRequest) -> PlanResult:
         params["scheduler"] = str(req.param("scheduler", "steal"))
     if req.deadline_ms is not None:
         params["deadline_ms"] = req.deadline_ms
-    for k in ("layers", "until", "grid", "tail", "devices"):
-        if req.param(k) is not None:
-            params[k] = req.param(k)
+    for name in ("layers", "until", "grid", "tail", "devices"):
+        if req.param(name) is not None:
+            params[name] = req.param(name)
     plan = req.make_plan(stages, "deepthings", params)
     info = {"fused_until": cut, "fused_convs": conv_count(g, cut), "grid": f"{R}x{C}", "tail_on": td,
             "schedule": schedule, "model_latency_ms": round(est.latency_ms, 3),

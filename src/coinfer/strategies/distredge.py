@@ -330,7 +330,7 @@ def cluster_fingerprint(cluster: Cluster) -> str:
 
 def costs_fingerprint(costs: CostModel) -> str:
     """Where the latencies come from (profile tables digest or analytic), per device."""
-    parts = {}
+    parts: dict[str, list[str] | str] = {}
     for d in costs.cluster.names:
         prof = costs.profiles.get(d)
         if prof is None or prof.empty:

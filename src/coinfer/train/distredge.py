@@ -214,13 +214,21 @@ def profile_sustained(cm: Any, device: str, rows_points: int = 6, reps: int = 3,
                 geom = part_geometry(g, s, e, (0, r, 0, g[e].width), "exact")
                 run = PartRunner(cm, geom)
                 x = torch.randn(geom.in_shape(g), generator=gen)
-                pts.append((r, sustained_ms(lambda run=run, x=x: run(x), reps, clock=clock)))
+
+                def call(run: PartRunner = run, x: torch.Tensor = x) -> torch.Tensor:
+                    return run(x)
+
+                pts.append((r, sustained_ms(call, reps, clock=clock)))
             prof.stages[(s, e)] = pts
         else:
             geom = part_geometry(g, s, e, None)
             run = PartRunner(cm, geom)
             x = torch.randn(geom.in_shape(g), generator=gen)
-            prof.whole[(s, e)] = sustained_ms(lambda run=run, x=x: run(x), reps, clock=clock)
+
+            def call_whole(run: PartRunner = run, x: torch.Tensor = x) -> torch.Tensor:
+                return run(x)
+
+            prof.whole[(s, e)] = sustained_ms(call_whole, reps, clock=clock)
     prof.machine = machine_info()
     prof.date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return prof
@@ -328,8 +336,10 @@ def train(env: Any, algo: str = "ddpg", episodes: int = 4000, seed: int = 0,
 
 def load_agent(algo: str, path: Path) -> Any:
     from stable_baselines3 import DDPG, SAC, TD3
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
-    return {"ddpg": DDPG, "td3": TD3, "sac": SAC}[algo].load(str(path), device="cpu")
+    algos: dict[str, type[BaseAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
+    return algos[algo].load(str(path), device="cpu")
 
 
 def policy_rollout(agent: Any, env: Any) -> tuple[list[list[tuple[int, int]]], float, float, float]:

@@ -65,7 +65,8 @@ def volume_features(g: Graph, start: str, end: str) -> tuple[int, int, int, int]
 class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
     """Split each layer volume's rows among the devices; reward ``t_ref / T`` at the end."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # gym.Env annotates metadata without ClassVar although it is a class attribute (ruff's RUF012 wants one)
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}  # type: ignore[misc]
 
     def __init__(self, req: PlanRequest, costs: CostModel, boundaries: list[str], tail: str,
                  wire: Wire = Wire(), params: dict[str, Any] | None = None, shaping: str = "none") -> None:

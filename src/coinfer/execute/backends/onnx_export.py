@@ -179,8 +179,8 @@ class _Emitter:
         elif op in ("add", "mul"):
             y = self.add("Add" if op == "add" else "Mul", [self.read(st, 0), self.read(st, 1)], op)
         elif op == "scale":
-            c = self.const(np.array(float(a["const"]), dtype=np.float32), "k")
-            y = self.add("Add" if a["fn"] == "add" else "Mul", [self.read(st, 0), c], "scale")
+            kname = self.const(np.array(float(a["const"]), dtype=np.float32), "k")
+            y = self.add("Add" if a["fn"] == "add" else "Mul", [self.read(st, 0), kname], "scale")
         elif op == "cat":
             y = self.add("Concat", [self.read(st, i) for i in range(len(st.srcs))], "cat", axis=1)
         elif op == "lrn":

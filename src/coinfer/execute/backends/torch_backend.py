@@ -113,6 +113,7 @@ def compile_step(cm: CapturedModel, st: Step, dtype: torch.dtype, channels_last:
 
     if op == "conv":
         w, b = p["weight"], p.get("bias")
+        assert w is not None  # a conv step always has its weight
         if channels_last and w.dim() == 4:
             w = w.contiguous(memory_format=torch.channels_last)
         (nh, nw), extra = _split_pad(st.pads)
@@ -185,8 +186,9 @@ def compile_step(cm: CapturedModel, st: Step, dtype: torch.dtype, channels_last:
     if op == "flatten":
         return fin(lambda xs: xs[0].reshape(xs[0].shape[0], -1))
     if op == "linear":
-        w, b = p["weight"], p.get("bias")
-        return fin(lambda xs: F.linear(xs[0], w, b))
+        lw, lb = p["weight"], p.get("bias")
+        assert lw is not None  # a linear step always has its weight
+        return fin(lambda xs: F.linear(xs[0], lw, lb))
     raise ValueError(f"internal: no torch kernel for op {op!r} (node {n.name})")  # pragma: no cover
 
 
@@ -199,7 +201,7 @@ class TorchPart(CompiledPart):
         super().__init__("torch", precision, prog.in_shape, prog.out_shape)
         self.program = prog
         self.dtype = DTYPES[precision]
-        self._cm = cm
+        self._cm: CapturedModel | None = cm
         self.notes.update(folded_bn=len(prog.folded_bn), fused_act=len(prog.fused_act))
         self._plan = [([(s.buf, s.slice) for s in st.srcs], st.out, st.free) for st in prog.steps]
         self._start, self._end = prog.start, prog.end
@@ -219,7 +221,9 @@ class TorchPart(CompiledPart):
         self.program = None  # type: ignore[assignment]
 
     def _compile(self, cl: bool) -> list[Callable[[list[Tensor]], Tensor]]:
-        return [compile_step(self._cm, st, self.dtype, cl) for st in self.program.steps]
+        cm = self._cm
+        assert cm is not None  # compiled only in __init__, before the model is dropped
+        return [compile_step(cm, st, self.dtype, cl) for st in self.program.steps]
 
     def _has_conv(self) -> bool:
         return len(self.in_shape) == 4 and any(st.op == "conv" for st in self.program.steps)
