@@ -30,6 +30,16 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ADDR_RE = re.compile(r"^tcp://[^:/\s]+:\d{1,5}$")
 
 
+def tcp_address_problem(address: str, *, bind: bool = False) -> str | None:
+    """What is wrong with ``tcp://HOST:PORT`` (None: nothing). A bind may use port 0 (any free port)."""
+    if not ADDR_RE.match(address):
+        return "must be tcp://HOST:PORT"
+    port, lo = int(address.rsplit(":", 1)[1]), 0 if bind else 1
+    if not lo <= port <= 65535:
+        return f"the port must be {lo}-65535, not {port}"
+    return None
+
+
 class ClusterError(ValueError):
     """A cluster file that cannot be used; one line, naming the field and the fix."""
 
@@ -73,8 +83,11 @@ class Device(_Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        if v != "local" and not ADDR_RE.match(v):
-            raise ValueError("must be 'local' or 'tcp://HOST:PORT'")
+        if v == "local":
+            return v
+        problem = tcp_address_problem(v)
+        if problem:
+            raise ValueError(problem.replace("must be tcp", "must be 'local' or tcp", 1))
         return v
 
     @property

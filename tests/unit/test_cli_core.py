@@ -167,3 +167,36 @@ def test_worker_cpu_emulation_errors(args: list[str], want: str, run_cli) -> Non
 def test_unknown_cpu_emulation_is_one_line(cmd: list[str], run_cli) -> None:  # type: ignore[no-untyped-def]
     msg = _one_line_error(run_cli(*cmd, "--cpu-emulation", "fast"))
     assert "--cpu-emulation 'fast' is unknown; use quota, dilate, off" in msg
+
+
+@pytest.mark.parametrize(("bind", "want"), [
+    ("tcp://127.0.0.1:99999", "the port must be 0-65535, not 99999"),  # zmq bound port 34463 (mod 65536) before
+    ("tcp://127.0.0.1", "must be tcp://HOST:PORT"),  # was a traceback
+    ("127.0.0.1:7000", "must be tcp://HOST:PORT"),  # was "--insecure is allowed only for loopback binds"
+])
+def test_worker_bad_bind_is_one_line(bind: str, want: str, run_cli) -> None:  # type: ignore[no-untyped-def]
+    msg = _one_line_error(run_cli("worker", "--bind", bind, "--name", "w", "--insecure"))
+    assert want in msg and f"--bind {bind!r}" in msg
+
+
+def test_worker_bind_fails_or_bad_name_is_one_line(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    assert run_cli("keys", "--dir", str(tmp_path), "--devices", "w").returncode == 0
+    # 192.0.2.1 (TEST-NET-1) is never this machine's address: zmq cannot bind it (was a traceback, exit 1)
+    msg = _one_line_error(run_cli("worker", "--bind", "tcp://192.0.2.1:7000", "--name", "w", "--keys", str(tmp_path)))
+    assert "cannot bind tcp://192.0.2.1:7000" in msg and "bind an address of this machine" in msg
+    msg = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "a b", "--insecure"))
+    assert "--name 'a b'" in msg
+
+
+@pytest.mark.parametrize(("address", "want"), [
+    ("tcp://10.0.0.7:99999", "devices[0].address: the port must be 1-65535, not 99999 (got 'tcp://10.0.0.7:99999')"),
+    ("tcp://10.0.0.7:0", "the port must be 1-65535, not 0"),
+    ("10.0.0.7:7070", "devices[0].address: must be 'local' or tcp://HOST:PORT (got '10.0.0.7:7070')"),
+])
+def test_cluster_address_errors(address: str, want: str) -> None:
+    from coinfer.cluster import ClusterError, parse_cluster
+
+    with pytest.raises(ClusterError) as ei:
+        parse_cluster({"source": "a", "devices": [{"name": "a", "address": address}],
+                       "security": {"auth": "curve"}}, "c.yaml")
+    assert want in str(ei.value)

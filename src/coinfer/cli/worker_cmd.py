@@ -23,9 +23,16 @@ def cmd(
                                            "dilation when no cgroup is writable) or dilate (time dilation)"),
 ) -> None:
     """Serve deployments and requests from coordinators and peers until stopped."""
+    from ..cluster import NAME_RE, tcp_address_problem
     from ..errors import UserError
     from ..runtime.worker_main import run
 
+    problem = tcp_address_problem(bind, bind=True)
+    if problem:
+        raise UserError(f"--bind {bind!r}: {problem}; e.g. tcp://0.0.0.0:7070 (port 0: any free port)")
+    if not NAME_RE.match(name):
+        raise UserError(f"--name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter "
+                        f"or digit (the device's name in the cluster file)")
     if not keys and not insecure:
         raise UserError("give --keys DIR (CURVE, see coinfer keys) or --insecure (loopback binds only)")
     if cpu_emulation not in ("quota", "dilate"):

@@ -25,18 +25,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import re
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
+from ..cluster import NAME_RE
 from ..errors import UserError
 
 log = logging.getLogger("coinfer.security")
 
 COORDINATOR = "coordinator"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class SecurityError(UserError):

@@ -37,6 +37,7 @@ def self_limit(name: str, cpu_share: float | None, dilate: float | None, threads
 
 def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
         cpu_share: float | None = None, timeout_s: float = 300.0, dilate: float | None = None) -> int:
+    from ..errors import UserError
     from .security import KeyStore, check_bind
     from .transport import zmq_endpoint
     from .worker import Worker
@@ -44,7 +45,10 @@ def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
     ks = KeyStore(keys) if keys else None
     check_bind(bind, ks, insecure)
     mode = self_limit(name, cpu_share, dilate, threads)
-    ep = zmq_endpoint(name, bind, keys=ks, insecure=insecure)
+    try:
+        ep = zmq_endpoint(name, bind, keys=ks, insecure=insecure)
+    except ValueError as e:  # the address is taken or not this machine's
+        raise UserError(f"{e}; bind an address of this machine (0.0.0.0: all) and a free port (0: any)") from None
     w = Worker(name, ep, threads=threads, cpu_mode=mode, request_timeout_s=timeout_s)
     signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
     signal.signal(signal.SIGINT, lambda *_: w.stop.set())
