@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -153,20 +154,20 @@ def test_trace_matches_the_runtime_link_shaper() -> None:
 
 
 @pytest.mark.parametrize("body, msg", [
-    ("0,10\n1,-5\n", "bandwidth must be > 0"),
-    ("0,10\n0,20\n", "increase strictly"),
-    ("0,10\nabc,1\n", "line 2"),
-    ("", "at least one"),
+    ("0,10\n1,-5\n", "bw.csv:2: rate must be > 0 Mbit/s (got -5)"),
+    ("0,10\n0,20\n", "bw.csv:2: t_s 0 is not after the previous row's 0; times must increase"),
+    ("0,10\nabc,1\n", "bw.csv:2: 'abc,1' is not two numbers t_s,mbps"),
+    ("", "no rows"),
 ])
 def test_bad_bandwidth_trace(tmp_path: Path, body: str, msg: str) -> None:
     p = tmp_path / "bw.csv"
     p.write_text(body)
-    with pytest.raises(ClusterError, match=msg):
+    with pytest.raises(ClusterError, match=re.escape(msg)):
         BandwidthTrace.load(p)
 
 
 def test_missing_trace_file_and_device() -> None:
-    with pytest.raises(ClusterError, match="does not exist"):
+    with pytest.raises(ClusterError, match="cannot read the bandwidth trace"):
         CostModel(toy_graph(), cluster(trace="/nonexistent/bw.csv"), calibration=CAL)
     cm = CostModel(toy_graph(), cluster(), calibration=CAL)
     with pytest.raises(ClusterError, match="not in the cluster"):

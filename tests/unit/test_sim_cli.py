@@ -114,7 +114,7 @@ def test_negative_bandwidth(plan_file: Path, tmp_path: Path) -> None:
     assert "bandwidth_mbps" in bad(invoke("simulate", plan_file, "-c", y))
     csv = tmp_path / "bw.csv"
     csv.write_text("0,10\n1,-3\n")
-    assert "bandwidth must be > 0" in bad(invoke("simulate", plan_file, "-c", "het4", "--bandwidth-trace", csv))
+    assert "bw.csv:2: rate must be > 0 Mbit/s" in bad(invoke("simulate", plan_file, "-c", "het4", "--bandwidth-trace", csv))
     assert "--nic" in bad(invoke("simulate", plan_file, "-c", "het4", "--nic", "wifi"))
 
 

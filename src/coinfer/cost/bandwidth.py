@@ -2,9 +2,9 @@
 
 A trace is a CSV of ``t_s,mbps`` rows (an optional header line, ``#``
 comments and blank lines are skipped), the format of ``network.trace`` in the
-cluster file. Its semantics are those of the runtime's link shaper
-(:class:`coinfer.runtime.shaping.LinkShaper`), so a prediction and an
-emulated run see the same link: times count from the first row; a row's rate
+cluster file. The runtime's link shaper (:class:`coinfer.runtime.shaping.LinkShaper`)
+replays a trace with this class and reads it with :func:`read_trace_csv`, so a
+prediction and an emulated run see the same link: times count from the first row; a row's rate
 holds until the next row; the last row holds for the trace's mean step (1 s
 for a single row); then the trace loops. While a trace is active it *is* the
 rate of every link (the configured bandwidths are replaced); latency is
@@ -18,10 +18,58 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cluster import ClusterError
+from ..errors import UserError
+
+
+class TraceError(ClusterError, UserError):
+    """A bandwidth trace that cannot be used (one line: file, row, what, fix)."""
+
+
+def read_trace_csv(path: str | Path) -> list[tuple[float, float]]:
+    """The ``(t_s, mbps)`` rows of a trace CSV (see the module docstring); :class:`TraceError` for a
+    bad file. The one reader of the format: the cost model, Edgent and the runtime's link shaper."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise TraceError(f"{p}: cannot read the bandwidth trace ({e.strerror or e}); give a CSV of "
+                         f"t_s,mbps rows") from None
+    rows: list[tuple[float, float]] = []
+    first = True  # the first non-blank line may be a header such as "t_s,mbps"
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != 2:
+            raise TraceError(f"{p}:{lineno}: expected 2 columns t_s,mbps (got {len(cells)}: {line[:60]!r})")
+        try:
+            t, r = float(cells[0]), float(cells[1])
+        except ValueError:
+            if first:
+                first = False
+                continue
+            raise TraceError(f"{p}:{lineno}: {line[:60]!r} is not two numbers t_s,mbps") from None
+        first = False
+        _check_row(t, r, rows[-1][0] if rows else None, f"{p}:{lineno}")
+        rows.append((t, r))
+    if not rows:
+        raise TraceError(f"{p}: no rows; a trace is lines of t_s,mbps (e.g. 0,100)")
+    return rows
+
+
+def _check_row(t: float, r: float, prev: float | None, where: str) -> None:
+    if not (math.isfinite(t) and t >= 0):
+        raise TraceError(f"{where}: t_s must be a finite number >= 0 (got {t:g})")
+    if not (math.isfinite(r) and r > 0):
+        raise TraceError(f"{where}: rate must be > 0 Mbit/s (got {r:g}); use a small positive rate for an outage")
+    if prev is not None and t <= prev:
+        raise TraceError(f"{where}: t_s {t:g} is not after the previous row's {prev:g}; times must increase")
 
 
 @dataclass(frozen=True)
@@ -34,17 +82,11 @@ class BandwidthTrace:
 
     def __post_init__(self) -> None:
         if not self.times_s or len(self.times_s) != len(self.mbps):
-            raise ClusterError(f"{self.name}: a bandwidth trace needs at least one (t_s, mbps) row")
+            raise TraceError(f"{self.name}: no rows; a trace is lines of t_s,mbps (e.g. 0,100)")
         for i, (t, b) in enumerate(zip(self.times_s, self.mbps)):
-            if not (math.isfinite(t) and t >= 0):
-                raise ClusterError(f"{self.name}: row {i + 1}: t_s must be >= 0 (got {t})")
-            if not (math.isfinite(b) and b > 0):
-                raise ClusterError(f"{self.name}: row {i + 1}: bandwidth must be > 0 Mbit/s (got {b}); "
-                                   f"use a small positive rate for an outage")
-        if any(b <= a for a, b in zip(self.times_s, self.times_s[1:])):
-            raise ClusterError(f"{self.name}: t_s must increase strictly from row to row")
+            _check_row(t, b, self.times_s[i - 1] if i else None, f"{self.name}: row {i + 1}")
         if self.times_s[0] != 0:
-            raise ClusterError(f"{self.name}: internal: rows must start at 0 (use from_points)")
+            raise TraceError(f"{self.name}: internal: rows must start at 0 (use from_points)")
         n = len(self.times_s)
         step = self.times_s[-1] / (n - 1) if n > 1 else 1.0
         period = self.times_s[-1] + step
@@ -56,38 +98,19 @@ class BandwidthTrace:
         object.__setattr__(self, "_cum_bits", tuple(cum))
 
     @classmethod
-    def from_points(cls, points: list[tuple[float, float]], name: str = "trace") -> BandwidthTrace:
+    def from_points(cls, points: Sequence[tuple[float, float]], name: str = "trace") -> BandwidthTrace:
         """Rows ``[(t_s, mbps), ...]``; times are taken relative to the first row."""
         if not points:
-            raise ClusterError(f"{name}: a bandwidth trace needs at least one (t_s, mbps) row")
-        t0 = float(points[0][0])
-        if not (math.isfinite(t0) and t0 >= 0):
-            raise ClusterError(f"{name}: row 1: t_s must be >= 0 (got {t0})")
-        return cls(tuple(float(t) - t0 for t, _ in points), tuple(float(b) for _, b in points), name)
+            raise TraceError(f"{name}: no rows; a trace is lines of t_s,mbps (e.g. 0,100)")
+        rows = [(float(t), float(r)) for t, r in points]
+        for i, (t, r) in enumerate(rows):
+            _check_row(t, r, rows[i - 1][0] if i else None, f"{name}: row {i + 1}")
+        t0 = rows[0][0]
+        return cls(tuple(t - t0 for t, _ in rows), tuple(r for _, r in rows), name)
 
     @classmethod
     def load(cls, path: str | Path) -> BandwidthTrace:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ClusterError(f"bandwidth trace {str(p)!r} does not exist; give a CSV of t_s,mbps rows")
-        pts: list[tuple[float, float]] = []
-        first = True
-        for ln, raw in enumerate(p.read_text().splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            cells = [c.strip() for c in line.split(",")]
-            try:
-                if len(cells) != 2:
-                    raise ValueError
-                pts.append((float(cells[0]), float(cells[1])))
-            except ValueError:
-                if first:  # a header line such as "t_s,mbps"
-                    first = False
-                    continue
-                raise ClusterError(f"{p.name}: line {ln}: expected 't_s,mbps' numbers, got {line[:60]!r}") from None
-            first = False
-        return cls.from_points(pts, p.name)
+        return cls.from_points(read_trace_csv(path), Path(path).name)
 
     def _row(self, tau: float) -> int:
         return max(0, bisect.bisect_right(self.times_s, tau) - 1)
