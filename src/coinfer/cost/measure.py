@@ -212,7 +212,7 @@ def run_timed(cm: CapturedModel, geom: PartGeom, reps: int = 5, warmup: int = 1,
     """
     import torch
 
-    from ..execute.kernels import run_node
+    from ..execute.kernels import edge_inputs, run_node
     from ..execute.part import PartRunner
 
     clk = _clock(clock)
@@ -228,15 +228,7 @@ def run_timed(cm: CapturedModel, geom: PartGeom, reps: int = 5, warmup: int = 1,
                 _evict()
             for idx, (ng, node) in enumerate(zip(geom.nodes, runner.nodes)):
                 t0 = clk()
-                ins = []
-                for e in ng.edges:
-                    t = bufs[e.src]
-                    if e.slice is not None:
-                        r0, r1, c0, c1 = e.slice
-                        if (r0, c0) != (0, 0) or r1 != t.shape[2] or c1 != t.shape[3]:
-                            t = t[:, :, r0:r1, c0:c1]
-                    ins.append(t)
-                bufs[ng.name] = run_node(cm, node, ins, ng, runner._cache)
+                bufs[ng.name] = run_node(cm, node, edge_inputs(ng, bufs), ng, runner._cache)
                 dt = (clk() - t0) * 1e3
                 run += dt
                 if it >= warmup:

@@ -87,6 +87,19 @@ def bn(node: Node, st: dict[str, Tensor], x: Tensor) -> Tensor:
                         False, 0.0, node.attrs["eps"])
 
 
+def edge_inputs(ng: NodeGeom, bufs: dict[str, Tensor]) -> list[Tensor]:
+    """``ng``'s inputs from the computed buffers, each cut to the region its edge reads (a view)."""
+    ins = []
+    for e in ng.edges:
+        t = bufs[e.src]
+        if e.slice is not None:
+            r0, r1, c0, c1 = e.slice
+            if (r0, c0) != (0, 0) or r1 != t.shape[2] or c1 != t.shape[3]:
+                t = t[:, :, r0:r1, c0:c1]
+        ins.append(t)
+    return ins
+
+
 def run_node(cm: CapturedModel, node: Node, inputs: list[Tensor], geom: NodeGeom | None,
              cache: dict[object, Tensor]) -> Tensor:
     """Compute ``node`` on its (sliced) inputs; ``geom`` carries the region paddings."""

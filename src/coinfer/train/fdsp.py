@@ -248,21 +248,13 @@ def live_model(module: nn.Module, shape: tuple[int, ...], name: str) -> Captured
 
 def run_geom(cm: CapturedModel, geom: PartGeom, x: Tensor, cache: dict[object, Tensor]) -> Tensor:
     """:class:`~coinfer.execute.part.PartRunner` without ``no_grad``: the deployed arithmetic, differentiable."""
-    from ..execute.kernels import run_node
+    from ..execute.kernels import edge_inputs, run_node
 
     g = cm.graph
     bufs: dict[str, Tensor] = {geom.start: x}
     for idx, ng in enumerate(geom.nodes):
         node = g[ng.name]
-        ins = []
-        for e in ng.edges:
-            t = bufs[e.src]
-            if e.slice is not None:
-                r0, r1, c0, c1 = e.slice
-                if (r0, c0) != (0, 0) or r1 != t.shape[2] or c1 != t.shape[3]:
-                    t = t[:, :, r0:r1, c0:c1]
-            ins.append(t)
-        bufs[ng.name] = run_node(cm, node, ins, ng, cache)
+        bufs[ng.name] = run_node(cm, node, edge_inputs(ng, bufs), ng, cache)
         for name in geom.free_after.get(idx, ()):
             bufs.pop(name, None)
     return bufs[geom.end]
