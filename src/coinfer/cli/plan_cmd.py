@@ -57,7 +57,8 @@ def cmd(
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
     summary: dict[str, Any] = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
-               "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted, "info": res.info}
+                               "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted,
+                               "info": res.info}
     summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
     if json_out:
         emit_json(summary)
