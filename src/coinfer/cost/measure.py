@@ -164,7 +164,7 @@ def _runner(cm: CapturedModel, geom: PartGeom, backend: str = "torch", precision
     if backend == "torch" and precision == "fp32":
         return PartRunner(cm, geom)
     try:
-        return PartRunner(cm, geom, backend=backend, precision=precision)  # type: ignore[call-arg]
+        return PartRunner(cm, geom, backend=backend, precision=precision)
     except TypeError:
         raise ValueError(f"this coinfer's PartRunner has no backend {backend!r} / precision {precision!r}; "
                          f"profile with --backend torch") from None

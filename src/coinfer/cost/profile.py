@@ -313,7 +313,7 @@ class ProfileSet:
             want = None if spec is None or spec.backend == "auto" else (
                 spec.backend if prec == "fp32" else f"{spec.backend}/{prec}")
             if want in alts:
-                chosen[dev] = alts[want]  # type: ignore[index]
+                chosen[dev] = alts[want]
                 continue
             same = {k: v for k, v in alts.items() if (k.split("/", 1)[1] if "/" in k else "fp32") == prec}
             chosen[dev] = min((same or alts).values(), key=_profile_total_ms)

@@ -316,7 +316,7 @@ def train(env: Any, algo: str = "ddpg", episodes: int = 4000, seed: int = 0,
     agent.set_logger(Logger(folder=None, output_formats=[]))
     total = episodes * steps_per
 
-    class CB(BaseCallback):  # type: ignore[misc]
+    class CB(BaseCallback):
         def _on_step(self) -> bool:
             done = len(env.history)
             noise = getattr(self.model, "action_noise", None)

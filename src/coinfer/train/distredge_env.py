@@ -62,7 +62,7 @@ def volume_features(g: Graph, start: str, end: str) -> tuple[int, int, int, int]
     return n.height, n.shape[1] if n.is_feature_map else 1, k, s
 
 
-class DistrEdgeEnv(gym.Env):  # type: ignore[misc]
+class DistrEdgeEnv(gym.Env):
     """Split each layer volume's rows among the devices; reward ``t_ref / T`` at the end."""
 
     # gym.Env annotates metadata without ClassVar although it is a class attribute (ruff's RUF012 wants one)

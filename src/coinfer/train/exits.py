@@ -283,10 +283,10 @@ def train_exits(name: str, *, epochs: int | None = None, seed: int = 0, lr: floa
                 # BranchyNet's joint loss: the weighted sum of every exit's cross-entropy
                 loss = sum(weights[k] * loss_fn(outs[k], ytr[idx]) for k in names)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[union-attr]
+                loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss.detach()) * len(idx)  # type: ignore[union-attr]
+                total += float(loss.detach()) * len(idx)
                 n += len(idx)
             row = {"epoch": ep + 1, "loss": total / max(n, 1)}
             history.append(row)

@@ -234,7 +234,7 @@ def build_part(cm: CapturedModel, geom: PartGeom, backend: str = "torch", precis
     remembered = cache.get(key)
     if remembered in cands:
         try:
-            part = _make(remembered, cm, geom, precision, threads, prog)  # type: ignore[arg-type]
+            part = _make(remembered, cm, geom, precision, threads, prog)
             part.notes["auto"] = {"remembered": True}
             return part
         except ExportUnsupported:

@@ -184,7 +184,7 @@ def part_program(cm: CapturedModel, geom: PartGeom, *, fold: bool = True, fuse: 
             continue
         srcs = [Src(e.src, None if _is_whole_slice(e.slice, shapes[e.src]) else e.slice) for e in ng.edges]
         if n.op in GEOMETRY_OPS:
-            pads: Pads = tuple(n.attrs["pad"]) if ng.region is None else ng.edges[0].pad  # type: ignore[assignment]
+            pads: Pads = tuple(n.attrs["pad"]) if ng.region is None else ng.edges[0].pad
         else:
             pads = (0, 0, 0, 0)
         params = {k: v for k, v in cm.tensors.get(n.name, {}).items() if v is not None}

@@ -104,4 +104,4 @@ class OrtPart(CompiledPart):
         return torch.from_numpy(y)
 
     def release(self) -> None:
-        self.sess = None  # type: ignore[assignment]
+        self.sess = None
