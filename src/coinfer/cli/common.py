@@ -43,7 +43,8 @@ def fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Turn known user errors into one line on stderr and exit 2 (1 for failed checks)."""
+    """Turn known user errors into one line on stderr and exit 2 (1 for failed checks and runs that
+    failed while running; see :mod:`coinfer.errors`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,10 +64,13 @@ def user_errors(fn: F) -> F:
             if isinstance(e, Infeasible):
                 typer.echo(f"infeasible: {e}", err=True)
                 raise typer.Exit(EXIT_CHECK_FAILED) from None
-            if isinstance(e, _user_error_types()):
+            from ..errors import RunFailed, SetupError
+
+            if isinstance(e, (*_user_error_types(), SetupError, RunFailed)):
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 typer.echo(f"error: {msg}", err=True)
-                raise typer.Exit(EXIT_BAD_INPUT) from None
+                bad_input = not isinstance(e, RunFailed) or isinstance(e, SetupError)
+                raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_CHECK_FAILED) from None
             raise
 
     return wrapper  # type: ignore[return-value]

@@ -37,6 +37,8 @@ def cmd(
     stages: bool = typer.Option(False, "--stages", help=STAGES_HELP),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
     cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
+    connect_timeout_s: float = typer.Option(30.0, "--connect-timeout-s", min=0.1,
+                                            help="how long to wait for every device's worker to answer"),
 ) -> None:
     """Run a plan on the cluster's workers (local devices are started if coinfer up is not running)."""
     from ..cluster import resolve_cluster, with_cpu_emulation
@@ -62,7 +64,7 @@ def cmd(
     c = console(stderr=json_out)
     with c.status("deploying…"):
         session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys,
-                         cpu_modes=up.get("cpu_modes") if up else None)
+                         cpu_modes=up.get("cpu_modes") if up else None, hello_timeout_s=connect_timeout_s)
     lat: list[float] = []
     runs: list[tuple[Any, float | None, str]] = []  # per request: its trace, measured joules, their source
     with session:

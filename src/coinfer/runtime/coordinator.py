@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..cluster import Cluster
+from ..errors import RunFailed, SetupError
 from ..execute.backends.base import check_backend
 from ..plan.plan import Plan
 from ..trace import Trace
@@ -52,12 +53,12 @@ from .transport import BadMessage, Message, zmq_endpoint
 log = logging.getLogger("coinfer.coordinator")
 
 
-class RuntimeFailure(RuntimeError):
+class RuntimeFailure(RuntimeError, RunFailed):
     """A request could not be completed (after re-planning attempts)."""
 
 
-class DeviceUnreachable(RuntimeFailure):
-    pass
+class DeviceUnreachable(RuntimeFailure, SetupError):
+    """A device of the cluster does not answer (or went away and nothing can run without it)."""
 
 
 @dataclass
@@ -726,8 +727,6 @@ def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = N
         if any(d.is_local for d in cluster.devices):
             if not start_local:
                 raise DeviceUnreachable("the cluster has local devices; start them with coinfer up")
-            from ..cluster import Cluster as _C  # noqa: F401
-
             used = set(plan.devices)
             sub = cluster.without(*[d.name for d in cluster.devices if d.name not in used
                                     and d.name != cluster.source])

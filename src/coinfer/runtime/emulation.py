@@ -39,6 +39,8 @@ import time
 import weakref
 from pathlib import Path
 
+from ..errors import SetupError
+
 log = logging.getLogger("coinfer.emulation")
 
 MODES = ("cgroup-v1", "cgroup-v2", "duty-cycle", "none")
@@ -47,8 +49,8 @@ MAX_PERIOD_US = 1_000_000
 _CG_DIR = "coinfer"
 
 
-class EmulationError(RuntimeError):
-    pass
+class EmulationError(RuntimeError, SetupError):
+    """A CPU emulation mode asked for is not available on this machine."""
 
 
 def cpu_count() -> int:

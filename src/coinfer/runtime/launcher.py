@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import IO
 
 from ..cluster import CPU_EMULATIONS, Cluster
+from ..errors import SetupError
 from .emulation import CpuLimiter, cpu_mode_available, limit_cpu, needs_limit
 
 log = logging.getLogger("coinfer.launcher")
 
 
-class LaunchError(RuntimeError):
-    pass
+class LaunchError(RuntimeError, SetupError):
+    """A local worker process did not start."""
 
 
 @dataclass

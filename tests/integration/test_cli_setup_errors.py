@@ -1,0 +1,64 @@
+"""Set-up problems found while running are one line and an exit code, not a traceback."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+
+from coinfer.api import plan_result
+from coinfer.cli.common import user_errors
+from coinfer.cluster import parse_cluster
+from coinfer.runtime.coordinator import DeviceUnreachable, RuntimeFailure
+from coinfer.runtime.emulation import EmulationError
+from coinfer.runtime.launcher import LaunchError
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_run_with_a_device_nobody_serves_is_one_line_exit_2(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    addr = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    cl = {"source": "a", "devices": [{"name": "a"}, {"name": "b", "address": addr}],
+          "network": {"shape": False}}
+    cpath = tmp_path / "c.yaml"
+    cpath.write_text(yaml.safe_dump(cl))
+    ppath = tmp_path / "p.json"
+    plan_result("alexnet_digits", parse_cluster(cl, "c"), "even").plan.save(ppath)
+    t0 = time.monotonic()
+    r = run_cli("run", ppath, "--cluster", cpath, "--connect-timeout-s", "1.5")
+    took = time.monotonic() - t0
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("note:")]
+    assert lines == [f"error: no answer from b at {addr}; is `coinfer worker` running there (or `coinfer up`)?"]
+    assert took < 60  # the 30 s default would have been waited otherwise (plus the local worker's start)
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    (DeviceUnreachable("no answer from b"), 2),
+    (LaunchError("worker 'a' did not start"), 2),
+    (EmulationError("cgroup-v1 is not available here"), 2),
+    (RuntimeFailure("request failed after 3 attempts: boom"), 1),
+])
+def test_runtime_errors_are_one_line_with_their_exit_code(error: Exception, code: int,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # set-up problems exit 2 like bad input; a request that failed while running exits 1
+    @user_errors
+    def cmd() -> None:
+        raise error
+
+    with pytest.raises(typer.Exit) as ei:
+        cmd()
+    assert ei.value.exit_code == code
+    assert capsys.readouterr().err == f"error: {error}\n"
+    assert isinstance(error, RuntimeError)  # what the runtime's own handlers catch, unchanged
