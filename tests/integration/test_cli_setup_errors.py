@@ -62,3 +62,28 @@ def test_runtime_errors_are_one_line_with_their_exit_code(error: Exception, code
     assert ei.value.exit_code == code
     assert capsys.readouterr().err == f"error: {error}\n"
     assert isinstance(error, RuntimeError)  # what the runtime's own handlers catch, unchanged
+
+
+def test_missing_keys_are_named_before_anything_starts(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    keys = tmp_path / "keys"
+    assert run_cli("keys", "--dir", keys, "--devices", "b").returncode == 0
+    # a worker serves with its own key pair: without it, it used to fall back to the coordinator's and
+    # start, and then no peer could connect to it
+    r = run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "zz", "--keys", keys, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: no CURVE secret key for 'zz' in {keys}; copy zz.key_secret there or run "
+        f"coinfer keys --dir {keys} --devices zz")
+    # coinfer run names the local device without a key instead of "worker 'a' did not start (File …)"
+    cl = {"source": "a", "devices": [{"name": "a"}, {"name": "b", "address": f"tcp://127.0.0.1:{_free_port()}"}],
+          "security": {"auth": "curve", "keys": str(keys)}}
+    cpath = tmp_path / "c.yaml"
+    cpath.write_text(yaml.safe_dump(cl))
+    ppath = tmp_path / "p.json"
+    plan_result("alexnet_digits", parse_cluster(cl, "c"), "even").plan.save(ppath)
+    r = run_cli("run", ppath, "--cluster", cpath, "--connect-timeout-s", "1")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: no CURVE secret key for 'a' in {keys}; copy a.key_secret there or run "
+        f"coinfer keys --dir {keys} --devices a")
+    cpath.write_text(yaml.safe_dump({**cl, "security": {"auth": "curve", "keys": str(tmp_path / "none")}}))
+    r = run_cli("run", ppath, "--cluster", cpath, "--connect-timeout-s", "1")
+    assert r.returncode == 2 and "has no public/ key folder; create keys with coinfer keys" in r.stderr

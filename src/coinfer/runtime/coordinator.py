@@ -730,6 +730,11 @@ def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = N
             used = set(plan.devices)
             sub = cluster.without(*[d.name for d in cluster.devices if d.name not in used
                                     and d.name != cluster.source])
+            if keys is not None:  # every worker started here needs its own key pair: say so now
+                ks = KeyStore(keys)
+                for d in sub.devices:
+                    if d.is_local:
+                        ks.secret(d.name)
             local = LocalCluster(sub, keys=keys).start()
             addresses.update(local.addresses)
     try:

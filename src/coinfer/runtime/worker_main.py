@@ -46,7 +46,10 @@ def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
     check_bind(bind, ks, insecure)
     mode = self_limit(name, cpu_share, dilate, threads)
     try:
-        ep = zmq_endpoint(name, bind, keys=ks, insecure=insecure)
+        # a worker serves with its own key pair (its peers expect its public key): no fallback
+        ep = zmq_endpoint(name, bind, keys=ks, insecure=insecure, key_name=name if ks else None)
+    except UserError:  # keys (SecurityError): already one line with the fix
+        raise
     except ValueError as e:  # the address is taken or not this machine's
         raise UserError(f"{e}; bind an address of this machine (0.0.0.0: all) and a free port (0: any)") from None
     w = Worker(name, ep, threads=threads, cpu_mode=mode, request_timeout_s=timeout_s)
