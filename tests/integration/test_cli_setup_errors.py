@@ -87,3 +87,14 @@ def test_missing_keys_are_named_before_anything_starts(tmp_path: Path, run_cli) 
     cpath.write_text(yaml.safe_dump({**cl, "security": {"auth": "curve", "keys": str(tmp_path / "none")}}))
     r = run_cli("run", ppath, "--cluster", cpath, "--connect-timeout-s", "1")
     assert r.returncode == 2 and "has no public/ key folder; create keys with coinfer keys" in r.stderr
+
+
+def test_a_worker_that_dies_at_start_is_reported_by_its_exception_message() -> None:
+    from coinfer.runtime.launcher import _last_words
+
+    tb = ["Traceback (most recent call last):", '  File "worker_main.py", line 47, in run',
+          "coinfer.runtime.security.SecurityError: no CURVE secret key for 'a' in /k; copy a.key_secret there"]
+    assert _last_words(tb) == "no CURVE secret key for 'a' in /k; copy a.key_secret there (SecurityError)"
+    assert _last_words(["OSError: [Errno 98] Address already in use"]) == "[Errno 98] Address already in use (OSError)"
+    assert _last_words(["killed", "", "by the OOM killer"]) == "killed | by the OOM killer"
+    assert _last_words([]) == "no output"

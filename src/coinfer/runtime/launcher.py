@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,18 @@ class LocalWorker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+def _last_words(lines: list[str]) -> str:
+    """What a worker that died said last: its exception's message (without the traceback) if it
+    raised one, else its last lines."""
+    text = [ln.strip() for ln in lines if ln.strip()]
+    if not text:
+        return "no output"
+    m = re.match(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Exit)): (.+)$", text[-1])
+    if m:
+        return f"{m.group(2)} ({m.group(1)})"
+    return " | ".join(text[-3:])
 
 
 def _worker_cmd(name: str, bind: str, threads: int, keys: str | None, dilate: float | None = None) -> list[str]:
@@ -148,8 +161,7 @@ class LocalCluster:
                 w = LocalWorker(name, address, proc, limiter, dilated=self._dilate(share) is not None)
                 self._drain(w, proc.stdout)
                 return w
-        tail = " | ".join(lines[-3:]) or "no output"
-        raise LaunchError(f"worker {name!r} did not start ({tail})")
+        raise LaunchError(f"worker {name!r} did not start: {_last_words(lines)}")
 
     def _drain(self, w: LocalWorker, stream: IO[bytes]) -> None:
         path = None
