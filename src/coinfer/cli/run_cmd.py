@@ -67,10 +67,11 @@ def cmd(
                          cpu_modes=up.get("cpu_modes") if up else None, hello_timeout_s=connect_timeout_s)
     lat: list[float] = []
     runs: list[tuple[Any, float | None, str]] = []  # per request: its trace, measured joules, their source
-    with session:
+    with session, c.status("warming up…") as status:
         for _ in range(warmup):
             session(x)
-        for _ in range(repeat):
+        for i in range(repeat):
+            status.update(f"request {i + 1}/{repeat}" + (f" (last {lat[-1]:.1f} ms)" if lat else ""))
             t0 = time.perf_counter()
             y, joules, esrc = measure_energy(lambda: session(x))  # real power readers (RAPL/INA3221) if present
             lat.append((time.perf_counter() - t0) * 1e3)
