@@ -200,3 +200,13 @@ def test_cluster_address_errors(address: str, want: str) -> None:
         parse_cluster({"source": "a", "devices": [{"name": "a", "address": address}],
                        "security": {"auth": "curve"}}, "c.yaml")
     assert want in str(ei.value)
+
+
+def test_an_unwritable_output_path_is_one_line(plan_file: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "no" / "such"
+    (tmp_path / "no").write_text("a file, not a folder")
+    for args, path in [(["plan", "-m", "resnet18", "-c", "demo4", "-o", missing / "p.json"], missing / "p.json"),
+                       (["simulate", plan_file, "-c", "demo4", "--trace", missing / "t.json"], missing / "t.json"),
+                       (["demo", "--out", missing], missing)]:
+        msg = _one_line_error(run_cli(*args))
+        assert msg.startswith(f"error: {path}: ") and "check the path" in msg, msg

@@ -58,6 +58,12 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as e:
+            if e.filename is None:
+                raise
+            # a path the user gave that cannot be read or written (--out, --trace, -o …)
+            typer.echo(f"error: {e.filename}: {e.strerror or e}; check the path and its permissions", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except Exception as e:
             from ..strategies.registry import Infeasible
 
