@@ -20,8 +20,9 @@ def cmd(
     max_train: int = typer.Option(None, "--max-train", help="use only the first N training images (smoke tests)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
-    """Train every exit jointly on scikit-learn's digits (upscaled to 64x64, fixed 75/25 split) and
-    report each exit's held-out accuracy. The checkpoint is cached and used by the zoo from then on."""
+    """Train every exit jointly on scikit-learn's digits and report each exit's held-out accuracy.
+
+    Digits upscaled to 64x64, a fixed 75/25 split; the checkpoint is cached and used by the zoo."""
     from ..train.exits import ALIASES, resolve, train_exits
 
     name = resolve(model)
