@@ -118,6 +118,21 @@ class LinkSample:
         return self.nbytes * 8 / 1e3 / max(self.ms, 1e-3)
 
 
+def _refused(address: str, timeout_s: float = 1.0) -> bool:
+    """True when a TCP connection to ``address`` is actively refused (no process listens on the
+    port). Anything else — accepted, unreachable, timed out — is left to the hello to decide."""
+    if not address.startswith("tcp://"):
+        return False
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _advertise_host(addresses: list[str]) -> str:
     """The local IP by which remote workers reach this machine (loopback if all are local)."""
     hosts = [a[len("tcp://"):].rsplit(":", 1)[0] for a in addresses]
@@ -309,6 +324,13 @@ class Session:
 
     def _hello(self, devices: list[str], timeout_s: float | None = None) -> None:
         timeout_s = self.hello_timeout_s if timeout_s is None else timeout_s
+        # nothing listening at a device's address: say so now instead of after the whole timeout
+        refused = [d for d in devices if _refused(self.addresses[d])]
+        if refused:
+            raise DeviceUnreachable(
+                "no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in refused)
+                + " (connection refused: nothing listens there); is `coinfer worker` running there "
+                  "(or `coinfer up`)?")
         futs = {}
         for dev in devices:
             f: Future[dict[str, Any]] = Future()
