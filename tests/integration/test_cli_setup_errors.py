@@ -51,6 +51,9 @@ def test_run_with_a_device_nobody_serves_is_one_line_exit_2(tmp_path: Path, run_
     assert _error_lines(r) == [(f"error: no answer from b at {addr} (connection refused: nothing listens there); "
                                f"is `coinfer worker` running there (or `coinfer up`)?")]
     assert took < 25, took
+    # coinfer profile meets the same device the same way (it waited 30 s and said "check failed", exit 1)
+    r = run_cli("profile", cpath, "-m", "alexnet_digits", "-o", tmp_path / "prof")
+    assert r.returncode == 2 and _error_lines(r)[-1].startswith(f"error: no answer from b at {addr} (connection refused")
 
 
 def test_run_with_a_device_that_never_answers_waits_connect_timeout(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]

@@ -450,6 +450,11 @@ class RemoteProfiler:
 
     def connect(self, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
         """Connect to every device and say hello; returns each worker's ``hello_ok``."""
+        from ..runtime.coordinator import tcp_refuses, unreachable
+
+        refused = {d: self.addresses[d] for d in self.cluster.names if tcp_refuses(self.addresses[d])}
+        if refused:
+            raise unreachable(refused, refused=True)
         for dev in self.cluster.names:
             self.ep.connect(dev, self.addresses[dev])
             self.ep.send(dev, {"kind": "hello", "coord": self.ep.address})
@@ -457,10 +462,9 @@ class RemoteProfiler:
         while len(self.info) < len(self.cluster.names):
             try:
                 m = self._recv(deadline)
-            except ProfileFailed:
-                missing = [d for d in self.cluster.names if d not in self.info]
-                raise ProfileFailed("no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in missing)
-                                    + "; is `coinfer worker` running there (or `coinfer up`)?") from None
+            except ProfileFailed:  # before anything was measured: a set-up problem (exit 2), not a failure
+                raise unreachable({d: a for d, a in self.addresses.items()
+                                   if d in self.cluster.names and d not in self.info}) from None
             if m.header["kind"] == "hello_ok":
                 self.info[m.sender] = dict(m.header)
                 self.cpu_modes.setdefault(m.sender, str(m.header.get("cpu_mode", "none")))

@@ -118,7 +118,14 @@ class LinkSample:
         return self.nbytes * 8 / 1e3 / max(self.ms, 1e-3)
 
 
-def _refused(address: str, timeout_s: float = 1.0) -> bool:
+def unreachable(addresses: dict[str, str], refused: bool = False) -> DeviceUnreachable:
+    """The error for devices (name -> address) that did not answer a hello."""
+    why = " (connection refused: nothing listens there)" if refused else ""
+    return DeviceUnreachable("no answer from " + ", ".join(f"{d} at {a}" for d, a in addresses.items()) + why
+                             + "; is `coinfer worker` running there (or `coinfer up`)?")
+
+
+def tcp_refuses(address: str, timeout_s: float = 1.0) -> bool:
     """True when a TCP connection to ``address`` is actively refused (no process listens on the
     port). Anything else — accepted, unreachable, timed out — is left to the hello to decide."""
     if not address.startswith("tcp://"):
@@ -325,12 +332,9 @@ class Session:
     def _hello(self, devices: list[str], timeout_s: float | None = None) -> None:
         timeout_s = self.hello_timeout_s if timeout_s is None else timeout_s
         # nothing listening at a device's address: say so now instead of after the whole timeout
-        refused = [d for d in devices if _refused(self.addresses[d])]
+        refused = [d for d in devices if tcp_refuses(self.addresses[d])]
         if refused:
-            raise DeviceUnreachable(
-                "no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in refused)
-                + " (connection refused: nothing listens there); is `coinfer worker` running there "
-                  "(or `coinfer up`)?")
+            raise unreachable({d: self.addresses[d] for d in refused}, refused=True)
         futs = {}
         for dev in devices:
             f: Future[dict[str, Any]] = Future()
@@ -346,9 +350,7 @@ class Session:
             except Exception:  # noqa: BLE001
                 missing.append(dev)
         if missing:
-            raise DeviceUnreachable(
-                "no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in missing)
-                + "; is `coinfer worker` running there (or `coinfer up`)?")
+            raise unreachable({d: self.addresses[d] for d in missing})
 
     def _greet(self, devices: list[str]) -> None:
         """Connect to and hello the devices not yet alive; one that does not answer is dead."""
