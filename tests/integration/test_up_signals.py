@@ -102,3 +102,69 @@ def test_run_reports_the_cpu_modes_of_up_s_workers(tmp_path: Path) -> None:
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(30)
+
+
+def _start_up(spec: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    exe = Path(sys.executable).parent / "coinfer"
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    p = subprocess.Popen([str(exe), "up", str(spec), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, env=env, text=True)
+    pids: dict[str, int] = {}
+    assert p.stdout is not None
+    for line in p.stdout:
+        m = re.match(r"\s+(\w+)\s+tcp://\S+\s+pid (\d+)", line)
+        if m:
+            pids[m.group(1)] = int(m.group(2))
+        if line.startswith("up:"):
+            break
+    assert set(pids) == {"a", "b"}, pids
+    return p, pids
+
+
+def test_up_starts_a_worker_that_died_again_and_run_keeps_using_them(tmp_path: Path) -> None:
+    """A device that comes back: `coinfer up` restarts a killed worker on its address (it stopped
+    every worker when one exited), and `coinfer run` still finds up's workers."""
+    from coinfer.runtime import upstate
+
+    spec = tmp_path / "two.yaml"
+    spec.write_text(CLUSTER)
+    p, pids = _start_up(spec)
+    new_b = None
+    try:
+        assert p.stdout is not None
+        os.kill(pids["b"], signal.SIGKILL)
+        line = next(ln for ln in p.stdout if ln.strip())
+        assert re.match(r"b exited \(killed by SIGKILL\); starting it again on tcp://127\.0\.0\.1:\d+$", line.strip())
+        t_end = time.monotonic() + 60
+        while time.monotonic() < t_end:
+            st = upstate.read(str(spec))
+            if st is not None and st["pids"]["b"] != pids["b"]:
+                new_b = int(st["pids"]["b"])
+                break
+            time.sleep(0.2)
+        assert new_b is not None and not _gone(new_b) and st["pids"]["a"] == pids["a"]
+        assert p.poll() is None  # still up
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    t_end = time.monotonic() + 15
+    while not all(_gone(pid) for pid in [pids["a"], new_b or pids["b"]]) and time.monotonic() < t_end:
+        time.sleep(0.1)
+    assert _gone(pids["a"]) and (new_b is None or _gone(new_b)), "the restarted worker outlived coinfer up"
+
+
+def test_up_no_restart_stops_all_when_one_exits(tmp_path: Path) -> None:
+    spec = tmp_path / "two.yaml"
+    spec.write_text(CLUSTER)
+    p, pids = _start_up(spec, "--no-restart")
+    try:
+        os.kill(pids["b"], signal.SIGKILL)
+        out, _ = p.communicate(timeout=30)
+        assert "worker(s) ['b'] exited; stopping" in out
+        t_end = time.monotonic() + 15
+        while not _gone(pids["a"]) and time.monotonic() < t_end:
+            time.sleep(0.1)
+        assert _gone(pids["a"])
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -12,6 +12,16 @@ import typer
 from .common import CPU_EMULATION_HELP, console, user_errors
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+RESTARTS_PER_MINUTE = 3  # a worker that exits more often than this is not restarted again
+
+
+def _how(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -32,6 +42,9 @@ def cmd(
     keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
     log_dir: str = typer.Option(None, "--log-dir", help="write each worker's log here"),
     cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
+    restart: bool = typer.Option(True, "--restart/--no-restart",
+                                 help="start a worker that exits again on its address (a device that comes "
+                                      "back; sessions re-plan onto it); --no-restart: stop them all"),
 ) -> None:
     """Run the cluster's local devices until Ctrl-C (coinfer run uses them)."""
     from ..cluster import resolve_cluster, with_cpu_emulation
@@ -50,11 +63,25 @@ def cmd(
     upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
     c.print("[bold]up[/]: Ctrl-C stops them. Links are shaped by each sender "
             f"({cl.network.bandwidth_mbps} Mbit/s, {cl.network.latency_ms} ms by default).")
+    exits: dict[str, list[float]] = {}  # device -> when its worker exited (a crash loop stops `up`)
     try:
-        while all(w.alive() for w in lc.workers.values()):
+        while True:
             time.sleep(0.5)
-        dead = [n for n, w in lc.workers.items() if not w.alive()]
-        c.print(f"worker(s) {dead} exited; stopping")
+            dead = [n for n, w in lc.workers.items() if not w.alive()]
+            if not dead:
+                continue
+            now = time.monotonic()
+            looping = [n for n in dead if len([t for t in exits.get(n, []) if now - t < 60]) >= RESTARTS_PER_MINUTE]
+            if not restart or looping:
+                why = f"exited {RESTARTS_PER_MINUTE + 1} times in a minute" if looping else "exited"
+                c.print(f"worker(s) {looping or dead} {why}; stopping (logs: --log-dir)")
+                break
+            for n in dead:
+                exits.setdefault(n, []).append(now)
+                c.print(f"{n} exited ({_how(lc.workers[n].proc.returncode)}); starting it again on "
+                        f"{lc.workers[n].address}")
+                lc.restart(n)
+            upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
     except KeyboardInterrupt:
         c.print("stopping")
     finally:

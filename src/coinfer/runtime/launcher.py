@@ -201,6 +201,8 @@ class LocalCluster:
         old = self.workers[name]
         if old.alive():
             self.kill(name)
+        elif old.limiter is not None:  # it died by itself: release its CPU limit (cgroup) too
+            old.limiter.close()
         d = self.cluster.device(name)
         deadline = time.monotonic() + 10
         while True:
@@ -208,8 +210,10 @@ class LocalCluster:
             try:
                 w = self._ready(name, proc, d.cpu_share)
                 break
-            except LaunchError:
-                if time.monotonic() > deadline:
+            except BaseException as e:  # also Ctrl-C in `coinfer up`: the new process must not outlive us
+                proc.kill()
+                proc.wait(timeout=10)
+                if not isinstance(e, LaunchError) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)  # the port may still be held for a moment
         self.workers[name] = w
