@@ -116,3 +116,26 @@ def test_worker_restarts_do_not_leak(env):
     assert max(threads[2:]) <= threads[1] + 2, counts
     assert rss[-1] < rss[1] * 1.3, counts
     assert os.getpid()
+
+
+def test_failover_switches_to_a_prepared_plan(env):
+    """``failover=True``: the plan without each device is built at the start, so a device's death
+    switches to a built plan — no planning or building after the failure."""
+    cl, lc = env
+    cm = capture_model(MODEL)
+    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
+    xs = [random_input(tuple(cm.graph.input_shape), 2000 + i) for i in range(12)]
+    refs = reference_output(cm, torch.cat(xs)).split(1)
+    victim = "d1"
+    with Session(plan, cl, lc.addresses, failover=True) as s:
+        assert s.deploys == 4 and len(s.kept) == 3  # the plan + one without each of d1, d2, d3
+        for x, ref in zip(xs[:4], refs[:4]):
+            assert compare(s(x), ref)[1] <= TOLERANCE
+        lc.kill(victim)
+        for x, ref in zip(xs[4:], refs[4:]):
+            assert compare(s(x), ref)[1] <= TOLERANCE  # the first of these finds the device dead
+        assert s.recoveries and victim in s.recoveries[0].dead
+        assert s.deploys == 4, "the failure built a plan instead of switching to the prepared one"
+        assert victim not in s.deployed_on and set(s.deployed_on) == {"d0", "d2", "d3"}
+        assert not s.kept  # the other prepared plans needed the dead device
+        print(f"\nfailover: switched in {s.recoveries[0].replan_ms:.0f} ms (prepared in {s.prepare_s:.1f} s)")

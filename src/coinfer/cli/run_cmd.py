@@ -39,6 +39,9 @@ def cmd(
     cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
     connect_timeout_s: float = typer.Option(30.0, "--connect-timeout-s", min=0.1,
                                             help="how long to wait for every device's worker to answer"),
+    failover: bool = typer.Option(False, "--failover",
+                                  help="also build the plan without each device at the start: a device that "
+                                       "dies is then replaced at once, not after re-planning and building"),
 ) -> None:
     """Run a plan on the cluster's workers (local devices are started if coinfer up is not running)."""
     from ..cluster import resolve_cluster, with_cpu_emulation
@@ -64,7 +67,8 @@ def cmd(
     c = console(stderr=json_out)
     with c.status("deploying…"):
         session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys,
-                         cpu_modes=up.get("cpu_modes") if up else None, hello_timeout_s=connect_timeout_s)
+                         cpu_modes=up.get("cpu_modes") if up else None, hello_timeout_s=connect_timeout_s,
+                         failover=failover)
     lat: list[float] = []
     runs: list[tuple[Any, float | None, str]] = []  # per request: its trace, measured joules, their source
     with session, c.status("warming up…") as status:

@@ -166,7 +166,7 @@ class Session:
                  local: LocalCluster | None = None, replan_fn: Callable[[Cluster], Plan] | None = None,
                  cpu_modes: dict[str, str] | None = None, adapter: Adapter | None = None,
                  hello_timeout_s: float = 30.0, keep_deployments: int | None = None,
-                 prepare: list[Plan] | None = None) -> None:
+                 prepare: list[Plan] | None = None, failover: bool = False) -> None:
         self._plan = plan  # the plan to deploy first; after that, the active deployment's
         self.current: _Deployment | None = None  # the deployment requests run on
         # switch(): earlier deployments stay built (plan JSON -> deployment), oldest evicted first.
@@ -215,6 +215,11 @@ class Session:
         self.io.start()
         if prepare is None and adapter is not None and hasattr(adapter, "plans_to_prepare"):
             prepare = list(adapter.plans_to_prepare())
+        if failover and replan:
+            # the plan without each device but the source, built now: a death then switches to it
+            # instead of planning and building after the failure
+            prepare = [*(prepare or []), *(self._replanned(cluster.without(d))
+                                          for d in plan.devices_used_names() if d != plan.source)]
         main_key = plan.to_json()
         prepared = list({p.to_json(): p for p in (prepare or []) if p.to_json() != main_key}.values())
         if keep_deployments is None:
@@ -683,6 +688,10 @@ class Session:
         self.switches.append((time.time(), label))
 
     # -- re-planning ---------------------------------------------------------------------
+    def _replanned(self, sub: Cluster) -> Plan:
+        """The plan for the devices of ``sub`` (the same strategy; ``replan_fn`` if given)."""
+        return self.replan_fn(sub) if self.replan_fn else default_replan(self.plan, sub)
+
     def _replan(self, t_fail: float | None) -> None:
         self._membership_changed.clear()
         t0 = time.monotonic()
@@ -690,10 +699,18 @@ class Session:
         if self.plan.source not in live:
             raise RuntimeFailure(f"the source device {self.plan.source} is dead; nothing can run")
         sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
-        new = self.replan_fn(sub) if self.replan_fn else default_replan(self.plan, sub)
-        self._drop_kept()  # built for the old membership
-        self._greet(new.devices_used_names())
-        self._deploy(new)
+        new = self._replanned(sub)
+        ready = self.kept.pop(new.to_json(), None)  # prepared for this failure (failover=True)
+        self._drop_kept()  # the others were built for the old membership
+        if ready is not None and set(ready.devices) <= self.alive:
+            old = self._activate(ready)
+            if old is not None:
+                self._undeploy(old.dep)
+        else:
+            if ready is not None:
+                self._undeploy(ready.dep)
+            self._greet(new.devices_used_names())
+            self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
                                              0.0, new.devices_used_names()))
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
