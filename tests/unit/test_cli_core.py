@@ -210,3 +210,28 @@ def test_an_unwritable_output_path_is_one_line(plan_file: Path, tmp_path: Path, 
                        (["demo", "--out", missing], missing)]:
         msg = _one_line_error(run_cli(*args))
         assert msg.startswith(f"error: {path}: ") and "check the path" in msg, msg
+
+
+@pytest.mark.parametrize(("strategy", "param", "want"), [
+    ("even", "max_redundancy=abc", "--param max_redundancy='abc': must be a number"),  # was a traceback
+    ("auto", "budget_s=soon", "--param budget_s='soon': must be a number"),
+])
+def test_a_non_numeric_strategy_parameter_is_one_line(strategy: str, param: str, want: str, run_cli) -> None:  # type: ignore[no-untyped-def]
+    msg = _one_line_error(run_cli("plan", "-m", "resnet18", "-c", "demo4", "-s", strategy, "--param", param,
+                                  "-o", "/dev/null"))
+    assert want in msg
+
+
+def test_number_parameters() -> None:
+    from coinfer.cluster import builtin_cluster
+    from coinfer.graph.ir import Graph
+    from coinfer.strategies.registry import PlanRequest, StrategyError
+
+    req = PlanRequest(Graph.__new__(Graph), builtin_cluster("demo4"), "m",
+                      params={"a": "0.5", "b": 3, "c": "x", "d": "2.5"})
+    assert req.number("a") == 0.5 and req.number("b", kind=int) == 3 and req.number("z", 7.0) == 7.0
+    assert req.number("z") is None
+    with pytest.raises(StrategyError, match=r"--param c='x': must be a number"):
+        req.number("c")
+    with pytest.raises(StrategyError, match=r"--param d='2.5': must be an integer"):
+        req.number("d", kind=int)

@@ -357,7 +357,7 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
     depth = req.param("depth", "auto")
     try:
         depth = None if depth == "auto" else int(depth)
-        gamma = float(req.param("gamma", 0.9))
+        gamma = req.number("gamma", 0.9)
         dl = req.param("tile_deadline_ms")
         dl = None if dl in (None, "none") else float(dl)
     except (TypeError, ValueError):
@@ -383,7 +383,7 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
             continue
         tail = choose_tail(req, costs, end, wire, str(req.param("tail", "auto")))
         per, fastest = _tile_rates(costs, g, tg, list(req.devices), wire, req.source, head)
-        window = float(req.param("window_ms", max(30.0, 2.0 * fastest)))
+        window = req.number("window_ms", max(30.0, 2.0 * fastest))
         ntiles = grid[0] * grid[1]
         depths = [depth] if depth is not None else sorted({1, 2, 4, ntiles})
         si = 0 if head is None else 1

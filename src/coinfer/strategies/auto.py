@@ -140,7 +140,7 @@ def _refine(req: PlanRequest, start: Plan, deadline: float, score: Callable[[Pla
 @register("auto", summary="every exact strategy scored by the simulator, then refined by local search",
           paper="coinfer (this project)", needs_costs=True)
 def plan_auto(req: PlanRequest) -> PlanResult:
-    budget = float(req.param("budget_s", 4.0))
+    budget = req.number("budget_s", 4.0)
     include = req.param("include")
     exclude = set(req.param("exclude") or [])
     if budget <= 0:

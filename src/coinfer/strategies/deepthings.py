@@ -272,7 +272,7 @@ def plan_deepthings(req: PlanRequest) -> PlanResult:
         cuts = [g.resolve(until)]
     elif req.param("layers") is not None:
         try:
-            n = int(req.param("layers"))
+            n = req.number("layers", kind=int)
         except (TypeError, ValueError):
             raise StrategyError(f"--param layers must be an integer (got {req.param('layers')!r})") from None
         if n < 1:

@@ -362,10 +362,10 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
     if algo not in ALGOS:
         raise StrategyError(f"algo={algo!r} is unknown; use one of {', '.join(ALGOS)}")
     try:
-        episodes = int(req.param("train_episodes", DEFAULTS["train_episodes"]))
-        alpha = float(req.param("alpha", DEFAULTS["alpha"]))
-        n_random = int(req.param("n_random", DEFAULTS["n_random"]))
-        seed = int(req.param("seed", DEFAULTS["seed"]))
+        episodes = req.number("train_episodes", DEFAULTS["train_episodes"], kind=int)
+        alpha = req.number("alpha", DEFAULTS["alpha"])
+        n_random = req.number("n_random", DEFAULTS["n_random"], kind=int)
+        seed = req.number("seed", DEFAULTS["seed"], kind=int)
         mv = req.param("max_volumes")
         max_volumes = None if mv in (None, "none") else int(mv)
     except (TypeError, ValueError):

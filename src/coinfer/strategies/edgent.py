@@ -159,7 +159,7 @@ def _budget(req: PlanRequest) -> tuple[float, float]:
     if req.deadline_ms is None:
         raise StrategyError("edgent needs a latency requirement: --deadline-ms D (milliseconds, > 0)")
     try:
-        margin = float(req.param("margin", 0.0))
+        margin = req.number("margin", 0.0)
     except (TypeError, ValueError):
         margin = -1.0
     if not 0.0 <= margin < 1.0:
@@ -369,11 +369,11 @@ def plan_dynamic(req: PlanRequest, costs: CostModel) -> PlanResult:
         raise StrategyError("edgent dynamic needs a historical bandwidth trace: --param trace=FILE.csv (t_s,mbps) "
                             "or network.trace in the cluster file")
     trace = BandwidthTrace.load(str(path))
-    n_states = int(req.param("states", 3))
-    weight = float(req.param("throughput_weight", THROUGHPUT_WEIGHT))
+    n_states = req.number("states", 3, kind=int)
+    weight = req.number("throughput_weight", THROUGHPUT_WEIGHT)
     if not weight >= 0:
         raise StrategyError(f"--param throughput_weight={weight} must be >= 0")
-    q = float(req.param("plan_quantile", 0.1))
+    q = req.number("plan_quantile", 0.1)
     if not 0.0 <= q <= 1.0:
         raise StrategyError(f"--param plan_quantile={q} must be in [0, 1]")
     pen = req.param("penalty")

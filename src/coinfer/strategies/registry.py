@@ -68,6 +68,17 @@ class PlanRequest:
     def param(self, key: str, default: Any = None) -> Any:
         return self.params.get(key, default)
 
+    def number(self, key: str, default: Any = None, kind: type[float | int] = float) -> Any:
+        """Parameter ``key`` as a float (or int); a value that is not one is a StrategyError naming it."""
+        v = self.params.get(key, default)
+        if v is None or isinstance(v, bool):
+            return v if v is None else kind(v)
+        try:
+            return kind(v)
+        except (TypeError, ValueError):
+            what = "an integer" if kind is int else "a number"
+            raise StrategyError(f"--param {key}={v!r}: must be {what}") from None
+
     def make_plan(self, stages: list[Stage], strategy: str, params: dict[str, Any] | None = None,
                   exit: str | None = None, wire: Wire | None = None) -> Plan:
         g = self.graph

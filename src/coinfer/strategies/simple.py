@@ -39,7 +39,7 @@ def _rows(req: PlanRequest, weights: dict[str, float], name: str) -> PlanResult:
         if unknown:
             raise StrategyError(f"--param devices: unknown {unknown}; cluster devices are {list(weights)}")
         weights = {d: weights[d] for d in devices}
-    red = float(req.param("max_redundancy", 0.10))
+    red = req.number("max_redundancy", 0.10)
     if red < 0:
         raise StrategyError("max_redundancy must be >= 0")
     g = req.graph
