@@ -57,6 +57,8 @@ class Worker:
         self.served = 0
         self._untrimmed = False  # a request finished since the heap was last trimmed
         self.building = 0  # deployments being built (told in every pong)
+        self.queued: set[str] = set()  # deployment ids waiting for or in the build thread
+        self.dropped: set[str] = set()  # ... of which undeployed before they were built: not kept
 
     # -- sending (WorkerIO) -----------------------------------------------------
     def send_tensor(self, peer: str, header: dict[str, Any], value: torch.Tensor, *, shaped: bool) -> None:
@@ -211,6 +213,9 @@ class Worker:
         sender = m.sender
 
         def _build() -> None:
+            with self.lock:
+                if dep in self.dropped:  # undeployed while it waited: nothing to build
+                    return
             try:
                 d = build(dep, h["plan"], device, sender, int(h.get("seed", 0)),
                           backend=str(h.get("backend") or "auto"), precision=str(h.get("precision") or "fp32"),
@@ -223,6 +228,9 @@ class Worker:
                 self._error(sender, f"deploy failed: {type(e).__name__}: {e}", "deploy_failed", dep)
                 return
             with self.lock:
+                if dep in self.dropped:  # undeployed while it was built: freed, not kept
+                    log.info("deployment %s undeployed while it was built; dropped", dep)
+                    return
                 self.deployments[dep] = d
             self.ep.send(sender, {"kind": "deploy_ok", "dep": dep, "device": self.name, "build_ms": d.build_ms,
                                   "backends": d.backends_used(), "memory": d.memory})
@@ -233,14 +241,19 @@ class Worker:
             finally:
                 with self.lock:
                     self.building -= 1
+                    self.queued.discard(dep)
+                    self.dropped.discard(dep)
 
         with self.lock:
             self.building += 1
+            self.queued.add(dep)
         self.build_pool.submit(work)
 
     def on_undeploy(self, m: Message) -> None:
         with self.lock:
             d = self.deployments.pop(m.header["dep"], None)
+            if m.header["dep"] in self.queued:
+                self.dropped.add(m.header["dep"])
             for key, st in list(self.requests.items()):
                 if key[0] == m.header["dep"]:
                     st.abort("undeployed")
