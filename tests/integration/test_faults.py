@@ -129,13 +129,57 @@ def test_failover_switches_to_a_prepared_plan(env):
     victim = "d1"
     with Session(plan, cl, lc.addresses, failover=True) as s:
         assert s.deploys == 4 and len(s.kept) == 3  # the plan + one without each of d1, d2, d3
+        prepared = {d: k.dep for d, k in zip(("d1", "d2", "d3"), s.kept.values())}
         for x, ref in zip(xs[:4], refs[:4]):
             assert compare(s(x), ref)[1] <= TOLERANCE
         lc.kill(victim)
         for x, ref in zip(xs[4:], refs[4:]):
             assert compare(s(x), ref)[1] <= TOLERANCE  # the first of these finds the device dead
         assert s.recoveries and victim in s.recoveries[0].dead
-        assert s.deploys == 4, "the failure built a plan instead of switching to the prepared one"
+        assert s.dep == prepared[victim], "the failure built a plan instead of switching to the prepared one"
         assert victim not in s.deployed_on and set(s.deployed_on) == {"d0", "d2", "d3"}
-        assert not s.kept  # the other prepared plans needed the dead device
+        # the next failure's plans (without d2, without d3) are built in the background
+        t_end = time.monotonic() + 120
+        while len(s.kept) < 2 and time.monotonic() < t_end:
+            s(xs[0])
+            time.sleep(0.1)
+        assert sorted(sorted(k.devices) for k in s.kept.values()) == [["d0", "d2"], ["d0", "d3"]]
         print(f"\nfailover: switched in {s.recoveries[0].replan_ms:.0f} ms (prepared in {s.prepare_s:.1f} s)")
+        assert s.deploys == 6
+
+
+def test_a_device_that_comes_back_is_built_in_the_background(env):
+    """A device that comes back does not stall requests: the plan with it is built in the
+    background while requests go on on the plan without it, then used."""
+    cl, lc = env
+    cm = capture_model(MODEL)
+    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
+    xs = [random_input(tuple(cm.graph.input_shape), 3000 + i) for i in range(8)]
+    refs = reference_output(cm, torch.cat(xs)).split(1)
+    victim = "d3"
+    with Session(plan, cl, lc.addresses) as s:
+        lc.kill(victim)
+        for x, ref in zip(xs[:3], refs[:3]):
+            assert compare(s(x), ref)[1] <= TOLERANCE
+        assert set(s.deployed_on) == {"d0", "d1", "d2"}
+        sync_ms = s.recoveries[0].replan_ms  # planned and built while a request waited
+        lc.restart(victim)
+        s.addresses[victim] = lc.workers[victim].address
+        waits = []
+        t_end = time.monotonic() + 120
+        i = 0
+        while victim not in s.deployed_on and time.monotonic() < t_end:
+            t0 = time.monotonic()
+            y = s(xs[i % 8])
+            waits.append(time.monotonic() - t0)
+            assert compare(y, refs[i % 8])[1] <= TOLERANCE
+            i += 1
+        assert victim in s.deployed_on and set(s.deployed_on) == {"d0", "d1", "d2", "d3"}
+        back = s.recoveries[-1]
+        assert victim in back.devices and not back.dead
+        print(f"\nre-plan with {victim} back: {back.replan_ms:.0f} ms in the background, {len(waits)} "
+              f"requests meanwhile, the longest {max(waits) * 1e3:.0f} ms (a failure's re-plan: {sync_ms:.0f} ms)")
+        # requests went on while it was built; none waited for the whole build
+        assert len(waits) >= 2 and max(waits) * 1e3 < back.replan_ms
+        y = s(xs[0])
+        assert compare(y, refs[0])[1] <= TOLERANCE

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import secrets
 import socket
 import statistics
@@ -82,6 +83,18 @@ class _Deployment:
     devices: list[str]
     backends: dict[str, list[str]]
     memory: dict[str, dict[str, Any]]
+
+
+@dataclass
+class _Built:
+    """What a background job built: the active plan for membership ``live`` (``purpose`` "replan")
+    or a failover plan for it ("fallback"); ``dep`` None when nothing needed building."""
+
+    purpose: str
+    live: frozenset[str]
+    t0: float
+    dep: _Deployment | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -208,6 +221,13 @@ class Session:
         self.req_ids = itertools.count(1)
         self.last_trace: Trace | None = None
         self.recoveries: list[RecoveryEvent] = []
+        # a membership change that leaves the active deployment whole (a device came back, or one
+        # it does not use died) is re-planned and built in the background while requests go on
+        # on the active plan; so are the failover plans for a new membership (failover=True)
+        self.failover = bool(failover and replan)
+        self._inflight: set[str] = set()  # deployments being built (undeployed if the session closes)
+        self._bg_done: queue.SimpleQueue[_Built] = queue.SimpleQueue()
+        self._bg_target: frozenset[str] | None = None  # the membership the latest background job plans for
         self.stop = threading.Event()
         self._membership_changed = threading.Event()
         self._loop_beat = time.monotonic()
@@ -215,7 +235,7 @@ class Session:
         self.io.start()
         if prepare is None and adapter is not None and hasattr(adapter, "plans_to_prepare"):
             prepare = list(adapter.plans_to_prepare())
-        if failover and replan:
+        if self.failover:
             # the plan without each device but the source, built now: a death then switches to it
             # instead of planning and building after the failure
             prepare = [*(prepare or []), *(self._replanned(cluster.without(d))
@@ -396,8 +416,31 @@ class Session:
                 keep_old: bool = False) -> None:
         """Build ``plan`` on its devices; ``activate``: requests run on it from now on (the previous
         deployment is kept built when ``keep_old``, else undeployed); else it is only kept built."""
+        new = self._build(plan, timeout_s)
+        if not activate:
+            self._keep(new)
+            return
+        old = self._activate(new)
+        if old is not None:
+            if keep_old:
+                self._keep(old)
+            else:
+                self._undeploy(old.dep)
+
+    def _build(self, plan: Plan, timeout_s: float = 180.0) -> _Deployment:
+        """Build ``plan`` on its devices and return it, not yet used. Safe from a background thread:
+        it touches only the endpoint (thread-safe) and its own waiters."""
         dep = secrets.token_hex(6)
-        self.deploys += 1
+        with self.lock:
+            self.deploys += 1
+            self._inflight.add(dep)
+        try:
+            return self._build_as(dep, plan, timeout_s)
+        finally:
+            with self.lock:
+                self._inflight.discard(dep)
+
+    def _build_as(self, dep: str, plan: Plan, timeout_s: float) -> _Deployment:
         devs = plan.devices_used_names()
         text = plan.to_json()
         peers = {d: self.addresses[d] for d in devs}
@@ -431,17 +474,8 @@ class Session:
                 self._abandon(dep)
                 raise DeviceUnreachable(f"deploying on {dev} timed out after {timeout_s:.0f} s") from None
         # device -> backends computing its parts, and its memory after the build (deploy_ok)
-        new = _Deployment(plan, dep, devs, {d: list(built[d].get("backends") or []) for d in devs},
-                          {d: dict(built[d].get("memory") or {}) for d in devs})
-        if not activate:
-            self._keep(new)
-            return
-        old = self._activate(new)
-        if old is not None:
-            if keep_old:
-                self._keep(old)
-            else:
-                self._undeploy(old.dep)
+        return _Deployment(plan, dep, devs, {d: list(built[d].get("backends") or []) for d in devs},
+                           {d: dict(built[d].get("memory") or {}) for d in devs})
 
     def _activate(self, d: _Deployment) -> _Deployment | None:
         """Make ``d`` the deployment requests run on; returns the one it replaces."""
@@ -568,8 +602,12 @@ class Session:
         failure: BaseException | None = None
         for attempt in range(attempts):
             try:
+                self._collect_background()
                 if self._membership_changed.is_set() and self.replan_enabled:
-                    self._replan(t_first if failure else None)
+                    if failure is None and self._active_whole():
+                        self._replan_in_background()
+                    else:
+                        self._replan(t_first if failure else None)
                 if self.adapter is not None and failure is None:
                     new = self.adapter.before_request(self)
                     if new is not None and new.to_dict() != self.plan.to_dict():
@@ -714,12 +752,108 @@ class Session:
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
                                              0.0, new.devices_used_names()))
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
+        if self.failover:  # the next failure's plans, for the devices left
+            self._start_background(self._live(), replan=False)
+
+    def _live(self) -> frozenset[str]:
+        """The cluster's devices not declared dead."""
+        with self.lock:
+            return frozenset(d for d in self.cluster.names if d not in self.dead)
+
+    def _active_whole(self) -> bool:
+        """Every device of the active deployment is alive (a membership change did not touch it)."""
+        with self.lock:
+            return self.current is not None and set(self.current.devices) <= self.alive
+
+    def _replan_in_background(self) -> None:
+        """A device came back (or one the active plan does not use died): plan and build for the new
+        membership in a background thread; requests go on on the active plan meanwhile and move to
+        the new one at the first request after it is built (``_collect_background``)."""
+        self._membership_changed.clear()
+        live = self._live()
+        if live != self._bg_target:
+            self._start_background(live, replan=True)
+
+    def _start_background(self, live: frozenset[str], *, replan: bool) -> None:
+        self._bg_target = live
+        sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
+        source = self.plan.source
+        active = self.plan.to_json()
+        t0 = time.monotonic()
+
+        def job() -> None:
+            try:
+                if replan:
+                    new = self._replanned(sub)
+                    dep = None
+                    if new.to_json() != active and not self.stop.is_set():
+                        self._greet(new.devices_used_names())
+                        dep = self._build(new)
+                    self._bg_done.put(_Built("replan", live, t0, dep))
+                    used = new.devices_used_names()
+                else:
+                    used = self.plan.devices_used_names()
+                if self.failover:
+                    for d in used:
+                        if d == source or self.stop.is_set() or self._bg_target != live:
+                            continue
+                        fb = self._replanned(sub.without(d))
+                        self._greet(fb.devices_used_names())
+                        self._bg_done.put(_Built("fallback", live, t0, self._build(fb)))
+            except BaseException as e:  # noqa: BLE001 - reported to the request thread
+                self._bg_done.put(_Built("replan" if replan else "fallback", live, t0, error=e))
+
+        threading.Thread(target=job, daemon=True, name="coord-background").start()
+
+    def _collect_background(self) -> None:
+        """Use what background jobs built for the current membership; free what is stale."""
+        while True:
+            try:
+                b = self._bg_done.get_nowait()
+            except queue.Empty:
+                return
+            if b.error is not None:
+                log.warning("background %s for %s failed: %s", b.purpose, sorted(b.live), b.error)
+                if b.purpose == "replan" and b.live == self._bg_target:
+                    self._bg_target = None  # the next membership change tries again
+                    self._membership_changed.set()
+                continue
+            d = b.dep
+            fresh = b.live == self._live() and (d is None or set(d.devices) <= self.alive)
+            if not fresh or self.stop.is_set():
+                if d is not None:
+                    self._undeploy(d.dep)
+                continue
+            if b.purpose == "fallback":
+                assert d is not None
+                self._keep(d)
+                continue
+            self._drop_kept()  # plans built for the old membership
+            if d is not None:
+                old = self._activate(d)
+                if old is not None:
+                    self._undeploy(old.dep)
+            ms = (time.monotonic() - b.t0) * 1e3
+            self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), ms, 0.0,
+                                                 self.plan.devices_used_names()))
+            log.warning("re-planned over %s in the background (%.0f ms)", self.plan.devices_used_names(), ms)
 
     def close(self) -> None:
         if self.stop.is_set():
             return
         try:
-            if self.dep or self.kept:
+            while True:  # built in the background and not taken yet
+                try:
+                    b = self._bg_done.get_nowait()
+                except queue.Empty:
+                    break
+                if b.dep is not None:
+                    self._undeploy(b.dep.dep)
+            with self.lock:
+                inflight = list(self._inflight)
+            for dep in inflight:  # still building: the workers drop it when done
+                self._undeploy(dep)
+            if self.dep or self.kept or inflight:
                 if self.dep:
                     self._undeploy(self.dep)
                 self._drop_kept()
