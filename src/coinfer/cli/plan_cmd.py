@@ -47,6 +47,9 @@ def cmd(
         if strategy != "distredge":
             fail(f"--train-episodes is a distredge option; --strategy {strategy} takes no training")
         params["train_episodes"] = train_episodes
+    from ..strategies.registry import check_params
+
+    check_params(strategy, params)  # a misspelt --param is an error, not a plan made with the default
     res = plan_result(model, cluster, strategy, objective=objective, deadline_ms=deadline_ms,
                       profiles=profiles, input_shape=input_shape, **params)
     plan = res.plan

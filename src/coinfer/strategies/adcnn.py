@@ -317,7 +317,8 @@ def choose_tail(req: PlanRequest, costs: CostModel, end: str, wire: Wire, which:
 
 @register("adcnn", summary="ADCNN: zero-halo (FDSP) grid tiles, 4-bit+RLE transfers, rate-based dynamic tiles",
           paper="Zhang, Lin, Zhang. Adaptive Distributed CNN Inference at the Network Edge with ADCNN. ICPP 2020",
-          exact=False, needs_costs=True)
+          exact=False, needs_costs=True, params=("grid", "until", "head", "tail", "wire", "lossless", "pool", "depth",
+                                                 "gamma", "window_ms", "tile_deadline_ms", "devices"))
 def plan_adcnn(req: PlanRequest) -> PlanResult:
     """FDSP grid over the conv part, chosen (or given) grid, ADCNN scheduling and compression."""
     from ..plan.lower import lower
@@ -325,11 +326,6 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
 
     g = req.graph
     costs = req.costs if req.costs is not None else CostModel(g, req.cluster)
-    known = {"grid", "until", "head", "tail", "wire", "lossless", "pool", "depth", "gamma", "window_ms",
-             "tile_deadline_ms", "devices", "fc_split"}
-    unknown = set(req.params) - known
-    if unknown:
-        raise StrategyError(f"adcnn: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
     lossless = flag_param(req.param("lossless", False), "lossless")
     wire = parse_wire(req.param("wire", "raw" if lossless else "int4"), lossless)
     split = _splittable(g)

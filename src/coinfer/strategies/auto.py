@@ -138,7 +138,8 @@ def _refine(req: PlanRequest, start: Plan, deadline: float, score: Callable[[Pla
 
 
 @register("auto", summary="every exact strategy scored by the simulator, then refined by local search",
-          paper="coinfer (this project)", needs_costs=True)
+          paper="coinfer (this project)", needs_costs=True, params=("budget_s", "include", "exclude"),
+          outputs=("base", "refine_steps"))
 def plan_auto(req: PlanRequest) -> PlanResult:
     budget = req.number("budget_s", 4.0)
     include = req.param("include")

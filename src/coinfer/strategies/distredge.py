@@ -343,13 +343,10 @@ def costs_fingerprint(costs: CostModel) -> str:
 @register("distredge", summary="DistrEdge: layer volumes (LC-PSS) split by a DDPG policy trained on the simulator",
           paper="Hou, Guan, Han, Zhang. DistrEdge: Speeding up CNN Inference on Distributed Edge Devices. "
                 "IPDPS 2022 (arXiv 2202.01699)",
-          exact=True, needs_costs=True)
+          exact=True, needs_costs=True, params=(*DEFAULTS, "policy", "retrain", "costs", "wire", "shaping", "anchors"),
+          outputs=("volumes",))
 def plan_distredge(req: PlanRequest) -> PlanResult:
     """Partition into layer volumes, then split each with the trained (or cached) policy."""
-    known = set(DEFAULTS) | {"policy", "retrain", "costs", "wire", "shaping", "fc_split", "anchors"}
-    unknown = set(req.params) - known
-    if unknown:
-        raise StrategyError(f"distredge: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
     wire_p = str(req.param("wire", "raw")).lower()
     if "int" in wire_p:
         raise StrategyError(

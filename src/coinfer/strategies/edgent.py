@@ -52,6 +52,7 @@ from ..plan.plan import Plan
 from .layerwise import (
     FRONT_OTHER,
     FRONT_SOURCE,
+    LAYERWISE_OUTPUTS,
     ORDER_NAMES,
     ChainTable,
     Config,
@@ -431,7 +432,10 @@ def plan_dynamic(req: PlanRequest, costs: CostModel) -> PlanResult:
 
 @register("edgent", summary="most accurate early exit + best device/edge cut meeting --deadline-ms; "
           "dynamic bandwidth via a configuration map", paper="Li, Zhou, Chen, Edgent, arXiv 1806.07840 "
-          "(static); IEEE TWC 2020 (dynamic)", needs_costs=True)
+          "(static); IEEE TWC 2020 (dynamic)", needs_costs=True,
+          params=("mode", "exits", "exit", "prefer", "accuracy", "margin", "device", "order", "verify", "trace",
+                  "states", "plan_quantile", "throughput_weight", "penalty"),
+          outputs=(*LAYERWISE_OUTPUTS, "state", "bandwidth_states", "config_map"))
 def plan_edgent(req: PlanRequest) -> PlanResult:
     """Edgent (see the module docstring): ``--param mode=static`` (default) or ``mode=dynamic``."""
     mode = str(req.param("mode", "static"))

@@ -405,6 +405,10 @@ def choice_of(c: Config) -> dict[str, Any]:
     return d
 
 
+#: what a layer-wise plan records besides parameters: the configuration's label and what it chose
+LAYERWISE_OUTPUTS = ("config", "choice")
+
+
 def plan_of(req: PlanRequest, c: Config, strategy: str, extra: dict[str, Any] | None = None) -> Plan:
     params: dict[str, Any] = {"objective": req.objective}
     if req.deadline_ms is not None:
@@ -416,7 +420,8 @@ def plan_of(req: PlanRequest, c: Config, strategy: str, extra: dict[str, Any] | 
 
 
 @register("offload", summary="the whole model on the device with the lowest predicted end-to-end latency",
-          paper="the full-offloading baseline of Neurosurgeon (ASPLOS 2017) and Edgent", needs_costs=True)
+          paper="the full-offloading baseline of Neurosurgeon (ASPLOS 2017) and Edgent", needs_costs=True,
+          params=("device", "exit", "verify"), outputs=LAYERWISE_OUTPUTS)
 def plan_offload(req: PlanRequest) -> PlanResult:
     """Send the input to one other device, run everything there, return the result.
 
@@ -445,7 +450,8 @@ def plan_offload(req: PlanRequest) -> PlanResult:
 
 
 @register("neurosurgeon", summary="one cut between the source and one other device, both orders; "
-          "latency or source energy", paper="Kang et al., Neurosurgeon, ASPLOS 2017", needs_costs=True)
+          "latency or source energy", paper="Kang et al., Neurosurgeon, ASPLOS 2017", needs_costs=True,
+          params=("device", "order", "exit", "verify"), outputs=LAYERWISE_OUTPUTS)
 def plan_neurosurgeon(req: PlanRequest) -> PlanResult:
     """Neurosurgeon (Kang et al., ASPLOS 2017, §5, Algorithm 1): the best single cut.
 

@@ -51,7 +51,7 @@ from .spatial import (
 
 
 @register("modnn", summary="MoDNN: every layer split by rows in proportion to per-layer speed, regathered at the source",
-          paper="Mao et al., MoDNN, DATE 2017", exact=True, needs_costs=True)
+          paper="Mao et al., MoDNN, DATE 2017", exact=True, needs_costs=True, params=("devices", "min_rows"))
 def plan_modnn(req: PlanRequest) -> PlanResult:
     g = req.graph
     costs = cost_model(req)

@@ -7,7 +7,8 @@ never measures (profilers do) and never touches sockets or torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..cost.model import CostModel
 
 OBJECTIVES = ("latency", "energy")
+FC_SPLIT = "fc_split"  # a parameter every strategy takes: split the FC tail by features (features.py)
 
 
 class StrategyError(ValueError):
@@ -106,17 +108,33 @@ class StrategyInfo:
     paper: str
     exact: bool  # plans equal the unpartitioned model (halo exact, lossless wire)
     needs_costs: bool
+    params: tuple[str, ...] = ()  # the parameters it reads (``--param key=value``), fc_split last
+    outputs: tuple[str, ...] = ()  # keys its plans carry in strategy.params that are not parameters
 
 
 _REGISTRY: dict[str, StrategyInfo] = {}
 
+#: keys any plan's ``strategy.params`` may carry whatever its strategy: the request's objective and
+#: deadline, and what the runtime reads from a plan (the tile scheduler, ADCNN's late-tile deadline)
+PLAN_KEYS = ("objective", "deadline_ms", "scheduler", "scheduler_params", "tile_deadline_ms")
 
-def register(name: str, *, summary: str, paper: str = "", exact: bool = True,
-             needs_costs: bool = False) -> Callable[[StrategyFn], StrategyFn]:
+
+def register(name: str, *, summary: str, params: tuple[str, ...], outputs: tuple[str, ...] = (),
+             paper: str = "", exact: bool = True, needs_costs: bool = False) -> Callable[[StrategyFn], StrategyFn]:
+    """Register planner ``name``.
+
+    ``params``: every parameter it reads, directly or through a helper (``devices`` via
+    :func:`coinfer.strategies.spatial.plan_devices` …); ``fc_split``, which :func:`run` reads for
+    every strategy, is added. Any other name is refused (:func:`check_params`). ``outputs``: the
+    other keys it writes into its plans' ``strategy.params`` (``config``, ``shares`` …), accepted
+    back when a plan's own parameters re-plan it (:data:`PLAN_KEYS` are accepted for every strategy).
+    """
+    declared = tuple(dict.fromkeys([*params, FC_SPLIT]))
+
     def deco(fn: StrategyFn) -> StrategyFn:
         if name in _REGISTRY:
             raise RuntimeError(f"strategy {name!r} registered twice")
-        _REGISTRY[name] = StrategyInfo(name, fn, summary, paper, exact, needs_costs)
+        _REGISTRY[name] = StrategyInfo(name, fn, summary, paper, exact, needs_costs, declared, tuple(outputs))
         return fn
     return deco
 
@@ -137,7 +155,28 @@ def info(name: str) -> StrategyInfo:
     return _REGISTRY[name]
 
 
-FC_SPLIT = "fc_split"  # a parameter every strategy takes: split the FC tail by features (features.py)
+def check_params(name: str, params: Mapping[str, Any], *, plan_keys: bool = False) -> None:
+    """Refuse a parameter strategy ``name`` does not read: a misspelt ``--param`` would otherwise be
+    ignored and the plan made with the default. One line naming the key(s), a close match, the strategy
+    and the parameters it takes.
+
+    ``plan_keys``: also accept what its plans carry in ``strategy.params`` besides parameters (its
+    declared ``outputs`` and :data:`PLAN_KEYS`), so that a plan's own parameters re-plan it
+    (:func:`coinfer.runtime.coordinator.default_replan`). :func:`run` checks so; ``coinfer plan``
+    checks the user's ``--param`` without them.
+    """
+    s = info(name)
+    ok = set(s.params) | (set(s.outputs) | set(PLAN_KEYS) if plan_keys else set())
+    bad = [str(k) for k in params if k not in ok]
+    if not bad:
+        return
+    close = {k: m[0] for k in bad if (m := difflib.get_close_matches(k, s.params, n=1, cutoff=0.6))}
+    takes = f"strategy {name} takes: {', '.join(s.params)}"
+    if len(bad) == 1:
+        hint = f" (did you mean {close[bad[0]]}?)" if close else ""
+        raise StrategyError(f"--param {bad[0]}: unknown parameter{hint}; {takes}")
+    hint = f" ({'; '.join(f'{k}: did you mean {m}?' for k, m in close.items())})" if close else ""
+    raise StrategyError(f"--param {', '.join(bad)}: unknown parameters{hint}; {takes}")
 
 
 def flag_param(v: object, key: str) -> bool:
@@ -160,8 +199,12 @@ def run(name: str, req: PlanRequest) -> PlanResult:
     ``params["fc_split"]`` (any strategy; ``modnn`` defaults to true): the
     plan's fully connected tail is then split by output features over the
     devices (:func:`coinfer.strategies.features.split_fc_tail`).
+
+    A parameter the strategy does not read is a :class:`StrategyError` (:func:`check_params`; the
+    keys its plans carry besides parameters are accepted, so a plan's own parameters re-plan it).
     """
     s = info(name)
+    check_params(name, req.params, plan_keys=True)
     asked = req.params.get(FC_SPLIT)
     fc = None if asked is None else flag_param(asked, FC_SPLIT)
     if s.needs_costs or fc:

@@ -23,13 +23,17 @@ def device_speeds(req: PlanRequest) -> dict[str, float]:
     return {d.name: (d.speed_gflops or d.cpu_share) for d in req.cluster.devices}
 
 
-@register("local", summary="everything on the source device (the baseline to beat)")
+@register("local", summary="everything on the source device (the baseline to beat)", params=("exit",))
 def plan_local(req: PlanRequest) -> PlanResult:
     from .layerwise import requested_exit
 
     ex = requested_exit(req)  # --param exit=NAME: Edgent's "exit only" baseline; a bad exit -> exit 2
     return PlanResult(req.make_plan([Stage(OUTPUT, Whole(req.source))], "local", {"exit": ex} if ex else None,
                                     exit=ex))
+
+
+ROWS_PARAMS = ("max_redundancy", "devices")
+ROWS_OUTPUTS = ("weights",)
 
 
 def _rows(req: PlanRequest, weights: dict[str, float], name: str) -> PlanResult:
@@ -50,11 +54,13 @@ def _rows(req: PlanRequest, weights: dict[str, float], name: str) -> PlanResult:
     return PlanResult(req.make_plan(stages, name, params), {"stages": len(stages)})
 
 
-@register("even", summary="rows split equally over all devices; layers fused while the halo costs <= 10%")
+@register("even", summary="rows split equally over all devices; layers fused while the halo costs <= 10%",
+          params=ROWS_PARAMS, outputs=ROWS_OUTPUTS)
 def plan_even(req: PlanRequest) -> PlanResult:
     return _rows(req, {d: 1.0 for d in req.devices}, "even")
 
 
-@register("proportional", summary="rows split in proportion to device speed; layers fused while the halo costs <= 10%")
+@register("proportional", summary="rows split in proportion to device speed; layers fused while the halo costs <= 10%",
+          params=ROWS_PARAMS, outputs=ROWS_OUTPUTS)
 def plan_proportional(req: PlanRequest) -> PlanResult:
     return _rows(req, device_speeds(req), "proportional")
