@@ -135,7 +135,7 @@ def test_failover_switches_to_a_prepared_plan(env):
         lc.kill(victim)
         for x, ref in zip(xs[4:], refs[4:]):
             assert compare(s(x), ref)[1] <= TOLERANCE  # the first of these finds the device dead
-        assert s.recoveries and victim in s.recoveries[0].dead
+        assert s.recoveries and victim in s.recoveries[0].dead and s.recoveries[0].how == "prepared"
         assert s.dep == prepared[victim], "the failure built a plan instead of switching to the prepared one"
         assert victim not in s.deployed_on and set(s.deployed_on) == {"d0", "d2", "d3"}
         # the next failure's plans (without d2, without d3) are built in the background
@@ -176,7 +176,8 @@ def test_a_device_that_comes_back_is_built_in_the_background(env):
             i += 1
         assert victim in s.deployed_on and set(s.deployed_on) == {"d0", "d1", "d2", "d3"}
         back = s.recoveries[-1]
-        assert victim in back.devices and not back.dead
+        assert victim in back.devices and not back.dead and back.how == "background"
+        assert s.recoveries[0].how == "rebuilt"
         print(f"\nre-plan with {victim} back: {back.replan_ms:.0f} ms in the background, {len(waits)} "
               f"requests meanwhile, the longest {max(waits) * 1e3:.0f} ms (a failure's re-plan: {sync_ms:.0f} ms)")
         # requests went on while it was built; none waited for the whole build

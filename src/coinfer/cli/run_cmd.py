@@ -4,6 +4,7 @@ from __future__ import annotations
 
 COMMAND = "run"
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -87,6 +88,7 @@ def cmd(
     s.update(latency_ms=round(statistics.median(lat), 3), latencies_ms=[round(v, 3) for v in lat],
              plan_path=plan_path, strategy=plan.strategy.name, cpu_modes=session.cpu_modes,
              backends=session.backends,
+             recoveries=[dataclasses.asdict(r) for r in session.recoveries],
              predicted=plan.predicted)
     if stages:
         s["stages"] = stage_rows(tr, plan)
@@ -111,6 +113,10 @@ def cmd(
         print_breakdown(c, "median run", float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"],
                         s.get("stages"), indent="  ")
         c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))
+        if session.recoveries:  # devices died or came back during the run
+            c.print(f"  re-plans: {len(session.recoveries)}", markup=False)
+            for r in session.recoveries:
+                c.print(f"    {r.describe()}", markup=False)
         if verify:
             c.print(f"  max_abs_diff={s['max_abs_diff']:.3g} rel={s['rel']:.3g}")
             if not s["exact_plan"]:

@@ -99,11 +99,23 @@ class _Built:
 
 @dataclass
 class RecoveryEvent:
-    t: float
-    dead: list[str]
-    replan_ms: float
-    recovery_ms: float
-    devices: list[str]
+    """A plan change after devices died or came back (``Session.recoveries``)."""
+
+    t: float  # time.time() when the new plan took over
+    dead: list[str]  # the devices dead then
+    replan_ms: float  # planning + building (``how`` "prepared": finding the prepared plan)
+    recovery_ms: float  # failed request: from its first attempt to its result (0 if none failed)
+    devices: list[str]  # the devices the new plan uses
+    how: str = "rebuilt"  # "rebuilt" (after a failure) | "prepared" (failover) | "background" (no request waited)
+
+    def describe(self) -> str:
+        """One line: when, who was dead, the devices used now, how and how long."""
+        when = time.strftime("%H:%M:%S", time.localtime(self.t))
+        how = {"rebuilt": "planned and built while a request waited", "prepared": "switched to a prepared plan",
+               "background": "planned and built in the background"}.get(self.how, self.how)
+        waited = f"; the failed request took {self.recovery_ms:.0f} ms" if self.recovery_ms else ""
+        dead = f"{', '.join(self.dead)} dead" if self.dead else "all devices alive"
+        return f"{when} {dead} -> over {', '.join(self.devices)} ({how}, {self.replan_ms:.0f} ms{waited})"
 
 
 class Adapter(Protocol):
@@ -740,7 +752,9 @@ class Session:
         new = self._replanned(sub)
         ready = self.kept.pop(new.to_json(), None)  # prepared for this failure (failover=True)
         self._drop_kept()  # the others were built for the old membership
+        how = "rebuilt"
         if ready is not None and set(ready.devices) <= self.alive:
+            how = "prepared"
             old = self._activate(ready)
             if old is not None:
                 self._undeploy(old.dep)
@@ -750,7 +764,7 @@ class Session:
             self._greet(new.devices_used_names())
             self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
-                                             0.0, new.devices_used_names()))
+                                             0.0, new.devices_used_names(), how))
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
         if self.failover:  # the next failure's plans, for the devices left
             self._start_background(self._live(), replan=False)
@@ -835,7 +849,7 @@ class Session:
                     self._undeploy(old.dep)
             ms = (time.monotonic() - b.t0) * 1e3
             self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), ms, 0.0,
-                                                 self.plan.devices_used_names()))
+                                                 self.plan.devices_used_names(), "background"))
             log.warning("re-planned over %s in the background (%.0f ms)", self.plan.devices_used_names(), ms)
 
     def close(self) -> None:
