@@ -184,3 +184,56 @@ def test_a_device_that_comes_back_is_built_in_the_background(env):
         assert len(waits) >= 2 and max(waits) * 1e3 < back.replan_ms
         y = s(xs[0])
         assert compare(y, refs[0])[1] <= TOLERANCE
+
+
+def test_a_worker_restarted_before_it_is_missed(env):
+    """``coinfer up`` starts a worker that died again at once, often before the heartbeat misses
+    it: the new process answers pings but holds no deployment. Its new instance token tells the
+    session, which rebuilds the plan (the requests meanwhile fail over, none is lost)."""
+    cl, lc = env
+    cm = capture_model(MODEL)
+    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
+    xs = [random_input(tuple(cm.graph.input_shape), 4000 + i) for i in range(6)]
+    refs = reference_output(cm, torch.cat(xs)).split(1)
+    victim = "d2"
+    # the heartbeat would take a minute to miss a device: only the restart can tell
+    with Session(plan, cl, lc.addresses, dead_after_s=60.0) as s:
+        assert compare(s(xs[0]), refs[0])[1] <= TOLERANCE
+        first = s.dep
+        lc.restart(victim)  # kills it, starts it again on the same address
+        t_end = time.monotonic() + 30
+        while not s.restarted_at and time.monotonic() < t_end:  # its first pong
+            time.sleep(0.05)
+        assert victim in s.restarted_at
+        for x, ref in zip(xs[1:], refs[1:]):
+            assert compare(s(x), ref)[1] <= TOLERANCE
+        assert s.dep != first and set(s.deployed_on) == {"d0", "d1", "d2", "d3"}
+        assert victim not in s.dead_at  # never missed: the instance token told
+        assert [r.how for r in s.recoveries] == ["rebuilt"] and victim in s.recoveries[0].devices
+
+
+def test_a_restarted_worker_with_failover_switches_then_comes_back(env):
+    """With ``failover=True`` a worker that restarts is met like a death (the prepared plan without
+    it serves at once) and like a return (the plan with it is built in the background)."""
+    cl, lc = env
+    cm = capture_model(MODEL)
+    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
+    xs = [random_input(tuple(cm.graph.input_shape), 5000 + i) for i in range(6)]
+    refs = reference_output(cm, torch.cat(xs)).split(1)
+    victim = "d3"
+    with Session(plan, cl, lc.addresses, failover=True, dead_after_s=60.0) as s:
+        prepared = dict(zip(("d1", "d2", "d3"), (k.dep for k in s.kept.values())))
+        assert compare(s(xs[0]), refs[0])[1] <= TOLERANCE
+        lc.restart(victim)
+        t_end = time.monotonic() + 30
+        while not s.restarted_at and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert compare(s(xs[1]), refs[1])[1] <= TOLERANCE
+        assert s.recoveries[0].how == "prepared" and s.dep == prepared[victim]
+        t_end = time.monotonic() + 120
+        i = 2
+        while victim not in s.deployed_on and time.monotonic() < t_end:
+            assert compare(s(xs[i % 6]), refs[i % 6])[1] <= TOLERANCE
+            i += 1
+        assert set(s.deployed_on) == {"d0", "d1", "d2", "d3"} and s.recoveries[-1].how == "background"
+        assert victim not in s.dead_at

@@ -74,6 +74,9 @@ class _Pending:
     t_result_ms: float = 0.0
 
 
+RESTARTED = "?"  # Session.instance of a device known to have restarted, whose new token is not seen yet
+
+
 @dataclass
 class _Deployment:
     """A plan built on its devices under deployment id ``dep``."""
@@ -83,6 +86,7 @@ class _Deployment:
     devices: list[str]
     backends: dict[str, list[str]]
     memory: dict[str, dict[str, Any]]
+    t_sent: float = 0.0  # time.monotonic() when the deploy messages went out
 
 
 @dataclass
@@ -230,6 +234,10 @@ class Session:
         self.dead_at: dict[str, float] = {}  # device -> time.monotonic() it was declared dead
         self.peer_building: dict[str, bool] = {}  # device -> its last pong said it builds a deployment
         self.info: dict[str, dict[str, Any]] = {}
+        # device -> its worker process's instance token (hello_ok, pong), and when a new one was seen:
+        # a worker restarted in less than dead_after_s is never silent, yet its deployments are gone
+        self.instance: dict[str, str] = {}
+        self.restarted_at: dict[str, float] = {}
         self.req_ids = itertools.count(1)
         self.last_trace: Trace | None = None
         self.recoveries: list[RecoveryEvent] = []
@@ -310,6 +318,7 @@ class Session:
         self.last_seen[m.sender] = time.monotonic()
         if kind == "pong":
             self.peer_building[m.sender] = int(h.get("building", 0)) > 0
+            self._note_instance(m.sender, h.get("instance"))
             with self.lock:
                 if m.sender in self.dead:
                     self.dead.discard(m.sender)
@@ -320,6 +329,7 @@ class Session:
             key = (kind, m.sender if kind == "hello_ok" else f"{h['dep']}/{m.sender}")
             if kind == "hello_ok":
                 self.info[m.sender] = dict(h)
+                self._note_instance(m.sender, h.get("instance"))
             f = self.waiters.pop(key, None)
             if f is not None:
                 f.set_result(dict(h))
@@ -347,6 +357,11 @@ class Session:
             if req is not None and dep is not None:
                 with self.lock:
                     p = self.pending.get((dep, int(req)))
+                if p is not None and h.get("code") == "no_deployment" and not p.fut.done():
+                    # it had the deployment (deploy_ok) and has it no more: a new process on its
+                    # address, whose pong with a new instance token may come only later
+                    self._restarted(m.sender, None)
+                    return
                 if p is not None and not p.fut.done():
                     p.fut.set_exception(RuntimeFailure(f"{m.sender}: {h['msg']}"))
                     return
@@ -356,6 +371,39 @@ class Session:
                     f.set_exception(RuntimeFailure(f"{m.sender}: {h['msg']}"))
                     return
             log.warning("error from %s: %s", m.sender, h["msg"])
+
+    def _note_instance(self, dev: str, inst: Any) -> None:
+        """A device answering with a new instance token restarted (``coinfer up`` starts a worker that
+        died again at once): the requests and builds it was part of fail over, and the deployments
+        built on it before are lost (``_lost``)."""
+        if not inst:
+            return
+        with self.lock:
+            prev = self.instance.get(dev)
+            self.instance[dev] = str(inst)
+            if prev is None or prev == inst:
+                return
+            if prev == RESTARTED:  # already told by a lost deployment; this is the new process
+                return
+            self._restarted(dev, str(inst))
+
+    def _restarted(self, dev: str, inst: str | None) -> None:
+        """``dev`` is a new process (``inst``; None: not known yet — the next token is its)."""
+        with self.lock:
+            self.instance[dev] = inst or RESTARTED
+            self.restarted_at[dev] = time.monotonic()
+            log.warning("device %s restarted: the deployments it held are gone", dev)
+            for p in self.pending.values():
+                if dev in p.devices and not p.fut.done():
+                    p.fut.set_exception(DeviceUnreachable(f"device {dev} restarted"))
+            for (kind, key), f in list(self.waiters.items()):
+                if kind == "deploy_ok" and key.endswith(f"/{dev}") and not f.done():
+                    f.set_exception(DeviceUnreachable(f"device {dev} restarted while deploying"))
+            self._membership_changed.set()
+
+    def _lost(self, d: _Deployment | None) -> bool:
+        """``d`` was built on a device that restarted since (its parts there are gone)."""
+        return d is not None and any(self.restarted_at.get(x, -1.0) >= d.t_sent for x in d.devices)
 
     def _wait(self, kind: str, key: str, send: Callable[[], None], timeout_s: float) -> dict[str, Any]:
         f: Future[dict[str, Any]] = Future()
@@ -464,6 +512,7 @@ class Session:
             check_backend(be, prec, installed=self.info.get(dev, {}).get("backends"), where=f"device {dev}")
             choice[dev] = (be, prec)
         futs = {}
+        t_sent = time.monotonic()
         for dev in devs:
             f: Future[dict[str, Any]] = Future()
             self.waiters[("deploy_ok", f"{dep}/{dev}")] = f
@@ -487,7 +536,7 @@ class Session:
                 raise DeviceUnreachable(f"deploying on {dev} timed out after {timeout_s:.0f} s") from None
         # device -> backends computing its parts, and its memory after the build (deploy_ok)
         return _Deployment(plan, dep, devs, {d: list(built[d].get("backends") or []) for d in devs},
-                           {d: dict(built[d].get("memory") or {}) for d in devs})
+                           {d: dict(built[d].get("memory") or {}) for d in devs}, t_sent)
 
     def _activate(self, d: _Deployment) -> _Deployment | None:
         """Make ``d`` the deployment requests run on; returns the one it replaces."""
@@ -650,6 +699,8 @@ class Session:
         dead = devs & self.dead
         if dead:
             raise DeviceUnreachable(f"devices {sorted(dead)} are dead")
+        if self._lost(self.current):
+            raise DeviceUnreachable("a device restarted since the plan was built")
         p = _Pending(self.dep, req, devs)
         with self.lock:
             self.pending[(self.dep, req)] = p
@@ -670,7 +721,7 @@ class Session:
                 raise RuntimeFailure(f"request {req} timed out after {self.timeout_s:.0f} s") from None
             except RuntimeFailure:
                 self._cancel(p)
-                if self._membership_changed.is_set() or (devs & self.dead):
+                if self._membership_changed.is_set() or (devs & self.dead) or self._lost(self.current):
                     raise DeviceUnreachable("a device failed during the request") from None
                 raise
             # traces follow the result closely; wait a moment for all of them
@@ -724,14 +775,12 @@ class Session:
             busy = bool(self.pending)
         if busy:
             raise RuntimeFailure("switch() between requests only")
-        kept = self.kept.pop(plan.to_json(), None)
-        if kept is not None and set(kept.devices) <= self.alive:  # alive and dead are disjoint
+        kept = self._take_kept(plan)
+        if kept is not None:
             old = self._activate(kept)
             if old is not None:
                 self._keep(old)
         else:
-            if kept is not None:
-                self._undeploy(kept.dep)
             self._greet(plan.devices_used_names())
             self._deploy(plan, keep_old=True)
         label = str(plan.strategy.params.get("config", plan.strategy.name))
@@ -750,24 +799,44 @@ class Session:
             raise RuntimeFailure(f"the source device {self.plan.source} is dead; nothing can run")
         sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
         new = self._replanned(sub)
-        ready = self.kept.pop(new.to_json(), None)  # prepared for this failure (failover=True)
+        ready = self._take_kept(new)  # prepared for this failure (failover=True)
+        # a device that restarted lost its parts of every plan built before: the plan without it,
+        # if prepared, serves now while the plan with it is built in the background
+        later = False
+        cur = self.current
+        restarted = [d for d in (cur.devices if cur is not None else []) if d != self.plan.source
+                     and self.restarted_at.get(d, -1.0) >= cur.t_sent] if cur is not None else []
+        if ready is None and self.failover and len(restarted) == 1:
+            alt = self._replanned(sub.without(restarted[0]))
+            ready = self._take_kept(alt)
+            if ready is not None:
+                new, later = alt, True
         self._drop_kept()  # the others were built for the old membership
         how = "rebuilt"
-        if ready is not None and set(ready.devices) <= self.alive:
+        if ready is not None:
             how = "prepared"
             old = self._activate(ready)
             if old is not None:
                 self._undeploy(old.dep)
         else:
-            if ready is not None:
-                self._undeploy(ready.dep)
             self._greet(new.devices_used_names())
             self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
                                              0.0, new.devices_used_names(), how))
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
-        if self.failover:  # the next failure's plans, for the devices left
+        if later:  # with the restarted device again, built in the background
+            self._start_background(frozenset(live), replan=True)
+        elif self.failover:  # the next failure's plans, for the devices left
             self._start_background(self._live(), replan=False)
+
+    def _take_kept(self, plan: Plan) -> _Deployment | None:
+        """The kept deployment of ``plan`` if it can serve now (its devices alive, none restarted
+        since it was built); a stale one is undeployed."""
+        d = self.kept.pop(plan.to_json(), None)
+        if d is not None and (not set(d.devices) <= self.alive or self._lost(d)):
+            self._undeploy(d.dep)
+            return None
+        return d
 
     def _live(self) -> frozenset[str]:
         """The cluster's devices not declared dead."""
@@ -777,7 +846,8 @@ class Session:
     def _active_whole(self) -> bool:
         """Every device of the active deployment is alive (a membership change did not touch it)."""
         with self.lock:
-            return self.current is not None and set(self.current.devices) <= self.alive
+            return (self.current is not None and set(self.current.devices) <= self.alive
+                    and not self._lost(self.current))
 
     def _replan_in_background(self) -> None:
         """A device came back (or one the active plan does not use died): plan and build for the new
@@ -833,7 +903,7 @@ class Session:
                     self._membership_changed.set()
                 continue
             d = b.dep
-            fresh = b.live == self._live() and (d is None or set(d.devices) <= self.alive)
+            fresh = b.live == self._live() and (d is None or (set(d.devices) <= self.alive and not self._lost(d)))
             if not fresh or self.stop.is_set():
                 if d is not None:
                     self._undeploy(d.dep)

@@ -315,8 +315,11 @@ _MS = Field("float", lo=0.0)
 def _initial_kinds() -> None:
     opt = {"required": False}
     register_kind("hello", {"coord": Field("str", **opt)})  # coord: the coordinator's address (optional)
+    # instance: a token the worker process draws when it starts (optional): a new one on a device's
+    # pong says it restarted, and the deployments it held are gone
     register_kind("hello_ok", {"name": _NAME, "pid": Field("int", lo=0, hi=2**31 - 1), "version": "str",
-                               "cpu_mode": "str", "backends": Field("list[str]", max_len=64)})
+                               "cpu_mode": "str", "backends": Field("list[str]", max_len=64),
+                               "instance": Field("str", max_len=32, **opt)})
     register_kind("deploy", {"dep": _DEP, "plan": "bigstr", "device": _NAME, "peers": "dict[str,str]",
                              "coord": "str", "seed": "int",
                              # links: peer -> [bandwidth_mbps, latency_ms] to shape (optional)
@@ -345,7 +348,8 @@ def _initial_kinds() -> None:
     # building: how many deployments the worker is building (for any coordinator): a slow device's
     # answers may lag meanwhile, so coordinators give it the build grace (optional)
     register_kind("pong", {"seq": Field("int", lo=0), "t": "float", "name": _NAME,
-                           "building": Field("int", lo=0, hi=2**31 - 1, required=False)})
+                           "building": Field("int", lo=0, hi=2**31 - 1, required=False),
+                           "instance": Field("str", max_len=32, required=False)})
     # a dynamic stage's tile: tensor = its input (stage - 1; -1 the model input); tile_out: its output (stage)
     register_kind("tile", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX}, "tensor")
     register_kind("tile_out", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 import warnings
@@ -57,6 +58,7 @@ class Worker:
         self.served = 0
         self._untrimmed = False  # a request finished since the heap was last trimmed
         self.building = 0  # deployments being built (told in every pong)
+        self.instance = secrets.token_hex(8)  # this process (hello_ok, pong): a restart draws a new one
         self.queued: set[str] = set()  # deployment ids waiting for or in the build thread
         self.dropped: set[str] = set()  # ... of which undeployed before they were built: not kept
 
@@ -164,11 +166,11 @@ class Worker:
             self._connect(m.sender, coord, None)
         self.ep.send(m.sender, {"kind": "hello_ok", "name": self.name, "pid": os.getpid(),
                                 "version": __version__, "cpu_mode": self.cpu_mode,
-                                "backends": available_backends()})
+                                "backends": available_backends(), "instance": self.instance})
 
     def on_ping(self, m: Message) -> None:
         self.ep.send(m.sender, {"kind": "pong", "seq": m.header["seq"], "t": m.header["t"], "name": self.name,
-                                "building": self.building})
+                                "building": self.building, "instance": self.instance})
 
     def on_shutdown(self, m: Message) -> None:
         self.stop.set()
