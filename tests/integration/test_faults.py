@@ -31,13 +31,25 @@ pytestmark = pytest.mark.integration
 MODEL = "resnet18_digits"
 
 
+CLUSTER = {"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": 1.0} for i in range(4)],
+           "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False}}
+
+
 @pytest.fixture()
 def env():
-    cl = parse_cluster({"source": "d0", "devices": [{"name": f"d{i}", "cpu_share": 1.0} for i in range(4)],
-                        "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False}})
+    cl = parse_cluster(CLUSTER)
     lc = LocalCluster(cl, emulate_cpu=False).start()
     yield cl, lc
     lc.stop()
+
+
+def _even(n: int, seed: int):
+    """resnet18_digits planned with ``even`` over the 4 devices; ``n`` inputs and their references."""
+    cm = capture_model(MODEL)
+    cl = parse_cluster(CLUSTER)
+    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
+    xs = [random_input(tuple(cm.graph.input_shape), seed + i) for i in range(n)]
+    return plan, xs, list(reference_output(cm, torch.cat(xs)).split(1))
 
 
 def test_kill_a_worker_mid_run(env):
@@ -122,10 +134,7 @@ def test_failover_switches_to_a_prepared_plan(env):
     """``failover=True``: the plan without each device is built at the start, so a device's death
     switches to a built plan — no planning or building after the failure."""
     cl, lc = env
-    cm = capture_model(MODEL)
-    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
-    xs = [random_input(tuple(cm.graph.input_shape), 2000 + i) for i in range(12)]
-    refs = reference_output(cm, torch.cat(xs)).split(1)
+    plan, xs, refs = _even(12, 2000)
     victim = "d1"
     with Session(plan, cl, lc.addresses, failover=True) as s:
         assert s.deploys == 4 and len(s.kept) == 3  # the plan + one without each of d1, d2, d3
@@ -152,10 +161,7 @@ def test_a_device_that_comes_back_is_built_in_the_background(env):
     """A device that comes back does not stall requests: the plan with it is built in the
     background while requests go on on the plan without it, then used."""
     cl, lc = env
-    cm = capture_model(MODEL)
-    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
-    xs = [random_input(tuple(cm.graph.input_shape), 3000 + i) for i in range(8)]
-    refs = reference_output(cm, torch.cat(xs)).split(1)
+    plan, xs, refs = _even(8, 3000)
     victim = "d3"
     with Session(plan, cl, lc.addresses) as s:
         lc.kill(victim)
@@ -191,10 +197,7 @@ def test_a_worker_restarted_before_it_is_missed(env):
     it: the new process answers pings but holds no deployment. Its new instance token tells the
     session, which rebuilds the plan (the requests meanwhile fail over, none is lost)."""
     cl, lc = env
-    cm = capture_model(MODEL)
-    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
-    xs = [random_input(tuple(cm.graph.input_shape), 4000 + i) for i in range(6)]
-    refs = reference_output(cm, torch.cat(xs)).split(1)
+    plan, xs, refs = _even(6, 4000)
     victim = "d2"
     # the heartbeat would take a minute to miss a device: only the restart can tell
     with Session(plan, cl, lc.addresses, dead_after_s=60.0) as s:
@@ -216,10 +219,7 @@ def test_a_restarted_worker_with_failover_switches_then_comes_back(env):
     """With ``failover=True`` a worker that restarts is met like a death (the prepared plan without
     it serves at once) and like a return (the plan with it is built in the background)."""
     cl, lc = env
-    cm = capture_model(MODEL)
-    plan = run("even", PlanRequest(cm.graph, cl, MODEL)).plan
-    xs = [random_input(tuple(cm.graph.input_shape), 5000 + i) for i in range(6)]
-    refs = reference_output(cm, torch.cat(xs)).split(1)
+    plan, xs, refs = _even(6, 5000)
     victim = "d3"
     with Session(plan, cl, lc.addresses, failover=True, dead_after_s=60.0) as s:
         prepared = dict(zip(("d1", "d2", "d3"), (k.dep for k in s.kept.values())))

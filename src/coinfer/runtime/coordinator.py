@@ -393,13 +393,18 @@ class Session:
             self.instance[dev] = inst or RESTARTED
             self.restarted_at[dev] = time.monotonic()
             log.warning("device %s restarted: the deployments it held are gone", dev)
-            for p in self.pending.values():
-                if dev in p.devices and not p.fut.done():
-                    p.fut.set_exception(DeviceUnreachable(f"device {dev} restarted"))
-            for (kind, key), f in list(self.waiters.items()):
-                if kind == "deploy_ok" and key.endswith(f"/{dev}") and not f.done():
-                    f.set_exception(DeviceUnreachable(f"device {dev} restarted while deploying"))
-            self._membership_changed.set()
+            self._fail_over(dev, "restarted")
+
+    def _fail_over(self, dev: str, what: str) -> None:
+        """The requests and builds ``dev`` takes part in fail (DeviceUnreachable: they are retried
+        after a re-plan); the membership changed. Under ``self.lock``."""
+        for p in self.pending.values():
+            if dev in p.devices and not p.fut.done():
+                p.fut.set_exception(DeviceUnreachable(f"device {dev} {what}"))
+        for (kind, key), f in list(self.waiters.items()):
+            if kind == "deploy_ok" and key.endswith(f"/{dev}") and not f.done():
+                f.set_exception(DeviceUnreachable(f"device {dev} {what} while deploying"))
+        self._membership_changed.set()
 
     def _lost(self, d: _Deployment | None) -> bool:
         """``d`` was built on a device that restarted since (its parts there are gone)."""
@@ -644,15 +649,9 @@ class Session:
                         self.alive.discard(dev)
                         self.dead.add(dev)
                         self.dead_at[dev] = now
-                        self._membership_changed.set()
                         log.warning("device %s declared dead (no heartbeat for %.1f s)", dev,
                                     now - self.last_seen.get(dev, now))
-                        for p in self.pending.values():
-                            if dev in p.devices and not p.fut.done():
-                                p.fut.set_exception(DeviceUnreachable(f"device {dev} died"))
-                        for (kind, key), f in list(self.waiters.items()):
-                            if kind == "deploy_ok" and key.endswith(f"/{dev}") and not f.done():
-                                f.set_exception(DeviceUnreachable(f"device {dev} died while deploying"))
+                        self._fail_over(dev, "died")
 
     # -- requests ---------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, *, attempts: int = 4) -> torch.Tensor:
