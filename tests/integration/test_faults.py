@@ -237,3 +237,29 @@ def test_a_restarted_worker_with_failover_switches_then_comes_back(env):
             i += 1
         assert set(s.deployed_on) == {"d0", "d1", "d2", "d3"} and s.recoveries[-1].how == "background"
         assert victim not in s.dead_at
+
+
+def test_a_background_build_does_not_undo_a_switch(env):
+    """A plan switched to while a device's return is built in the background (an adapter's
+    choice) stays: the background build was for the plan switched away from and is dropped."""
+    cl, lc = env
+    plan, xs, refs = _even(4, 6000)
+    victim = "d3"
+    cm = capture_model(MODEL)
+    chosen = run("even", PlanRequest(cm.graph, cl, MODEL, params={"max_redundancy": 0.3})).plan
+    assert chosen.to_json() != plan.to_json()
+    with Session(plan, cl, lc.addresses) as s:
+        lc.kill(victim)
+        assert compare(s(xs[0]), refs[0])[1] <= TOLERANCE  # re-planned without it
+        lc.restart(victim)
+        s.addresses[victim] = lc.workers[victim].address
+        t_end = time.monotonic() + 60
+        while not s._inflight and time.monotonic() < t_end:  # the return noticed, its build started
+            assert compare(s(xs[1]), refs[1])[1] <= TOLERANCE
+        assert s._inflight
+        s.switch(chosen)
+        while (s._inflight or not s._bg_done.empty()) and time.monotonic() < t_end:
+            assert compare(s(xs[2]), refs[2])[1] <= TOLERANCE
+        assert compare(s(xs[3]), refs[3])[1] <= TOLERANCE
+        assert s.plan.to_json() == chosen.to_json()
+        assert [r.how for r in s.recoveries] == ["rebuilt"]

@@ -97,6 +97,7 @@ class _Built:
     purpose: str
     live: frozenset[str]
     t0: float
+    base: str  # the plan (JSON) it replaces ("replan") or prepares the failures of ("fallback")
     dep: _Deployment | None = None
     error: BaseException | None = None
 
@@ -872,19 +873,19 @@ class Session:
                     if new.to_json() != active and not self.stop.is_set():
                         self._greet(new.devices_used_names())
                         dep = self._build(new)
-                    self._bg_done.put(_Built("replan", live, t0, dep))
-                    used = new.devices_used_names()
+                    self._bg_done.put(_Built("replan", live, t0, active, dep))
+                    used, base = new.devices_used_names(), new.to_json()
                 else:
-                    used = self.plan.devices_used_names()
+                    used, base = self.plan.devices_used_names(), active
                 if self.failover:
                     for d in used:
                         if d == source or self.stop.is_set() or self._bg_target != live:
                             continue
                         fb = self._replanned(sub.without(d))
                         self._greet(fb.devices_used_names())
-                        self._bg_done.put(_Built("fallback", live, t0, self._build(fb)))
+                        self._bg_done.put(_Built("fallback", live, t0, base, self._build(fb)))
             except BaseException as e:  # noqa: BLE001 - reported to the request thread
-                self._bg_done.put(_Built("replan" if replan else "fallback", live, t0, error=e))
+                self._bg_done.put(_Built("replan" if replan else "fallback", live, t0, active, error=e))
 
         threading.Thread(target=job, daemon=True, name="coord-background").start()
 
@@ -897,12 +898,15 @@ class Session:
                 return
             if b.error is not None:
                 log.warning("background %s for %s failed: %s", b.purpose, sorted(b.live), b.error)
-                if b.purpose == "replan" and b.live == self._bg_target:
-                    self._bg_target = None  # the next membership change tries again
+                if b.purpose == "replan" and b.live == self._bg_target and isinstance(b.error, DeviceUnreachable):
+                    self._bg_target = None  # membership moved on meanwhile: plan again for the new one
                     self._membership_changed.set()
                 continue
             d = b.dep
-            fresh = b.live == self._live() and (d is None or (set(d.devices) <= self.alive and not self._lost(d)))
+            # stale: built for another membership, on a device that restarted since, or for a plan
+            # that is not the active one any more (an adapter switched meanwhile)
+            fresh = (b.live == self._live() and b.base == self.plan.to_json()
+                     and (d is None or (set(d.devices) <= self.alive and not self._lost(d))))
             if not fresh or self.stop.is_set():
                 if d is not None:
                     self._undeploy(d.dep)
