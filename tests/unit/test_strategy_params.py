@@ -181,9 +181,11 @@ def test_reads_are_declared_and_a_plan_re_plans_with_its_own_params(
         assert output in again, again
         with pytest.raises(StrategyError, match="unknown parameter"):
             check_params(name, again)
-    # inputs its plans do not record: auto's budget (the default 4 s is just slow here), edgent's
-    # accuracies (a real re-plan reads the trained exits' cache; this model has none)
-    again.update({k: params[k] for k in ("budget_s", "accuracy") if k in params})
+    # what the plan was made with comes back with it: auto's budget (the default 4 s), edgent's given
+    # accuracies (this model has no trained exits to fall back on) and number of bandwidth states
+    for k in ("budget_s", "accuracy", "states"):
+        if k in params:
+            assert again.get(k) == params[k], (k, again.get(k))
     res2 = run(name, PlanRequest(graph, cl, MODEL, None, objective, dl, again))
     assert res2.plan.strategy.name == name
 

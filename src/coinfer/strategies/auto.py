@@ -189,7 +189,10 @@ def plan_auto(req: PlanRequest) -> PlanResult:
         fastest = min(cands, key=lambda c: _score(req, c[2], cache)[1])
         raise Infeasible(f"no plan meets {req.deadline_ms:g} ms; the fastest found ({fastest[1]}) takes "
                          f"{_score(req, fastest[2], cache)[1]:.1f} ms")
-    params = {"objective": req.objective, "base": best_from, "refine_steps": steps}
+    params: dict[str, Any] = {"objective": req.objective, "base": best_from, "refine_steps": steps, "budget_s": budget}
+    for key in ("include", "exclude"):  # what it was made with: a re-plan (a device died) asks the same
+        if req.param(key) is not None:
+            params[key] = req.param(key)
     if req.deadline_ms is not None:
         params["deadline_ms"] = req.deadline_ms
     plan = replace(best_plan, strategy=replace(best_plan.strategy, name="auto", params=params), predicted=None)

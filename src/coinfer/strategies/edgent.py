@@ -420,7 +420,11 @@ def plan_dynamic(req: PlanRequest, costs: CostModel) -> PlanResult:
     params: dict[str, Any] = {"objective": req.objective, "deadline_ms": req.deadline_ms, "mode": "dynamic",
                               **_extra(margin), "config": first["config"], "state": start,
                               "trace": str(path), "throughput_weight": weight, "bandwidth_states": states.to_dict(),
-                              "config_map": cmap}
+                              "config_map": cmap, "states": n_states, "plan_quantile": q}
+    # what else it was made with, so that a re-plan (a device died) makes the same kind of map
+    for key in ("accuracy", "penalty", "exits", "prefer"):
+        if req.param(key) is not None:
+            params[key] = req.param(key)
     from ..plan.plan import Stage
 
     stages = [Stage.from_dict(d, "config_map") for d in first["stages"]]
