@@ -92,3 +92,48 @@ def test_adapter_switches_configurations_between_requests(setup) -> None:  # typ
     states = {ev.state for ev in ad.log}
     assert states == {0, 1}, [(ev.estimate_mbps, ev.state) for ev in ad.log]
     assert len(seen) >= 2 and ad.summary()["switches"] >= 2
+
+
+def test_adapter_follows_a_replan_after_its_edge_dies(tmp_path: Path) -> None:
+    """The edge device of Edgent's map dies: the session re-plans over the other edge once, the
+    adapter takes the new plan's map (its configurations named the dead device: every request
+    switched back to one, failed and re-planned again) and that map's plans are built in the
+    background, so switching between its states builds nothing."""
+    trace = tmp_path / "bw.csv"
+    trace.write_text("t_s,mbps\n" + "".join(f"{i * 0.3:.1f},{0.5 if (i // 4) % 2 == 0 else 80.0}\n"
+                                            for i in range(8)))
+    cl = parse_cluster({"source": "pi", "devices": [{"name": "pi", "cpu_share": 0.15},
+                                                    {"name": "edge", "cpu_share": 1.0},
+                                                    {"name": "edge2", "cpu_share": 0.8}],
+                        "network": {"bandwidth_mbps": 1000.0, "latency_ms": 1.0, "trace": str(trace)}})
+    cm = capture_model(MODEL)
+    plan = run("edgent", PlanRequest(cm.graph, cl, MODEL, CostModel(cm.graph, cl), deadline_ms=150.0,
+                                     params={"mode": "dynamic", "trace": str(trace), "accuracy": ACC,
+                                             "states": 2})).plan
+    victim = next(d for d in plan.devices_used_names() if d != "pi")
+    ad = EdgentAdapter(plan, probe_every_s=0.3)
+    x = random_input(tuple(cm.graph.input_shape), 5)
+    with torch.no_grad():
+        refs = cm.module.forward_exits(x)
+    lc = LocalCluster(cl, emulate_cpu=False).start()  # type: ignore[arg-type]
+    try:
+        with Session(plan, cl, lc.addresses, adapter=ad) as s:
+            for _ in range(3):
+                s(x)
+            lc.kill(victim)
+            y = s(x)  # meets the death
+            assert s.recoveries and victim not in s.deployed_on
+            after = s.deploys
+            configs = set()
+            t_end = time.monotonic() + 20.0
+            while time.monotonic() < t_end and not (len(configs) >= 2 and not s._bg_plans and s._bg_done.empty()):
+                y = s(x)
+                assert compare(y, refs[s.plan.exit or "final"])[1] <= TOLERANCE
+                assert victim not in s.deployed_on
+                configs.add(s.plan.strategy.params["config"])
+            assert len(s.recoveries) == 1, [r.describe() for r in s.recoveries]
+            assert all(victim not in p.devices_used_names() for p in ad.plans)  # the new map
+            assert len(configs) >= 2, configs  # it still switches between its states ...
+            assert s.deploys == after, "a switch built a plan the re-plan had prepared"  # ... at no cost
+    finally:
+        lc.stop()

@@ -69,25 +69,12 @@ class EdgentAdapter:
 
     def __init__(self, plan: Plan, *, min_bytes: int = 512, probe_every_s: float = 2.0,
                  link_latency_ms: float | None = None, overhead_ms: float = 10.0) -> None:
-        params = plan.strategy.params
-        cmap = params.get("config_map")
-        if plan.strategy.name != "edgent" or not isinstance(cmap, list) or not cmap:
-            raise PlanError("EdgentAdapter needs an edgent plan with a configuration map; plan with "
-                            "coinfer plan --strategy edgent --param mode=dynamic --param trace=FILE.csv")
-        states = params.get("bandwidth_states") or {}
-        self.thresholds = [float(x) for x in states.get("thresholds_mbps", [])]
-        if len(self.thresholds) != len(cmap) - 1:
-            raise PlanError(f"config_map has {len(cmap)} states but {len(self.thresholds)} thresholds; re-plan")
-        self.base = plan
-        self.source = plan.source
+        self._load(plan)
+        self.active = True  # False after a re-plan to a plan without a map: it proposes nothing
         self.min_bytes = int(min_bytes)
         self.probe_every_s = float(probe_every_s)
         self.link_latency_ms = link_latency_ms
         self.overhead_ms = float(overhead_ms)
-        self.entries = cmap
-        self.plans = [self._plan(e) for e in cmap]
-        self.probes = [self._plan(e["probe"]) if e.get("probe") else None for e in cmap]
-        self.state = int(params.get("state", 0))
         self.estimate: float | None = None
         self.interval: tuple[float, float] | None = None
         self._fresh = False
@@ -95,6 +82,36 @@ class EdgentAdapter:
         self.probing = False
         self.log: list[AdapterEvent] = []
         self.samples: list[tuple[float, float]] = []  # (time, Mbit/s) of every sample
+
+    def _load(self, plan: Plan) -> None:
+        """Take ``plan``'s configuration map (PlanError if it has none)."""
+        params = plan.strategy.params
+        cmap = params.get("config_map")
+        if plan.strategy.name != "edgent" or not isinstance(cmap, list) or not cmap:
+            raise PlanError("EdgentAdapter needs an edgent plan with a configuration map; plan with "
+                            "coinfer plan --strategy edgent --param mode=dynamic --param trace=FILE.csv")
+        states = params.get("bandwidth_states") or {}
+        thresholds = [float(x) for x in states.get("thresholds_mbps", [])]
+        if len(thresholds) != len(cmap) - 1:
+            raise PlanError(f"config_map has {len(cmap)} states but {len(thresholds)} thresholds; re-plan")
+        self.thresholds = thresholds
+        self.base = plan
+        self.source = plan.source
+        self.entries = cmap
+        self.plans = [self._plan(e) for e in cmap]
+        self.probes = [self._plan(e["probe"]) if e.get("probe") else None for e in cmap]
+        self.state = int(params.get("state", 0))
+
+    def on_replan(self, session: Session, plan: Plan) -> None:
+        """The session re-planned over other devices (one died or came back): the new plan's map
+        replaces the old one, whose configurations may use a dead device. A plan without a map
+        (the ``proportional`` fallback) stops the adapter: it proposes nothing from then on."""
+        try:
+            self._load(plan)
+            self.active = True
+        except PlanError:
+            self.active = False
+        self._fresh = self.interval is not None  # decide the state again on the new map
 
     def _plan(self, e: dict[str, Any]) -> Plan:
         stages = [Stage.from_dict(s, "config_map") for s in e["stages"]]
@@ -125,6 +142,8 @@ class EdgentAdapter:
 
     # -- the Session hook ------------------------------------------------------------------------
     def before_request(self, session: Session) -> Plan | None:
+        if not self.active:
+            return None
         now = time.time()
         if self._fresh and self.interval is not None:
             self.state = self.decide(*self.interval)

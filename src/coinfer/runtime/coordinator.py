@@ -134,6 +134,10 @@ class Adapter(Protocol):
 
     def after_request(self, session: Session, trace: Trace) -> None: ...
 
+    # optional: on_replan(session, plan) — the session re-planned over other devices (a death or a
+    # return); an adapter whose plans name devices (Edgent's map) takes the new plan's instead.
+    # plans_to_prepare() -> list[Plan]: built when the session starts and after such a re-plan
+
 
 @dataclass(frozen=True)
 class LinkSample:
@@ -249,6 +253,7 @@ class Session:
         self._inflight: set[str] = set()  # deployments being built (undeployed if the session closes)
         self._bg_done: queue.SimpleQueue[_Built] = queue.SimpleQueue()
         self._bg_target: frozenset[str] | None = None  # the membership the latest background job plans for
+        self._bg_plans: set[str] = set()  # plans (JSON) a background job is building now
         self.stop = threading.Event()
         self._membership_changed = threading.Event()
         self._loop_beat = time.monotonic()
@@ -671,7 +676,10 @@ class Session:
                         self._replan(t_first if failure else None)
                 if self.adapter is not None and failure is None:
                     new = self.adapter.before_request(self)
-                    if new is not None and new.to_dict() != self.plan.to_dict():
+                    gone = set(new.devices_used_names()) & self.dead if new is not None else set()
+                    if gone:  # an adapter that did not follow a re-plan: keep the running plan
+                        log.warning("the adapter's plan uses dead devices %s; not switched", sorted(gone))
+                    elif new is not None and new.to_dict() != self.plan.to_dict():
                         self.switch(new)
                 y = self._attempt(x)
                 if self.adapter is not None and self.last_trace is not None:
@@ -775,6 +783,11 @@ class Session:
             busy = bool(self.pending)
         if busy:
             raise RuntimeFailure("switch() between requests only")
+        key = plan.to_json()
+        t_end = time.monotonic() + 180.0
+        while key in self._bg_plans and time.monotonic() < t_end:  # being built: wait for that build
+            time.sleep(0.01)
+        self._collect_background()
         kept = self._take_kept(plan)
         if kept is not None:
             old = self._activate(kept)
@@ -823,11 +836,12 @@ class Session:
             self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
                                              0.0, new.devices_used_names(), how))
+        prep = self._adopt(new)
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
         if later:  # with the restarted device again, built in the background
             self._start_background(frozenset(live), replan=True)
-        elif self.failover:  # the next failure's plans, for the devices left
-            self._start_background(self._live(), replan=False)
+        elif self.failover or prep:  # the adapter's plans and the next failure's, for the devices left
+            self._start_background(self._live(), replan=False, prepare=prep)
 
     def _take_kept(self, plan: Plan) -> _Deployment | None:
         """The kept deployment of ``plan`` if it can serve now (its devices alive, none restarted
@@ -837,6 +851,20 @@ class Session:
             self._undeploy(d.dep)
             return None
         return d
+
+    def _adopt(self, plan: Plan) -> list[Plan]:
+        """Tell the adapter the session re-planned to ``plan`` (its ``on_replan``, if it has one);
+        the adapter's plans for the new membership that are worth building now (``plans_to_prepare``,
+        when deployments are kept)."""
+        hook = getattr(self.adapter, "on_replan", None)
+        if hook is None:
+            return []
+        hook(self, plan)
+        wanted = getattr(self.adapter, "plans_to_prepare", None)
+        if wanted is None or self.keep_deployments <= 0:
+            return []
+        have = {plan.to_json(), *self.kept}
+        return [p for p in wanted() if p.to_json() not in have and not set(p.devices_used_names()) & self.dead]
 
     def _live(self) -> frozenset[str]:
         """The cluster's devices not declared dead."""
@@ -858,7 +886,12 @@ class Session:
         if live != self._bg_target:
             self._start_background(live, replan=True)
 
-    def _start_background(self, live: frozenset[str], *, replan: bool) -> None:
+    def _start_background(self, live: frozenset[str], *, replan: bool, prepare: list[Plan] | None = None,
+                          fallbacks: bool | None = None) -> None:
+        """Build in a thread: the plan for membership ``live`` (``replan``), then ``prepare`` (an
+        adapter's plans for the new membership), then the failover plans (``fallbacks``, default:
+        ``failover``); each is handed to the request thread through ``_bg_done``."""
+        fallbacks = self.failover if fallbacks is None else fallbacks
         self._bg_target = live
         sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
         source = self.plan.source
@@ -877,7 +910,17 @@ class Session:
                     used, base = new.devices_used_names(), new.to_json()
                 else:
                     used, base = self.plan.devices_used_names(), active
-                if self.failover:
+                for p in prepare or []:
+                    if self.stop.is_set() or self._bg_target != live:
+                        break
+                    key = p.to_json()
+                    self._bg_plans.add(key)
+                    try:
+                        self._greet(p.devices_used_names())
+                        self._bg_done.put(_Built("prepare", live, t0, base, self._build(p)))
+                    finally:
+                        self._bg_plans.discard(key)
+                if fallbacks:
                     for d in used:
                         if d == source or self.stop.is_set() or self._bg_target != live:
                             continue
@@ -905,13 +948,14 @@ class Session:
             d = b.dep
             # stale: built for another membership, on a device that restarted since, or for a plan
             # that is not the active one any more (an adapter switched meanwhile)
-            fresh = (b.live == self._live() and b.base == self.plan.to_json()
+            # (an adapter's plans are prepared for whichever of them is active)
+            fresh = (b.live == self._live() and (b.purpose == "prepare" or b.base == self.plan.to_json())
                      and (d is None or (set(d.devices) <= self.alive and not self._lost(d))))
             if not fresh or self.stop.is_set():
                 if d is not None:
                     self._undeploy(d.dep)
                 continue
-            if b.purpose == "fallback":
+            if b.purpose in ("fallback", "prepare"):
                 assert d is not None
                 self._keep(d)
                 continue
@@ -923,6 +967,9 @@ class Session:
             ms = (time.monotonic() - b.t0) * 1e3
             self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), ms, 0.0,
                                                  self.plan.devices_used_names(), "background"))
+            prep = self._adopt(self.plan)
+            if prep:  # the failover plans come from the job that built this one
+                self._start_background(self._live(), replan=False, prepare=prep, fallbacks=False)
             log.warning("re-planned over %s in the background (%.0f ms)", self.plan.devices_used_names(), ms)
 
     def close(self) -> None:
