@@ -121,8 +121,13 @@ def test_adapter_follows_a_replan_after_its_edge_dies(tmp_path: Path) -> None:
             for _ in range(3):
                 s(x)
             lc.kill(victim)
+            before = s.deploys
             y = s(x)  # meets the death
             assert s.recoveries and victim not in s.deployed_on
+            # the re-plan's build, then the new map's other plans, built in the background
+            t_end = time.monotonic() + 30.0
+            while time.monotonic() < t_end and (s.deploys < before + 2 or s._inflight):
+                time.sleep(0.05)
             after = s.deploys
             configs = set()
             t_end = time.monotonic() + 20.0
