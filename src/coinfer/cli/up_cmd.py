@@ -60,7 +60,10 @@ def cmd(
     for n, w in lc.workers.items():
         d = cl.device(n)
         c.print(f"  {n:<10} {w.address:<24} pid {w.proc.pid:<7} cpu_share {d.cpu_share} ({w.cpu_mode})")
-    upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
+    def publish() -> None:  # where `coinfer run` finds the workers (a restarted one has a new pid)
+        upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
+
+    publish()
     c.print("[bold]up[/]: Ctrl-C stops them. Links are shaped by each sender "
             f"({cl.network.bandwidth_mbps} Mbit/s, {cl.network.latency_ms} ms by default).")
     exits: dict[str, list[float]] = {}  # device -> when its worker exited (a crash loop stops `up`)
@@ -81,7 +84,7 @@ def cmd(
                 c.print(f"{n} exited ({_how(lc.workers[n].proc.returncode)}); starting it again on "
                         f"{lc.workers[n].address}")
                 lc.restart(n)
-            upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
+            publish()
     except KeyboardInterrupt:
         c.print("stopping")
     finally:

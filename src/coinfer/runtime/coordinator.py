@@ -412,9 +412,17 @@ class Session:
                 f.set_exception(DeviceUnreachable(f"device {dev} {what} while deploying"))
         self._membership_changed.set()
 
+    def _restarted_in(self, d: _Deployment) -> list[str]:
+        """The devices of ``d`` that restarted since it was built (its parts there are gone)."""
+        return [x for x in d.devices if self.restarted_at.get(x, -1.0) >= d.t_sent]
+
     def _lost(self, d: _Deployment | None) -> bool:
-        """``d`` was built on a device that restarted since (its parts there are gone)."""
-        return d is not None and any(self.restarted_at.get(x, -1.0) >= d.t_sent for x in d.devices)
+        """``d`` was built on a device that restarted since."""
+        return d is not None and bool(self._restarted_in(d))
+
+    def _usable(self, d: _Deployment) -> bool:
+        """``d`` can serve now: every device of it alive and none restarted since it was built."""
+        return set(d.devices) <= self.alive and not self._lost(d)
 
     def _wait(self, kind: str, key: str, send: Callable[[], None], timeout_s: float) -> dict[str, Any]:
         f: Future[dict[str, Any]] = Future()
@@ -807,18 +815,16 @@ class Session:
     def _replan(self, t_fail: float | None) -> None:
         self._membership_changed.clear()
         t0 = time.monotonic()
-        live = [d.name for d in self.cluster.devices if d.name not in self.dead]
+        live = self._live()
         if self.plan.source not in live:
             raise RuntimeFailure(f"the source device {self.plan.source} is dead; nothing can run")
-        sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
+        sub = self._sub(live)
         new = self._replanned(sub)
         ready = self._take_kept(new)  # prepared for this failure (failover=True)
         # a device that restarted lost its parts of every plan built before: the plan without it,
         # if prepared, serves now while the plan with it is built in the background
         later = False
-        cur = self.current
-        restarted = [d for d in (cur.devices if cur is not None else []) if d != self.plan.source
-                     and self.restarted_at.get(d, -1.0) >= cur.t_sent] if cur is not None else []
+        restarted = [d for d in self._restarted_in(self.current) if d != self.plan.source] if self.current else []
         if ready is None and self.failover and len(restarted) == 1:
             alt = self._replanned(sub.without(restarted[0]))
             ready = self._take_kept(alt)
@@ -839,7 +845,7 @@ class Session:
         prep = self._adopt(new)
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
         if later:  # with the restarted device again, built in the background
-            self._start_background(frozenset(live), replan=True)
+            self._start_background(live, replan=True)
         elif self.failover or prep:  # the adapter's plans and the next failure's, for the devices left
             self._start_background(self._live(), replan=False, prepare=prep)
 
@@ -847,7 +853,7 @@ class Session:
         """The kept deployment of ``plan`` if it can serve now (its devices alive, none restarted
         since it was built); a stale one is undeployed."""
         d = self.kept.pop(plan.to_json(), None)
-        if d is not None and (not set(d.devices) <= self.alive or self._lost(d)):
+        if d is not None and not self._usable(d):
             self._undeploy(d.dep)
             return None
         return d
@@ -871,11 +877,14 @@ class Session:
         with self.lock:
             return frozenset(d for d in self.cluster.names if d not in self.dead)
 
+    def _sub(self, live: frozenset[str]) -> Cluster:
+        """The cluster of the devices ``live``."""
+        return self.cluster.without(*[d for d in self.cluster.names if d not in live])
+
     def _active_whole(self) -> bool:
         """Every device of the active deployment is alive (a membership change did not touch it)."""
         with self.lock:
-            return (self.current is not None and set(self.current.devices) <= self.alive
-                    and not self._lost(self.current))
+            return self.current is not None and self._usable(self.current)
 
     def _replan_in_background(self) -> None:
         """A device came back (or one the active plan does not use died): plan and build for the new
@@ -893,7 +902,7 @@ class Session:
         ``failover``); each is handed to the request thread through ``_bg_done``."""
         fallbacks = self.failover if fallbacks is None else fallbacks
         self._bg_target = live
-        sub = self.cluster.without(*[d for d in self.cluster.names if d not in live])
+        sub = self._sub(live)
         source = self.plan.source
         active = self.plan.to_json()
         t0 = time.monotonic()
@@ -932,13 +941,18 @@ class Session:
 
         threading.Thread(target=job, daemon=True, name="coord-background").start()
 
-    def _collect_background(self) -> None:
-        """Use what background jobs built for the current membership; free what is stale."""
+    def _bg_results(self) -> list[_Built]:
+        """What background jobs handed over since the last call."""
+        out = []
         while True:
             try:
-                b = self._bg_done.get_nowait()
+                out.append(self._bg_done.get_nowait())
             except queue.Empty:
-                return
+                return out
+
+    def _collect_background(self) -> None:
+        """Use what background jobs built for the current membership; free what is stale."""
+        for b in self._bg_results():
             if b.error is not None:
                 log.warning("background %s for %s failed: %s", b.purpose, sorted(b.live), b.error)
                 if b.purpose == "replan" and b.live == self._bg_target and isinstance(b.error, DeviceUnreachable):
@@ -950,7 +964,7 @@ class Session:
             # that is not the active one any more (an adapter switched meanwhile)
             # (an adapter's plans are prepared for whichever of them is active)
             fresh = (b.live == self._live() and (b.purpose == "prepare" or b.base == self.plan.to_json())
-                     and (d is None or (set(d.devices) <= self.alive and not self._lost(d))))
+                     and (d is None or self._usable(d)))
             if not fresh or self.stop.is_set():
                 if d is not None:
                     self._undeploy(d.dep)
@@ -976,11 +990,7 @@ class Session:
         if self.stop.is_set():
             return
         try:
-            while True:  # built in the background and not taken yet
-                try:
-                    b = self._bg_done.get_nowait()
-                except queue.Empty:
-                    break
+            for b in self._bg_results():  # built in the background and not taken yet
                 if b.dep is not None:
                     self._undeploy(b.dep.dep)
             with self.lock:

@@ -57,10 +57,14 @@ class Worker:
         self.errors = 0
         self.served = 0
         self._untrimmed = False  # a request finished since the heap was last trimmed
-        self.building = 0  # deployments being built (told in every pong)
         self.instance = secrets.token_hex(8)  # this process (hello_ok, pong): a restart draws a new one
         self.queued: set[str] = set()  # deployment ids waiting for or in the build thread
         self.dropped: set[str] = set()  # ... of which undeployed before they were built: not kept
+
+    @property
+    def building(self) -> int:
+        """Deployments being built or waiting to be (told in every pong)."""
+        return len(self.queued)
 
     # -- sending (WorkerIO) -----------------------------------------------------
     def send_tensor(self, peer: str, header: dict[str, Any], value: torch.Tensor, *, shaped: bool) -> None:
@@ -242,12 +246,10 @@ class Worker:
                 _build()
             finally:
                 with self.lock:
-                    self.building -= 1
                     self.queued.discard(dep)
                     self.dropped.discard(dep)
 
         with self.lock:
-            self.building += 1
             self.queued.add(dep)
         self.build_pool.submit(work)
 
