@@ -499,12 +499,7 @@ class Session:
         if not activate:
             self._keep(new)
             return
-        old = self._activate(new)
-        if old is not None:
-            if keep_old:
-                self._keep(old)
-            else:
-                self._undeploy(old.dep)
+        self._activate(new, keep_old=keep_old)
 
     def _build(self, plan: Plan, timeout_s: float = 180.0) -> _Deployment:
         """Build ``plan`` on its devices and return it, not yet used. Safe from a background thread:
@@ -557,10 +552,15 @@ class Session:
         return _Deployment(plan, dep, devs, {d: list(built[d].get("backends") or []) for d in devs},
                            {d: dict(built[d].get("memory") or {}) for d in devs}, t_sent)
 
-    def _activate(self, d: _Deployment) -> _Deployment | None:
-        """Make ``d`` the deployment requests run on; returns the one it replaces."""
+    def _activate(self, d: _Deployment, *, keep_old: bool = False) -> None:
+        """Make ``d`` the deployment requests run on; the one it replaces is kept built
+        (``keep_old``: ``keep_deployments`` allowing) or undeployed."""
         old, self.current, self._plan = self.current, d, d.plan
-        return old
+        if old is not None:
+            if keep_old:
+                self._keep(old)
+            else:
+                self._undeploy(old.dep)
 
     # the active deployment, read-only (``_activate`` replaces it as a whole)
     @property
@@ -798,9 +798,7 @@ class Session:
         self._collect_background()
         kept = self._take_kept(plan)
         if kept is not None:
-            old = self._activate(kept)
-            if old is not None:
-                self._keep(old)
+            self._activate(kept, keep_old=True)
         else:
             self._greet(plan.devices_used_names())
             self._deploy(plan, keep_old=True)
@@ -834,9 +832,7 @@ class Session:
         how = "rebuilt"
         if ready is not None:
             how = "prepared"
-            old = self._activate(ready)
-            if old is not None:
-                self._undeploy(old.dep)
+            self._activate(ready)
         else:
             self._greet(new.devices_used_names())
             self._deploy(new)
@@ -975,9 +971,7 @@ class Session:
                 continue
             self._drop_kept()  # plans built for the old membership
             if d is not None:
-                old = self._activate(d)
-                if old is not None:
-                    self._undeploy(old.dep)
+                self._activate(d)
             ms = (time.monotonic() - b.t0) * 1e3
             self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), ms, 0.0,
                                                  self.plan.devices_used_names(), "background"))
