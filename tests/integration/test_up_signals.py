@@ -168,3 +168,46 @@ def test_up_no_restart_stops_all_when_one_exits(tmp_path: Path) -> None:
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_up_uses_the_cluster_s_keys_and_a_second_up_is_refused(tmp_path: Path) -> None:
+    """`coinfer up` of a cluster file with ``security: {auth: curve, keys: DIR}`` starts its workers
+    with those keys, as `coinfer run` uses them (it started them --insecure, and run then waited 30 s
+    for answers that never came); a second `coinfer up` of the same cluster is refused and leaves
+    the first one's record (it took the record over, and stopping it orphaned the first)."""
+    from coinfer.runtime import upstate
+
+    exe = Path(sys.executable).parent / "coinfer"
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    r = subprocess.run([str(exe), "keys", "--dir", str(tmp_path / "keys"), "--devices", "a,b"],
+                       capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    spec = tmp_path / "sec.yaml"
+    spec.write_text(CLUSTER + "security: {auth: curve, keys: keys}\n")
+    plan = tmp_path / "p.json"
+    r = subprocess.run([str(exe), "plan", "-m", "resnet18_digits", "-c", str(spec), "-s", "even", "-o", str(plan)],
+                       capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p, pids = _start_up(spec)
+    try:
+        for pid in pids.values():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"--keys" in cmdline and b"--insecure" not in cmdline, cmdline
+        first = upstate.read(str(spec))
+        assert first is not None and first["owner"] == p.pid
+        r2 = subprocess.run([str(exe), "up", str(spec)], capture_output=True, text=True, env=env, timeout=60,
+                            check=False)
+        assert r2.returncode == 2, r2.stdout + r2.stderr
+        err = r2.stderr.strip().splitlines()
+        assert len(err) == 1 and "already running" in err[0] and str(p.pid) in err[0], err
+        again = upstate.read(str(spec))
+        assert again is not None and again["owner"] == p.pid, again
+        r = subprocess.run([str(exe), "run", str(plan), "-c", str(spec), "--verify", "--json",
+                            "--connect-timeout-s", "20"],
+                           capture_output=True, text=True, env=env, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr[-2000:]  # on up's workers (the record), over CURVE
+        assert json.loads(r.stdout)["max_abs_diff"] < 1e-4
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    assert upstate.read(str(spec)) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -75,11 +76,40 @@ def user_errors(fn: F) -> F:
             if isinstance(e, (*_user_error_types(), SetupError, RunFailed)):
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 typer.echo(f"error: {msg}", err=True)
-                bad_input = not isinstance(e, RunFailed) or isinstance(e, SetupError)
+                bad_input = getattr(e, "bad_input", not isinstance(e, RunFailed) or isinstance(e, SetupError))
                 raise typer.Exit(EXIT_BAD_INPUT if bad_input else EXIT_CHECK_FAILED) from None
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_outputs(trace: str | os.PathLike[str] | None = None, gantt: str | os.PathLike[str] | None = None) -> None:
+    """Refuse output paths that cannot be written before any work is done (not after a run):
+    a folder that does not exist or is not writable, a folder given as the file, a Gantt
+    format matplotlib cannot write."""
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    for what, path in (("--trace", trace), ("--gantt", gantt)):
+        if not path:
+            continue
+        p = Path(path)
+        parent = p.parent if str(p.parent) else Path(".")
+        if p.is_dir():
+            raise UserError(f"{what} {path} is a folder; give a file name")
+        if not parent.is_dir():
+            raise UserError(f"{what} {path}: folder {parent} does not exist; create it or choose another path")
+        if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+            raise UserError(f"{what} {path}: not writable; check the path and its permissions")
+    if gantt:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        ext = Path(gantt).suffix.lower().lstrip(".")
+        if ext not in kinds:
+            what = "has no file extension" if not ext else f"ends in .{ext}, which matplotlib cannot write"
+            raise UserError(f"--gantt {gantt} {what}; name a .png (or .svg, .pdf) file")
 
 
 def emit_json(obj: Any) -> None:

@@ -16,6 +16,7 @@ from .common import (
     CPU_EMULATION_HELP,
     STAGES_HELP,
     CheckFailed,
+    check_outputs,
     console,
     emit_json,
     print_breakdown,
@@ -54,6 +55,7 @@ def cmd(
     from ..runtime.coordinator import deploy
     from ..runtime.report import measure_energy, summarize
 
+    check_outputs(trace=trace, gantt=gantt)
     plan = Plan.load(plan_path)
     cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
     missing = [d for d in plan.devices if d not in cl.names]

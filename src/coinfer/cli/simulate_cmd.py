@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from .common import STAGES_HELP, console, emit_json, print_breakdown, stage_rows, user_errors
+from .common import (
+    STAGES_HELP,
+    check_outputs,
+    console,
+    emit_json,
+    print_breakdown,
+    stage_rows,
+    user_errors,
+)
 
 
 @user_errors
@@ -39,6 +47,7 @@ def cmd(
         raise UserError(f"--nic {nic!r} is unknown; use {' or '.join(NIC_MODES)}")
     if links not in ("cluster", "probed"):
         raise UserError(f"--links {links!r} is unknown; use cluster or probed")
+    check_outputs(trace=trace, gantt=gantt)
     plan = Plan.load(plan_path)
     cl = _cluster(cluster)
     cal = None

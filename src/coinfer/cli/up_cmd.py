@@ -39,7 +39,8 @@ def _stop_on_signals() -> None:
 @user_errors
 def cmd(
     cluster: str = typer.Argument(..., help="cluster YAML or built-in name"),
-    keys: str = typer.Option(None, "--keys", help="CURVE key directory"),
+    keys: str = typer.Option(None, "--keys", help="CURVE key directory (default: the cluster's security.keys "
+                                                  "when security.auth is curve)"),
     log_dir: str = typer.Option(None, "--log-dir", help="write each worker's log here"),
     cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
     restart: bool = typer.Option(True, "--restart/--no-restart",
@@ -48,13 +49,23 @@ def cmd(
 ) -> None:
     """Run the cluster's local devices until Ctrl-C (coinfer run uses them)."""
     from ..cluster import resolve_cluster, with_cpu_emulation
+    from ..errors import SetupError
     from ..runtime import upstate
-    from ..runtime.launcher import LocalCluster
+    from ..runtime.launcher import LocalCluster, check_local_keys, cluster_keys
 
     cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
+    key_dir = cluster_keys(cl, keys)  # the cluster's security.keys, as coinfer run uses them
+    check_local_keys(cl, key_dir)
+    running = upstate.read(cluster)
+    if running is not None:
+        raise SetupError(f"coinfer up {cluster} is already running (pid {running['owner']}); coinfer run "
+                         f"uses its workers — stop it first to start them again")
+    if not any(d.is_local for d in cl.devices):
+        raise SetupError(f"cluster {cluster} has no device with address: local; nothing to start (its "
+                         f"workers are started on their devices with coinfer worker)")
     c = console()
     _stop_on_signals()
-    lc = LocalCluster(cl, keys=keys, log_dir=log_dir)
+    lc = LocalCluster(cl, keys=key_dir, log_dir=log_dir)
     with c.status(f"starting {sum(d.is_local for d in cl.devices)} local workers…"):
         lc.start()
     for n, w in lc.workers.items():

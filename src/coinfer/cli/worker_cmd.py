@@ -41,6 +41,8 @@ def cmd(
         raise UserError("--cpu-emulation dilate needs --cpu-share F (the fraction of a core to emulate)")
     if cpu_share is not None and not cpu_share > 0:
         raise UserError(f"--cpu-share must be > 0 (got {cpu_share}); 0.25 = a quarter of one core")
+    if not timeout_s > 0 or timeout_s == float("inf"):
+        raise UserError(f"--timeout-s must be a positive number of seconds (got {timeout_s}); default 300")
     dilate = cpu_emulation == "dilate"
     raise typer.Exit(run(bind, name, keys, insecure, threads, None if dilate else cpu_share, timeout_s,
                          cpu_share if dilate else None))

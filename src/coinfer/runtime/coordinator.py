@@ -47,7 +47,7 @@ from ..execute.backends.base import check_backend
 from ..plan.plan import Plan
 from ..trace import Trace
 from . import wire
-from .launcher import LocalCluster
+from .launcher import LocalCluster, check_local_keys, cluster_keys
 from .security import KeyStore
 from .transport import BadMessage, Message, zmq_endpoint
 
@@ -60,6 +60,12 @@ class RuntimeFailure(RuntimeError, RunFailed):
 
 class DeviceUnreachable(RuntimeFailure, SetupError):
     """A device of the cluster does not answer (or went away and nothing can run without it)."""
+
+
+class DeviceWentAway(DeviceUnreachable):
+    """A device that answered went away during the work (a failed run, exit 1, not bad set-up)."""
+
+    bad_input = False
 
 
 @dataclass
@@ -112,6 +118,7 @@ class RecoveryEvent:
     recovery_ms: float  # failed request: from its first attempt to its result (0 if none failed)
     devices: list[str]  # the devices the new plan uses
     how: str = "rebuilt"  # "rebuilt" (after a failure) | "prepared" (failover) | "background" (no request waited)
+    restarted: list[str] = field(default_factory=list)  # devices whose worker restarted (parts lost, not dead)
 
     def describe(self) -> str:
         """One line: when, who was dead, the devices used now, how and how long."""
@@ -119,7 +126,9 @@ class RecoveryEvent:
         how = {"rebuilt": "planned and built while a request waited", "prepared": "switched to a prepared plan",
                "background": "planned and built in the background"}.get(self.how, self.how)
         waited = f"; the failed request took {self.recovery_ms:.0f} ms" if self.recovery_ms else ""
-        dead = f"{', '.join(self.dead)} dead" if self.dead else "all devices alive"
+        gone = [f"{', '.join(self.dead)} dead"] if self.dead else []
+        gone += [f"{', '.join(self.restarted)} restarted"] if self.restarted else []
+        dead = "; ".join(gone) or "all devices alive"
         return f"{when} {dead} -> over {', '.join(self.devices)} ({how}, {self.replan_ms:.0f} ms{waited})"
 
 
@@ -446,13 +455,17 @@ class Session:
             futs[dev] = f
             self.ep.send(dev, {"kind": "hello", "coord": self.ep.address})
         missing = []
+        t_end = time.monotonic() + timeout_s  # for all of them together, not each in turn
         for dev, f in futs.items():
             try:
-                f.result(timeout=timeout_s)
+                f.result(timeout=max(0.0, t_end - time.monotonic()))
                 self.alive.add(dev)
                 self.last_seen[dev] = time.monotonic()
             except Exception:  # noqa: BLE001
                 missing.append(dev)
+            finally:
+                if self.waiters.get(("hello_ok", dev)) is f:  # unanswered: forget it
+                    self.waiters.pop(("hello_ok", dev), None)
         if missing:
             raise unreachable({d: self.addresses[d] for d in missing})
 
@@ -628,7 +641,7 @@ class Session:
                     raise
                 since = self.ep.link_down_since(dev)
                 if since is not None and time.monotonic() - since > self.dead_after_s:
-                    raise DeviceUnreachable(f"device {dev} went away while deploying (its connection "
+                    raise DeviceWentAway(f"device {dev} went away while deploying (its connection "
                                             f"closed {time.monotonic() - since:.1f} s ago)") from None
 
     def _heartbeat(self) -> None:
@@ -837,7 +850,7 @@ class Session:
             self._greet(new.devices_used_names())
             self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
-                                             0.0, new.devices_used_names(), how))
+                                             0.0, new.devices_used_names(), how, sorted(restarted)))
         prep = self._adopt(new)
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
         if later:  # with the restarted device again, built in the background
@@ -1032,8 +1045,7 @@ def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = N
     """Deploy ``plan`` on ``cluster``. Local devices are started as worker processes unless
     ``addresses`` gives where they already run (``coinfer up``). ``keys``: the CURVE key
     directory; by default the cluster's ``security.keys`` when ``security.auth`` is ``curve``."""
-    if keys is None and cluster.security.auth == "curve":
-        keys = cluster.security.keys
+    keys = cluster_keys(cluster, keys)
     local = None
     if addresses is None:
         addresses = {d.name: d.address for d in cluster.devices if not d.is_local}
@@ -1043,11 +1055,7 @@ def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = N
             used = set(plan.devices)
             sub = cluster.without(*[d.name for d in cluster.devices if d.name not in used
                                     and d.name != cluster.source])
-            if keys is not None:  # every worker started here needs its own key pair: say so now
-                ks = KeyStore(keys)
-                for d in sub.devices:
-                    if d.is_local:
-                        ks.secret(d.name)
+            check_local_keys(sub, keys)
             local = LocalCluster(sub, keys=keys).start()
             addresses.update(local.addresses)
     try:

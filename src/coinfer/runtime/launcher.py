@@ -77,6 +77,26 @@ def _worker_cmd(name: str, bind: str, threads: int, keys: str | None, dilate: fl
     return cmd
 
 
+def cluster_keys(cluster: Cluster, keys: str | None) -> str | None:
+    """The CURVE key directory: ``keys`` if given, else the cluster's ``security.keys`` when its
+    ``security.auth`` is ``curve`` (None: plain TCP on loopback)."""
+    if keys is None and cluster.security.auth == "curve":
+        return cluster.security.keys
+    return keys
+
+
+def check_local_keys(cluster: Cluster, keys: str | None) -> None:
+    """Every worker started here needs its own key pair in ``keys``: say so before starting any."""
+    if keys is None:
+        return
+    from .security import KeyStore
+
+    ks = KeyStore(keys)
+    for d in cluster.devices:
+        if d.is_local:
+            ks.secret(d.name)
+
+
 class LocalCluster:
     """The local devices of a cluster as worker processes on 127.0.0.1."""
 

@@ -45,4 +45,11 @@ def read(cluster_spec: str) -> dict[str, Any] | None:
 
 
 def clear(cluster_spec: str) -> None:
-    state_path(cluster_spec).unlink(missing_ok=True)
+    """Remove this process's record (another ``coinfer up``'s record is left alone)."""
+    path = state_path(cluster_spec)
+    try:
+        owner = int(json.loads(path.read_text())["owner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        owner = os.getpid()  # unreadable: ours to tidy
+    if owner == os.getpid():
+        path.unlink(missing_ok=True)
