@@ -263,3 +263,44 @@ def test_a_background_build_does_not_undo_a_switch(env):
         assert compare(s(xs[3]), refs[3])[1] <= TOLERANCE
         assert s.plan.to_json() == chosen.to_json()
         assert [r.how for r in s.recoveries] == ["rebuilt"]
+
+
+def test_an_adaptive_session_takes_a_returning_device_in_the_background(env):
+    """The re-solve adapter (CoEdge's adaptive mode) handled membership changes by itself: when a
+    device came back it re-planned and built synchronously before the next request (and the
+    session's own background build was then dropped). Now the session re-plans through the
+    adapter's ``replan_for`` — in the background for a return — and tells it (``on_replan``)."""
+    from coinfer.runtime.adaptive import ReplanAdapter
+
+    class Spy(ReplanAdapter):
+        calls: list[list[str]] = []
+
+        def replan_for(self, session, cluster):  # type: ignore[no-untyped-def]
+            self.calls.append(list(cluster.names))
+            return super().replan_for(session, cluster)
+
+    cl, lc = env
+    plan, xs, refs = _even(8, 6000)
+    victim = "d3"
+    adapter = Spy(threshold=1e9)  # membership only: no bandwidth-triggered re-solves
+    with Session(plan, cl, lc.addresses, adapter=adapter) as s:
+        assert compare(s(xs[0]), refs[0])[1] <= TOLERANCE
+        lc.kill(victim)
+        for x, ref in zip(xs[1:4], refs[1:4]):
+            assert compare(s(x), ref)[1] <= TOLERANCE
+        assert victim not in s.deployed_on
+        lc.restart(victim)
+        s.addresses[victim] = lc.workers[victim].address
+        t_end = time.monotonic() + 120
+        i = 0
+        while victim not in s.deployed_on and time.monotonic() < t_end:
+            assert compare(s(xs[i % 8]), refs[i % 8])[1] <= TOLERANCE
+            i += 1
+        assert victim in s.deployed_on and s.plan.strategy.name == "even"
+        assert [r.how for r in s.recoveries] == ["rebuilt", "background"], s.recoveries
+        assert s.switches == []  # the adapter never switched (re-planned) by itself
+        assert adapter.calls == [["d0", "d1", "d2"], ["d0", "d1", "d2", "d3"]], adapter.calls
+        reasons = [e.reason for e in adapter.events]
+        assert len(reasons) == 2 and f"left ['{victim}']" in reasons[0] and f"joined ['{victim}']" in reasons[1], \
+            reasons
+        assert "background" in reasons[1]

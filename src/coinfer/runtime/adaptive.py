@@ -154,6 +154,10 @@ class ReplanAdapter:
         if self._members is None:
             self._members = members
         reason = None
+        if set(live) != set(members) and getattr(session, "replan_enabled", False):
+            # a session that re-plans itself does it for membership changes — a return in the
+            # background while requests go on — through replan_for, and tells on_replan
+            return None
         if set(live) != set(members):
             joined = sorted(set(live) - members)
             left = sorted(members - set(live))
@@ -170,6 +174,35 @@ class ReplanAdapter:
         if reason is None:
             return None
         return self._replan(session, live, reason)
+
+    def replan_for(self, session: Session, cluster: Cluster) -> Plan:
+        """The plan the session re-plans to for the devices of ``cluster`` (a death, a return, a
+        failover plan): the same re-solve as a bandwidth change, with the observed link rates."""
+        try:
+            return replan(session.plan, self.cluster_for(cluster, cluster.names), self.profiles_dir)[0]
+        except Exception as e:  # noqa: BLE001 - the session's default (proportional as the last resort)
+            from .coordinator import default_replan
+
+            log.warning("adaptive re-plan over %s failed (%s); the session's default", cluster.names, e)
+            return default_replan(session.plan, cluster)
+
+    def on_replan(self, session: Session, plan: Plan) -> None:
+        """The session re-planned over other devices: record it and judge links on the new plan."""
+        before = self._members if self._members is not None else frozenset()
+        now = frozenset(plan.devices)
+        joined, left = sorted(now - before), sorted(before - now)
+        reason = "devices changed: " + ", ".join(
+            x for x in (f"joined {joined}" if joined else "", f"left {left}" if left else "") if x)
+        rec = session.recoveries[-1] if getattr(session, "recoveries", None) else None
+        ev = AdaptEvent(time.time(), f"{reason} (re-planned by the session{f', {rec.how}' if rec else ''})",
+                        plan.devices_used_names(),
+                        {"-".join(sorted(k)): v for k, v in self._overrides.items()})
+        ev.replan_ms = rec.replan_ms if rec is not None else 0.0
+        self.events.append(ev)
+        self._members = now
+        self._since = time.time()
+        self._links.clear()
+        self._plan_id += 1
 
     def after_request(self, session: Session, trace: Trace) -> None:
         from .report import summarize

@@ -145,6 +145,8 @@ class Adapter(Protocol):
 
     # optional: on_replan(session, plan) — the session re-planned over other devices (a death or a
     # return); an adapter whose plans name devices (Edgent's map) takes the new plan's instead.
+    # replan_for(session, cluster) -> Plan: what the session's re-plans use for the devices of
+    # ``cluster`` (default: the active plan's strategy over them).
     # plans_to_prepare() -> list[Plan]: built when the session starts and after such a re-plan
 
 
@@ -820,8 +822,13 @@ class Session:
 
     # -- re-planning ---------------------------------------------------------------------
     def _replanned(self, sub: Cluster) -> Plan:
-        """The plan for the devices of ``sub`` (the same strategy; ``replan_fn`` if given)."""
-        return self.replan_fn(sub) if self.replan_fn else default_replan(self.plan, sub)
+        """The plan for the devices of ``sub``: ``replan_fn`` if given, else the adapter's
+        ``replan_for`` if it has one (CoEdge's re-solve with the observed link rates), else the
+        same strategy over them."""
+        if self.replan_fn:
+            return self.replan_fn(sub)
+        hook = getattr(self.adapter, "replan_for", None)
+        return hook(self, sub) if hook is not None else default_replan(self.plan, sub)
 
     def _replan(self, t_fail: float | None) -> None:
         self._membership_changed.clear()
