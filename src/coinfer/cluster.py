@@ -236,6 +236,9 @@ def load_cluster(path: str | Path) -> Cluster:
                            f"or write one (docs/concepts.md#cluster-file; examples in the repository's configs/)")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise ClusterError(f"cluster file {str(p)!r} is not a text (YAML) file — give a cluster YAML file "
+                           f"(docs/concepts.md#cluster-file) or a built-in ({', '.join(BUILTIN)})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

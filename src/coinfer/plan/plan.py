@@ -319,7 +319,12 @@ class Plan:
         p = Path(path)
         if not p.is_file():
             raise PlanError(f"plan file {str(p)!r} does not exist; create one with coinfer plan")
-        return cls.from_json(p.read_text())
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError:
+            raise PlanError(f"plan file {str(p)!r} is not a text (JSON) file — give the plan written by "
+                            "coinfer plan") from None
+        return cls.from_json(text)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
