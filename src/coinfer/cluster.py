@@ -304,6 +304,6 @@ def with_cpu_emulation(cluster: Cluster, mode: str | None) -> Cluster:
 
 def resolve_cluster(spec: str) -> Cluster:
     """A cluster from a YAML path or a built-in name."""
-    if spec in BUILTIN and not Path(spec).exists():
+    if spec in BUILTIN and not Path(spec).is_file():  # a folder named demo4 (coinfer demo --out) is no cluster file
         return builtin_cluster(spec)
     return load_cluster(spec)
