@@ -23,6 +23,7 @@ from typing import Any
 
 from ..graph.geometry import HALO_MODES, Region, feature_region, features_layer
 from ..graph.ir import OUTPUT, Graph, GraphError
+from ..paths import write_text
 
 FORMAT = "coinfer.plan/1"
 SCHEDULES = ("static", "dynamic")
@@ -327,7 +328,7 @@ class Plan:
         return cls.from_json(text)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        write_text(path, self.to_json() + "\n")
 
     def wire_for(self, tensor: int) -> tuple[str, str | None]:
         """``(codec, quant)`` of a transfer of ``tensor`` (the stage producing it; -1 the model input):
