@@ -236,6 +236,9 @@ def load_cluster(path: str | Path) -> Cluster:
                            f"or write one (docs/concepts.md#cluster-file; examples in the repository's configs/)")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise ClusterError(f"cluster file {str(p)!r} is not a text (YAML) file — give a cluster YAML file "
+                           f"(docs/concepts.md#cluster-file) or a built-in ({', '.join(BUILTIN)})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -301,6 +304,6 @@ def with_cpu_emulation(cluster: Cluster, mode: str | None) -> Cluster:
 
 def resolve_cluster(spec: str) -> Cluster:
     """A cluster from a YAML path or a built-in name."""
-    if spec in BUILTIN and not Path(spec).exists():
+    if spec in BUILTIN and not Path(spec).is_file():  # a folder named demo4 (coinfer demo --out) is no cluster file
         return builtin_cluster(spec)
     return load_cluster(spec)

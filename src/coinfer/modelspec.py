@@ -72,7 +72,7 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
             raise ModelError(f"model {spec!r} is an import path: give --input-shape N,C,H,W")
         from torch import nn
 
-        obj = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
+        obj = _call_factory(fn, spec) if callable(fn) and not isinstance(fn, nn.Module) else fn
         if not isinstance(obj, nn.Module):
             raise ModelError(f"{spec!r} must be an nn.Module or a callable returning one, got {type(obj).__name__}")
         return ModelSource(spec, obj.eval(), shape, spec)
@@ -92,6 +92,15 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
     except zoo.MissingExtraError as err:
         raise ModelError(str(err)) from None
     return ModelSource(spec, mod, tuple(entry.input_shape), spec)
+
+
+def _call_factory(fn: Any, spec: str) -> Any:
+    """The user's ``package.module:callable``, called; whatever it raises is one line (exit 2)."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the user's code: report, do not trace back
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ModelError(f"model factory {spec} raised {type(e).__name__}" + (f": {first}" if first else "")) from None
 
 
 _CACHE: dict[tuple[str, tuple[int, ...] | None, int], CapturedModel] = {}

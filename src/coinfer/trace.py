@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .paths import output_file, write_text
+
 LANES = ("compute", "send", "recv")
 _STAGE = re.compile(r"compute s(\d+)\.")
 
@@ -124,7 +126,7 @@ class Trace:
         return {"traceEvents": ev, "displayTimeUnit": "ms", "coinfer": self.meta}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_chrome()))
+        write_text(path, json.dumps(self.to_chrome()))
 
     @classmethod
     def from_chrome(cls, d: dict[str, Any]) -> Trace:
@@ -164,5 +166,8 @@ class Trace:
         ax.set_xlabel("time (ms)")
         ax.set_title(title or f"{self.meta.get('kind', 'trace')}: {self.span_ms:.1f} ms")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        try:
+            with output_file(path):
+                fig.savefig(path, dpi=110)
+        finally:
+            plt.close(fig)

@@ -56,6 +56,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..graph.ir import Graph
+from ..paths import write_text
 from .calibration import HostCalibration
 from .regression import LayerRegression, LayerSample
 from .runtime import RuntimeCosts, RuntimeCostsError
@@ -282,7 +283,7 @@ class DeviceProfile:
         return cls.from_dict(d, str(p))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        write_text(path, self.to_json() + "\n")
 
 
 @dataclass

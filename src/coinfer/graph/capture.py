@@ -23,9 +23,9 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .ir import ExitBranch, Graph, GraphError, Node
+from .propagate import propagate_shapes
 
 
 class UnsupportedOpError(GraphError):
@@ -451,8 +451,7 @@ def _trace(model: nn.Module, example: torch.Tensor, what: str) -> torch.fx.Graph
             f"torch.fx could not trace {what}: {str(e).splitlines()[0]} — models must be fx-traceable "
             f"(no data-dependent control flow)"
         ) from None
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
+    propagate_shapes(gm, example, what)
     return gm
 
 
@@ -489,7 +488,7 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], name: st
         raise GraphError(f"input shape must be 1,C,H,W with positive sizes, got {list(input_shape)}")
     model = model.eval()
     example = torch.zeros(input_shape)
-    gm = _trace(model, example, name or type(model).__name__)
+    gm = _trace(model, example, f"model {name or type(model).__name__}")
     b = _build(gm, name or type(model).__name__)
     exits: dict[str, ExitBranch] = {}
     tensors, fns = dict(b.tensors), dict(b.fns)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..graph.geometry import HALO_MODES, Region, feature_region, features_layer
 from ..graph.ir import OUTPUT, Graph, GraphError
+from ..paths import write_text
 
 FORMAT = "coinfer.plan/1"
 SCHEDULES = ("static", "dynamic")
@@ -319,10 +320,15 @@ class Plan:
         p = Path(path)
         if not p.is_file():
             raise PlanError(f"plan file {str(p)!r} does not exist; create one with coinfer plan")
-        return cls.from_json(p.read_text())
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError:
+            raise PlanError(f"plan file {str(p)!r} is not a text (JSON) file — give the plan written by "
+                            "coinfer plan") from None
+        return cls.from_json(text)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        write_text(path, self.to_json() + "\n")
 
     def wire_for(self, tensor: int) -> tuple[str, str | None]:
         """``(codec, quant)`` of a transfer of ``tensor`` (the stage producing it; -1 the model input):

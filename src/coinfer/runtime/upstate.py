@@ -13,7 +13,7 @@ from ..paths import cache_dir
 
 def _key(cluster_spec: str) -> str:
     p = Path(cluster_spec)
-    ident = str(p.resolve()) if p.exists() else cluster_spec
+    ident = str(p.resolve()) if p.is_file() else cluster_spec  # as resolve_cluster: a folder is no cluster file
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
