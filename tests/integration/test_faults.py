@@ -13,6 +13,7 @@ import itertools
 import os
 import threading
 import time
+from typing import ClassVar
 
 import psutil
 import pytest
@@ -273,7 +274,7 @@ def test_an_adaptive_session_takes_a_returning_device_in_the_background(env):
     from coinfer.runtime.adaptive import ReplanAdapter
 
     class Spy(ReplanAdapter):
-        calls: list[list[str]] = []
+        calls: ClassVar[list[list[str]]] = []
 
         def replan_for(self, session, cluster):  # type: ignore[no-untyped-def]
             self.calls.append(list(cluster.names))
