@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from .common import console, emit_json, fail, parse_params, user_errors
+from .common import console, deadline_notes, emit_json, fail, parse_params, user_errors
 
 
 @user_errors
@@ -18,7 +18,8 @@ def cmd(
     cluster: str = typer.Option(..., "--cluster", "-c", help="cluster YAML file or built-in name (demo4, eq4, het4...)"),
     strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies"),
     objective: str = typer.Option("latency", "--objective", help="latency | energy"),
-    deadline_ms: float = typer.Option(None, "--deadline-ms", help="latency requirement (ms)"),
+    deadline_ms: float = typer.Option(None, "--deadline-ms", help="latency requirement (ms); strategies "
+                                    "that do not plan for one (coinfer strategies) only warn when it is missed"),
     profiles: str = typer.Option(None, "--profiles", help="directory of coinfer profile results"),
     input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
     param: list[str] = typer.Option(None, "--param", "-p", help="strategy parameter key=value (repeatable)"),
@@ -59,10 +60,15 @@ def cmd(
     sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
+    for line in deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"]):
+        typer.echo(line, err=True)
     summary: dict[str, Any] = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
                                "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted,
                                "info": res.info}
     summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
+    if deadline_ms is not None:
+        summary["deadline_ms"] = deadline_ms
+        summary["deadline_met"] = plan.predicted["latency_ms"] <= deadline_ms
     if json_out:
         emit_json(summary)
     else:
