@@ -4,6 +4,7 @@ from __future__ import annotations
 
 COMMAND = "bench"
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,11 @@ def cmd(
                  deadline_ms, parse_params(param))
 
 
+def _noter(c: Any, strategy: str) -> Callable[[str], None]:
+    """Progress lines of long planning (DistrEdge profiling the devices) on the bench's console."""
+    return lambda line: c.print(f"{strategy}: {line}", markup=False)
+
+
 def _compare(model: str | None, cluster: str | None, strategies: str | None, profiles: str | None,
              input_shape: str | None, repeat: int, warmup: int, keys: str | None, json_out: bool,
              priority: bool = False, deadline_ms: float | None = None,
@@ -100,7 +106,7 @@ def _compare(model: str | None, cluster: str | None, strategies: str | None, pro
         for s in strats:
             with c.status(f"{s}: planning and simulating…"):
                 plan = plan_result(model, cl, s, profiles=profiles, input_shape=input_shape, deadline_ms=deadline_ms,
-                                   **params).plan
+                                   note=_noter(c, s), **params).plan
                 sim = simulate(lower(plan, g), costs)
             for line in deadline_notes(s, deadline_ms, sim.latency_ms):
                 typer.echo(line, err=True)

@@ -16,7 +16,8 @@ from .common import console, deadline_notes, emit_json, fail, parse_params, user
 def cmd(
     model: str = typer.Option(..., "--model", "-m", help="zoo name, package.module:callable, or file.onnx"),
     cluster: str = typer.Option(..., "--cluster", "-c", help="cluster YAML file or built-in name (demo4, eq4, het4...)"),
-    strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies"),
+    strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies "
+                                  "(distredge: the first plan of a model and cluster profiles the devices, minutes)"),
     objective: str = typer.Option("latency", "--objective", help="latency | energy"),
     deadline_ms: float = typer.Option(None, "--deadline-ms", help="latency requirement (ms); strategies "
                                     "that do not plan for one (coinfer strategies) only warn when it is missed"),
@@ -24,7 +25,9 @@ def cmd(
     input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
     param: list[str] = typer.Option(None, "--param", "-p", help="strategy parameter key=value (repeatable)"),
     train_episodes: int = typer.Option(None, "--train-episodes", help="distredge: splitter training episodes "
-                                       "(default 4000; the policy is cached per cluster and model)"),
+                                       "(default 4000; the policy is cached per cluster and model). The first "
+                                       "distredge plan of a model and cluster profiles every emulated device "
+                                       "(minutes; one line each on stderr, cached) and then trains"),
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="where to write the plan"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
     show_programs: bool = typer.Option(False, "--show-programs", help="print the lowered per-device programs"),
@@ -52,7 +55,8 @@ def cmd(
 
     check_params(strategy, params)  # a misspelt --param is an error, not a plan made with the default
     res = plan_result(model, cluster, strategy, objective=objective, deadline_ms=deadline_ms,
-                      profiles=profiles, input_shape=input_shape, **params)
+                      profiles=profiles, input_shape=input_shape,
+                      note=lambda line: typer.echo(f"{strategy}: {line}", err=True), **params)
     plan = res.plan
     graph = capture_model(model, input_shape).graph
     lowered = lower(plan, graph)

@@ -179,7 +179,8 @@ def plan_auto(req: PlanRequest) -> PlanResult:
     for name in pool:
         if name in exclude or name == "auto" or not info(name).exact:
             continue
-        sub = PlanRequest(req.graph, req.cluster, req.model, req.cost_model(), req.objective, req.deadline_ms, {})
+        sub = PlanRequest(req.graph, req.cluster, req.model, req.cost_model(), req.objective, req.deadline_ms, {},
+                          note=req.note)
         try:
             res = run(name, sub)
             obj, lat, en = _score(req, res.plan, cache)

@@ -44,6 +44,9 @@ class PlanRequest:
     objective: str = "latency"
     deadline_ms: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: progress of long planning work (DistrEdge profiles every emulated device first, then trains): one
+    #: line per step; ``coinfer plan`` prints them to stderr. Never part of the plan.
+    note: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
