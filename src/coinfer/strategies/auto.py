@@ -138,11 +138,10 @@ def _refine(req: PlanRequest, start: Plan, deadline: float, score: Callable[[Pla
     return best, steps
 
 
-def _strategy_names(req: PlanRequest, key: str) -> list[str] | None:
+def _strategy_names(v: object, key: str) -> list[str] | None:
     """``--param include=`` / ``exclude=``: strategy names, comma-separated (``even,coedge``) or a list;
     None when not given. An unknown name is a StrategyError with a close match and the known names
     (it used to be ignored: ``include=foo`` then found no plan, ``exclude=foo`` excluded nothing)."""
-    v = req.param(key)
     if v is None:
         return None
     if isinstance(v, str):
@@ -167,8 +166,8 @@ def _strategy_names(req: PlanRequest, key: str) -> list[str] | None:
           outputs=("base", "refine_steps"), deadline=True)
 def plan_auto(req: PlanRequest) -> PlanResult:
     budget = req.number("budget_s", 4.0)
-    include = _strategy_names(req, "include")
-    exclude = set(_strategy_names(req, "exclude") or [])
+    include = _strategy_names(req.param("include"), "include")
+    exclude = set(_strategy_names(req.param("exclude"), "exclude") or [])
     if budget <= 0:
         raise StrategyError("budget_s must be > 0 (seconds of planning)")
     t_end = time.monotonic() + budget
