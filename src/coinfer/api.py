@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .cluster import Cluster, resolve_cluster
@@ -19,8 +20,12 @@ def _cluster(c: Cluster | str) -> Cluster:
 
 def plan_result(model: str, cluster: Cluster | str, strategy: str = "proportional", *,
                 objective: str = "latency", deadline_ms: float | None = None,
-                profiles: str | None = None, input_shape: Any = None, **params: Any) -> PlanResult:
-    """Plan ``model`` over ``cluster`` with a registered strategy; returns plan and report."""
+                profiles: str | None = None, input_shape: Any = None, note: Callable[[str], None] | None = None,
+                **params: Any) -> PlanResult:
+    """Plan ``model`` over ``cluster`` with a registered strategy; returns plan and report.
+
+    ``note``: called with one line per step of long planning work (DistrEdge profiling each emulated
+    device, then training), e.g. ``print``."""
     from .cost.model import load_cost_model
     from .modelspec import capture_model
     from .strategies import PlanRequest, run
@@ -28,7 +33,7 @@ def plan_result(model: str, cluster: Cluster | str, strategy: str = "proportiona
     cl = _cluster(cluster)
     cm = capture_model(model, input_shape)
     costs = load_cost_model(cm.graph, cl, profiles)
-    req = PlanRequest(cm.graph, cl, model, costs, objective, deadline_ms, params)
+    req = PlanRequest(cm.graph, cl, model, costs, objective, deadline_ms, params, note=note)
     return run(strategy, req)
 
 

@@ -41,3 +41,24 @@ def test_auto_bad_budget():
     cm = capture_model("resnet18")
     with pytest.raises(StrategyError, match="budget_s"):
         run("auto", PlanRequest(cm.graph, builtin_cluster("demo4"), "resnet18", params={"budget_s": 0}))
+
+
+def _auto(params: dict[str, object]) -> object:
+    cm = capture_model("resnet18_digits")
+    return run("auto", PlanRequest(cm.graph, builtin_cluster("het4"), "resnet18_digits", params=params))
+
+
+@pytest.mark.parametrize(("key", "value", "msg"), [
+    ("include", "foo", "--param include: unknown strategy foo; known: "),  # was exit 1, "no strategy produced a plan"
+    ("include", "even,evn", "--param include: unknown strategy evn (did you mean even?); known: "),  # was ignored
+    ("exclude", ["foo"], "--param exclude: unknown strategy foo; known: "),  # was ignored
+])
+def test_auto_refuses_unknown_strategy_names(key: str, value: object, msg: str) -> None:
+    with pytest.raises(StrategyError) as e:
+        _auto({key: value, "budget_s": 0.2})
+    assert str(e.value).startswith(msg) and "coedge" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_auto_include_takes_a_comma_separated_string() -> None:
+    res = _auto({"include": "even,coedge", "budget_s": 0.2})
+    assert set(res.info["candidates"]) == {"even", "coedge"}  # type: ignore[attr-defined]

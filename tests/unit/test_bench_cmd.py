@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -260,3 +261,52 @@ def test_validate_rounds_rotate_and_report_each_case_after_its_last_round(
     assert [r[0] for r in res] == names and res[0][1] == [1.0, 6.0, 8.0]  # type: ignore[index]
     order.clear()
     assert [r[0] for r in V.validate(cases, tmp_path)] == names and order == names  # type: ignore[index]
+
+
+class _FakeBed:
+    """Stands in for the emulated cluster (no worker processes): every plan 'measures' 10 ms."""
+    plans: ClassVar[list[Any]] = []
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def __enter__(self) -> _FakeBed:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def measure(self, plan, cluster, **_: object):  # type: ignore[no-untyped-def]
+        _FakeBed.plans.append(plan)
+        return V.Measured(10.0, [10.0], Trace(), {"energy_j": 0.5, "bytes_moved": 123, "busy_ms": {"d0": 9.0},
+                                   "critical_compute_ms": 8.0})
+
+
+def test_bench_deadline_and_params_reach_every_strategy_and_json_has_the_contract_keys(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench had no --deadline-ms (edgent could not be benched: 'No such option'); --param is passed to every
+    strategy and checked as plan checks it; each result carries DESIGN.md's latency_ms, energy_j, bytes_moved,
+    busy_ms."""
+    import json
+
+    monkeypatch.setattr(V, "Testbed", _FakeBed)
+    _FakeBed.plans = []
+    r = invoke("bench", "-m", "resnet18_digits", "-c", "edgent", "-s", "edgent,local", "-n", "1",
+               "--deadline-ms", "5000", "-p", "exit=exit1", "--json")
+    assert r.exit_code == 0, r.output
+    js = json.loads(next(line for line in r.output.splitlines() if line.startswith("{")))
+    assert [p.strategy.name for p in _FakeBed.plans] == ["edgent", "local"]
+    assert _FakeBed.plans[0].strategy.params["deadline_ms"] == 5000
+    assert all(p.exit == "exit1" for p in _FakeBed.plans)  # the --param reached both
+    for row in js["results"]:
+        assert row["latency_ms"] == 10.0 and row["energy_j"] == 0.5 and row["bytes_moved"] == 123
+        assert row["busy_ms"] == {"d0": 9.0}
+    assert js["deadline_ms"] == 5000 and js["params"] == {"exit": "exit1"}
+
+
+def test_bench_refuses_a_param_one_strategy_does_not_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(V, "Testbed", _FakeBed)
+    r = invoke("bench", "-m", "resnet18_digits", "-c", "het4", "-s", "even,local", "-p", "max_redundancy=0.2")
+    assert r.exit_code == 2 and "--param max_redundancy: unknown parameter" in r.output and "strategy local" in r.output
+    r = invoke("bench", "-m", "resnet18_digits", "-c", "het4", "-s", "local", "--deadline-ms", "0")
+    assert r.exit_code == 2 and "--deadline-ms must be > 0" in r.output

@@ -295,3 +295,47 @@ def test_anchor_splits_are_kept_when_they_beat_the_policy(captured, cache: Path)
     bare = run("distredge", req(anchors="false"))
     assert bare.info["anchors_ms"] == {} and not bare.info["splits_from"].startswith("anchor")
     assert bare.info["predicted_latency_ms"] > info["predicted_latency_ms"]
+
+
+def test_cli_plan_reports_each_device_profiled(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``coinfer plan -s distredge`` on a model/cluster not profiled yet printed nothing for minutes: the
+    strategy now passes PlanRequest.note down to the profiling, and plan prints one stderr line per device.
+    The profiling itself is mocked (it would run for minutes)."""
+    import coinfer.train.distredge as T
+
+    def fake(cluster, model, graph, input_shape=None, *, note=None, timing="wall", **_):  # type: ignore[no-untyped-def]
+        assert note is not None, "the CLI's progress callback did not reach the profiling"
+        for d in cluster.devices:
+            note(f"profiling {model} on {d.name} (cpu_share {d.cpu_share}) in a limited subprocess")
+        raise StrategyError("stop after the notes (test)")
+
+    monkeypatch.setattr(T, "emulated_profiles", fake)
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", "het4", "-s", "distredge", "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "stop after the notes" in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("distredge: profiling")]
+    assert [ln.split(" on ")[1].split()[0] for ln in lines] == ["d0", "d1", "d2", "d3"], r.output
+
+
+def test_emulated_profiles_notes_each_device_it_starts(captured, cache: Path,  # type: ignore[no-untyped-def]
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profiling loop calls ``note`` once per device subprocess it starts (Popen mocked: it fails at once)."""
+    import coinfer.train.distredge as T
+
+    class Proc:
+        returncode, stderr = 1, None
+
+        def __init__(self, cmd, **_):  # type: ignore[no-untyped-def]
+            self.device = cmd[cmd.index("--device") + 1]
+
+        def poll(self) -> int:
+            return 1
+
+        def kill(self) -> None:
+            pass
+
+    monkeypatch.setattr(T.subprocess, "Popen", Proc)
+    notes: list[str] = []
+    cl = builtin_cluster("het4")
+    with pytest.raises(RuntimeError, match="profiling d"):
+        T.emulated_profiles(cl, MODEL, captured(MODEL).graph, note=notes.append)
+    assert notes and all(n.startswith(f"profiling {MODEL} on d") for n in notes), notes

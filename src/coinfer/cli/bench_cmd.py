@@ -4,12 +4,13 @@ from __future__ import annotations
 
 COMMAND = "bench"
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from .common import console, emit_json, user_errors
+from .common import console, deadline_notes, emit_json, parse_params, user_errors
 
 
 def _csv(text: str | None, what: str) -> list[str]:
@@ -47,6 +48,10 @@ def cmd(
     resim: list[str] = typer.Option(None, "--resimulate", help="with --validate: predict the cases of this "
                                     "validation.csv again (saved plans, current model, --profiles-root) without "
                                     "re-measuring; repeatable"),
+    deadline_ms: float = typer.Option(None, "--deadline-ms", help="latency requirement (ms) given to every "
+                                      "strategy (edgent needs one); a missed deadline is a warning"),
+    param: list[str] = typer.Option(None, "--param", "-p", help="strategy parameter key=value given to every "
+                                    "strategy benched (each must take it; repeatable)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
 ) -> None:
     """Compare strategies on a cluster (predicted vs measured), or validate the simulator (--validate)."""
@@ -56,12 +61,19 @@ def cmd(
         _validate(cluster, clusters, models, bandwidths, kinds, out, profiles_root, repeat, warmup, keys, json_out,
                   priority, rounds)
     else:
-        _compare(model, cluster, strategies, profiles, input_shape, repeat, warmup, keys, json_out, priority)
+        _compare(model, cluster, strategies, profiles, input_shape, repeat, warmup, keys, json_out, priority,
+                 deadline_ms, parse_params(param))
+
+
+def _noter(c: Any, strategy: str) -> Callable[[str], None]:
+    """Progress lines of long planning (DistrEdge profiling the devices) on the bench's console."""
+    return lambda line: c.print(f"{strategy}: {line}", markup=False)
 
 
 def _compare(model: str | None, cluster: str | None, strategies: str | None, profiles: str | None,
              input_shape: str | None, repeat: int, warmup: int, keys: str | None, json_out: bool,
-             priority: bool = False) -> None:
+             priority: bool = False, deadline_ms: float | None = None,
+             params: dict[str, Any] | None = None) -> None:
     from ..api import _cluster, plan_result
     from ..cost.model import load_cost_model
     from ..errors import UserError
@@ -78,6 +90,13 @@ def _compare(model: str | None, cluster: str | None, strategies: str | None, pro
     bad = [s for s in strats if s not in known]
     if bad:
         raise UserError(f"unknown strategies {bad}; see coinfer strategies (known: {', '.join(known)})")
+    from ..strategies.registry import check_params
+
+    params = dict(params or {})
+    for s in strats:  # as coinfer plan does: a --param a strategy does not take is an error, before any worker starts
+        check_params(s, params)
+    if deadline_ms is not None and not deadline_ms > 0:
+        raise UserError(f"--deadline-ms must be > 0 (got {deadline_ms:g})")
     cl = _cluster(cluster)
     g = capture_model(model, input_shape).graph
     costs = load_cost_model(g, cl, profiles)
@@ -85,9 +104,13 @@ def _compare(model: str | None, cluster: str | None, strategies: str | None, pro
     rows: list[dict[str, Any]] = []
     with Testbed(keys=keys, priority=priority) as bed:
         for s in strats:
-            with c.status(f"{s}: planning, simulating, running on the emulated cluster…"):
-                plan = plan_result(model, cl, s, profiles=profiles, input_shape=input_shape).plan
+            with c.status(f"{s}: planning and simulating…"):
+                plan = plan_result(model, cl, s, profiles=profiles, input_shape=input_shape, deadline_ms=deadline_ms,
+                                   note=_noter(c, s), **params).plan
                 sim = simulate(lower(plan, g), costs)
+            for line in deadline_notes(s, deadline_ms, sim.latency_ms):
+                typer.echo(line, err=True)
+            with c.status(f"{s}: running on the emulated cluster…"):
                 meas = bed.measure(plan, cl, repeat=repeat, warmup=warmup)
             m = meas.latency_ms
             rows.append({"strategy": s, "stages": len(plan.stages), "devices": plan.devices_used_names(),
@@ -98,9 +121,13 @@ def _compare(model: str | None, cluster: str | None, strategies: str | None, pro
                          "predicted_bytes": sim.bytes_moved, "measured_bytes": meas.summary["bytes_moved"],
                          "predicted_critical_compute_ms": round(sim.trace.critical_compute_ms(), 3),
                          "measured_critical_compute_ms": meas.summary["critical_compute_ms"],
-                         "busy_ms": meas.summary["busy_ms"]})
+                         "busy_ms": meas.summary["busy_ms"],
+                         # the --json contract's keys (DESIGN.md), measured as coinfer run reports them
+                         "latency_ms": round(m, 3), "energy_j": meas.summary["energy_j"],
+                         "bytes_moved": meas.summary["bytes_moved"]})
     if json_out:
-        emit_json({"model": model, "cluster": cluster, "profiles": profiles, "repeat": repeat, "results": rows})
+        emit_json({"model": model, "cluster": cluster, "profiles": profiles, "repeat": repeat,
+                   "deadline_ms": deadline_ms, "params": params, "results": rows})
         return
     from rich.table import Table
 

@@ -145,6 +145,25 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def deadline_notes(strategy: str, deadline_ms: float | None, latency_ms: float) -> list[str]:
+    """What ``coinfer plan`` / ``bench`` print to stderr about ``--deadline-ms``: a note when ``strategy``
+    does not plan for a deadline (``register(deadline=False)``), a warning when the predicted latency
+    misses it (whatever the strategy). The exit code is unchanged: a strategy that plans for a deadline
+    refuses a plan it cannot meet itself (exit 1)."""
+    if deadline_ms is None:
+        return []
+    from ..strategies.registry import info
+
+    out = []
+    if not info(strategy).deadline:
+        out.append(f"note: {strategy} does not plan for a deadline: --deadline-ms {deadline_ms:g} is only "
+                   "checked against the prediction (the deadline column of coinfer strategies)")
+    if latency_ms > deadline_ms:
+        out.append(f"warning: predicted latency {latency_ms:.1f} ms misses --deadline-ms {deadline_ms:g} "
+                   f"({strategy}); relax the deadline or try another strategy / faster devices")
+    return out
+
+
 CPU_EMULATION_HELP = ("how local devices get their cpu_share: quota | dilate | off "
                       "(default: the cluster's emulation.cpu, quota)")
 

@@ -9,21 +9,25 @@ from typing import Any
 
 import typer
 
-from .common import console, emit_json, fail, parse_params, user_errors
+from .common import console, deadline_notes, emit_json, fail, parse_params, user_errors
 
 
 @user_errors
 def cmd(
     model: str = typer.Option(..., "--model", "-m", help="zoo name, package.module:callable, or file.onnx"),
     cluster: str = typer.Option(..., "--cluster", "-c", help="cluster YAML file or built-in name (demo4, eq4, het4...)"),
-    strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies"),
+    strategy: str = typer.Option("proportional", "--strategy", "-s", help="see coinfer strategies "
+                                  "(distredge: the first plan of a model and cluster profiles the devices, minutes)"),
     objective: str = typer.Option("latency", "--objective", help="latency | energy"),
-    deadline_ms: float = typer.Option(None, "--deadline-ms", help="latency requirement (ms)"),
+    deadline_ms: float = typer.Option(None, "--deadline-ms", help="latency requirement (ms); strategies "
+                                    "that do not plan for one (coinfer strategies) only warn when it is missed"),
     profiles: str = typer.Option(None, "--profiles", help="directory of coinfer profile results"),
     input_shape: str = typer.Option(None, "--input-shape", help="N,C,H,W (for import paths)"),
     param: list[str] = typer.Option(None, "--param", "-p", help="strategy parameter key=value (repeatable)"),
     train_episodes: int = typer.Option(None, "--train-episodes", help="distredge: splitter training episodes "
-                                       "(default 4000; the policy is cached per cluster and model)"),
+                                       "(default 4000; the policy is cached per cluster and model). The first "
+                                       "distredge plan of a model and cluster profiles every emulated device "
+                                       "(minutes; one line each on stderr, cached) and then trains"),
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="where to write the plan"),
     json_out: bool = typer.Option(False, "--json", help="one JSON summary on stdout"),
     show_programs: bool = typer.Option(False, "--show-programs", help="print the lowered per-device programs"),
@@ -51,7 +55,8 @@ def cmd(
 
     check_params(strategy, params)  # a misspelt --param is an error, not a plan made with the default
     res = plan_result(model, cluster, strategy, objective=objective, deadline_ms=deadline_ms,
-                      profiles=profiles, input_shape=input_shape, **params)
+                      profiles=profiles, input_shape=input_shape,
+                      note=lambda line: typer.echo(f"{strategy}: {line}", err=True), **params)
     plan = res.plan
     graph = capture_model(model, input_shape).graph
     lowered = lower(plan, graph)
@@ -59,10 +64,15 @@ def cmd(
     sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
+    for line in deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"]):
+        typer.echo(line, err=True)
     summary: dict[str, Any] = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
                                "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted,
                                "info": res.info}
     summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
+    if deadline_ms is not None:
+        summary["deadline_ms"] = deadline_ms
+        summary["deadline_met"] = plan.predicted["latency_ms"] <= deadline_ms
     if json_out:
         emit_json(summary)
     else:

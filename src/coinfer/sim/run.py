@@ -24,12 +24,13 @@ from .engine import simulate
 from .result import SimResult
 
 
-def check_devices(plan: Plan, cluster: Cluster) -> None:
+def check_devices(plan: Plan, cluster: Cluster, what: str = "simulate") -> None:
+    """Refuse a cluster lacking one of the plan's devices (``coinfer simulate`` and ``verify --cluster``)."""
     missing = [d for d in plan.devices if d not in cluster.names]
     if missing:
         raise ClusterError(
             f"the plan uses device(s) {missing} that the cluster does not have (devices: "
-            f"{', '.join(cluster.names)}); simulate with the cluster the plan was made for or re-plan "
+            f"{', '.join(cluster.names)}); {what} with the cluster the plan was made for or re-plan "
             f"with coinfer plan --cluster"
         )
 

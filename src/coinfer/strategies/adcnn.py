@@ -81,6 +81,7 @@ from ..cost.model import CostModel
 from ..graph.geometry import part_geometry
 from ..graph.ir import OUTPUT, Graph, GraphError
 from ..plan.plan import Grid, Stage, Whole, Wire
+from .common import requested_devices
 from .registry import FC_SPLIT, PlanRequest, PlanResult, StrategyError, flag_param, register
 
 #: ``grid=auto`` takes a finer grid only when it simulates at least this much faster (see ``plan``)
@@ -333,23 +334,20 @@ def plan_adcnn(req: PlanRequest) -> PlanResult:
         raise StrategyError(f"{g.name} has no splittable cut point: FDSP needs a convolutional part")
     head = choose_head(g, req.param("head", "auto"), wire)
     start = head if head is not None else g.input.name
-    devices = req.param("devices")
-    if devices:
-        bad = [d for d in devices if d not in req.devices]
-        if bad:
-            raise StrategyError(f"--param devices: unknown {bad}; cluster devices are {req.devices}")
+    devices = requested_devices(req)  # checked; the source always included (pool=workers leaves it out)
     pool_p = str(req.param("pool", "auto"))
     pool_names = ["all", "workers"] if pool_p == "auto" and len(req.devices) > 1 else \
         (["all"] if pool_p == "auto" else [pool_p])
     pools = {}
     for name in pool_names:
         pl = _pool(req, costs, name)
-        if devices:
+        if devices is not None:
             pl = [d for d in pl if d in devices]
         if pl:
             pools[name] = pl
     if not pools:
-        raise StrategyError(f"--param devices={devices} leaves no device in the tile pool")
+        raise StrategyError(f"--param devices={','.join(devices or [])} leaves no device in the tile pool; "
+                          "add a device or use pool=all")
     depth = req.param("depth", "auto")
     try:
         depth = None if depth == "auto" else int(depth)

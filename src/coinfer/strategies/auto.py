@@ -23,6 +23,7 @@ much the refinement gained.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -137,13 +138,36 @@ def _refine(req: PlanRequest, start: Plan, deadline: float, score: Callable[[Pla
     return best, steps
 
 
+def _strategy_names(v: object, key: str) -> list[str] | None:
+    """``--param include=`` / ``exclude=``: strategy names, comma-separated (``even,coedge``) or a list;
+    None when not given. An unknown name is a StrategyError with a close match and the known names
+    (it used to be ignored: ``include=foo`` then found no plan, ``exclude=foo`` excluded nothing)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        items = [w.strip() for w in v.split(",") if w.strip()]
+    elif isinstance(v, (list, tuple)):
+        items = [str(w).strip() for w in v]
+    else:
+        raise StrategyError(f"--param {key}={v!r}: give strategy names separated by commas, e.g. {key}=even,coedge")
+    known = names()
+    bad = list(dict.fromkeys(n for n in items if n not in known))
+    if bad:
+        hints = [f"{b} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(b, known, n=1, cutoff=0.6)) else b
+                 for b in bad]
+        raise StrategyError(f"--param {key}: unknown strategy {', '.join(hints)}; known: {', '.join(known)}")
+    if key == "include" and not items:
+        raise StrategyError("--param include is empty; name strategies, e.g. include=even,coedge")
+    return list(dict.fromkeys(items))
+
+
 @register("auto", summary="every exact strategy scored by the simulator, then refined by local search",
           paper="coinfer (this project)", needs_costs=True, params=("budget_s", "include", "exclude"),
-          outputs=("base", "refine_steps"))
+          outputs=("base", "refine_steps"), deadline=True)
 def plan_auto(req: PlanRequest) -> PlanResult:
     budget = req.number("budget_s", 4.0)
-    include = req.param("include")
-    exclude = set(req.param("exclude") or [])
+    include = _strategy_names(req.param("include"), "include")
+    exclude = set(_strategy_names(req.param("exclude"), "exclude") or [])
     if budget <= 0:
         raise StrategyError("budget_s must be > 0 (seconds of planning)")
     t_end = time.monotonic() + budget
@@ -154,7 +178,8 @@ def plan_auto(req: PlanRequest) -> PlanResult:
     for name in pool:
         if name in exclude or name == "auto" or not info(name).exact:
             continue
-        sub = PlanRequest(req.graph, req.cluster, req.model, req.cost_model(), req.objective, req.deadline_ms, {})
+        sub = PlanRequest(req.graph, req.cluster, req.model, req.cost_model(), req.objective, req.deadline_ms, {},
+                          note=req.note)
         try:
             res = run(name, sub)
             obj, lat, en = _score(req, res.plan, cache)

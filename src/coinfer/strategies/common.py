@@ -5,6 +5,34 @@ from __future__ import annotations
 from ..graph.geometry import part_geometry
 from ..graph.ir import OUTPUT, Graph
 from ..plan.plan import RowPart, Rows, Stage, Whole
+from .registry import PlanRequest, StrategyError
+
+
+def requested_devices(req: PlanRequest) -> list[str] | None:
+    """The devices ``--param devices=`` allows, or None when it is not given: the one parser of that
+    parameter for every strategy.
+
+    Accepts a comma-separated string (``devices=d1,d2``, as the CLI passes it) or a list; names are
+    checked against the cluster (one StrategyError naming the unknown ones and the cluster's devices),
+    duplicates collapse, the source is always included (it holds the input and gets the output), and the
+    result is in cluster order.
+    """
+    want = req.param("devices")
+    if want is None:
+        return None
+    names = req.cluster.names
+    if isinstance(want, str):
+        items = [w.strip() for w in want.split(",") if w.strip()]
+    elif isinstance(want, (list, tuple)):
+        items = [str(w).strip() for w in want]
+    else:
+        raise StrategyError(f"--param devices={want!r}: give device names separated by commas, "
+                            f"e.g. devices={','.join(names[:2])}")
+    unknown = list(dict.fromkeys(d for d in items if d not in names))
+    if unknown:
+        raise StrategyError(f"--param devices: unknown {', '.join(unknown)}; cluster devices are {', '.join(names)}")
+    keep = set(items) | {req.source}
+    return [d for d in names if d in keep]
 
 
 def split_rows(size: int, weights: dict[str, float], min_rows: int = 1) -> list[tuple[str, tuple[int, int]]]:

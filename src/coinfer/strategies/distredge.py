@@ -381,4 +381,4 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
                             max_volumes=max_volumes, wire=Wire(wire_p, None),
                             policy=req.param("policy"), retrain=flag_param(req.param("retrain", False), "retrain"),
                             profiles=str(req.param("costs", "auto")), shaping=shaping,
-                            use_anchors=flag_param(req.param("anchors", True), "anchors"))
+                            use_anchors=flag_param(req.param("anchors", True), "anchors"), note=req.note)

@@ -439,7 +439,7 @@ def plan_dynamic(req: PlanRequest, costs: CostModel) -> PlanResult:
           "(static); IEEE TWC 2020 (dynamic)", needs_costs=True,
           params=("mode", "exits", "exit", "prefer", "accuracy", "margin", "device", "order", "verify", "trace",
                   "states", "plan_quantile", "throughput_weight", "penalty"),
-          outputs=(*LAYERWISE_OUTPUTS, "state", "bandwidth_states", "config_map"))
+          outputs=(*LAYERWISE_OUTPUTS, "state", "bandwidth_states", "config_map"), deadline=True)
 def plan_edgent(req: PlanRequest) -> PlanResult:
     """Edgent (see the module docstring): ``--param mode=static`` (default) or ``mode=dynamic``."""
     mode = str(req.param("mode", "static"))

@@ -44,6 +44,9 @@ class PlanRequest:
     objective: str = "latency"
     deadline_ms: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: progress of long planning work (DistrEdge profiles every emulated device first, then trains): one
+    #: line per step; ``coinfer plan`` prints them to stderr. Never part of the plan.
+    note: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -110,6 +113,7 @@ class StrategyInfo:
     needs_costs: bool
     params: tuple[str, ...] = ()  # the parameters it reads (``--param key=value``), fc_split last
     outputs: tuple[str, ...] = ()  # keys its plans carry in strategy.params that are not parameters
+    deadline: bool = False  # it plans for ``PlanRequest.deadline_ms`` (--deadline-ms); else that is ignored
 
 
 _REGISTRY: dict[str, StrategyInfo] = {}
@@ -120,7 +124,8 @@ PLAN_KEYS = ("objective", "deadline_ms", "scheduler", "scheduler_params", "tile_
 
 
 def register(name: str, *, summary: str, params: tuple[str, ...], outputs: tuple[str, ...] = (),
-             paper: str = "", exact: bool = True, needs_costs: bool = False) -> Callable[[StrategyFn], StrategyFn]:
+             paper: str = "", exact: bool = True, needs_costs: bool = False,
+             deadline: bool = False) -> Callable[[StrategyFn], StrategyFn]:
     """Register planner ``name``.
 
     ``params``: every parameter it reads, directly or through a helper (``devices`` via
@@ -128,13 +133,16 @@ def register(name: str, *, summary: str, params: tuple[str, ...], outputs: tuple
     every strategy, is added. Any other name is refused (:func:`check_params`). ``outputs``: the
     other keys it writes into its plans' ``strategy.params`` (``config``, ``shares`` …), accepted
     back when a plan's own parameters re-plan it (:data:`PLAN_KEYS` are accepted for every strategy).
+    ``deadline``: it plans for the request's ``deadline_ms`` (``coinfer plan`` notes that a strategy
+    without it ignores ``--deadline-ms``).
     """
     declared = tuple(dict.fromkeys([*params, FC_SPLIT]))
 
     def deco(fn: StrategyFn) -> StrategyFn:
         if name in _REGISTRY:
             raise RuntimeError(f"strategy {name!r} registered twice")
-        _REGISTRY[name] = StrategyInfo(name, fn, summary, paper, exact, needs_costs, declared, tuple(outputs))
+        _REGISTRY[name] = StrategyInfo(name, fn, summary, paper, exact, needs_costs, declared, tuple(outputs),
+                                       deadline)
         return fn
     return deco
 

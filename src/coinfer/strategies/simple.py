@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..graph.ir import OUTPUT
 from ..plan.plan import Stage, Whole
-from .common import fused_boundaries, rows_stage, tail_stage
+from .common import fused_boundaries, requested_devices, rows_stage, tail_stage
 from .registry import PlanRequest, PlanResult, StrategyError, register
 
 
@@ -37,11 +37,8 @@ ROWS_OUTPUTS = ("weights",)
 
 
 def _rows(req: PlanRequest, weights: dict[str, float], name: str) -> PlanResult:
-    devices = req.param("devices")
-    if devices:
-        unknown = [d for d in devices if d not in weights]
-        if unknown:
-            raise StrategyError(f"--param devices: unknown {unknown}; cluster devices are {list(weights)}")
+    devices = requested_devices(req)  # checked; the source always included
+    if devices is not None:
         weights = {d: weights[d] for d in devices}
     red = req.number("max_redundancy", 0.10)
     if red < 0:

@@ -39,6 +39,7 @@ from ..cost.model import CostModel
 from ..graph.geometry import PartGeom, needed_input, stage_nodes
 from ..graph.ir import GEOMETRY_OPS, OUTPUT, Graph, Node
 from ..plan.plan import Grid, RowPart, Rows, Stage, Whole
+from .common import requested_devices
 from .registry import PlanRequest, StrategyError, flag_param
 
 WINDOW_OPS = frozenset({"conv", "maxpool", "avgpool"})
@@ -53,18 +54,10 @@ def cost_model(req: PlanRequest) -> CostModel:
 
 
 def plan_devices(req: PlanRequest) -> list[str]:
-    """Devices the planner may use: ``params["devices"]`` (checked) or all, the source always included."""
-    names = req.cluster.names
-    want = req.param("devices")
-    if want is None:
-        return list(names)
-    if isinstance(want, str):
-        want = [w.strip() for w in want.split(",") if w.strip()]
-    unknown = [d for d in want if d not in names]
-    if unknown:
-        raise StrategyError(f"--param devices: unknown {unknown}; cluster devices are {names}")
-    keep = set(want) | {req.source}
-    return [d for d in names if d in keep]
+    """Devices the planner may use: ``params["devices"]`` (:func:`~coinfer.strategies.common.requested_devices`:
+    checked, the source always included) or all, in cluster order."""
+    want = requested_devices(req)
+    return list(req.cluster.names) if want is None else want
 
 
 def int_param(req: PlanRequest, key: str, default: int | None, lo: int = 1, hi: int = 10**6) -> int | None:

@@ -426,6 +426,8 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
         meta = json.loads(mpath.read_text())
         agent = load_agent(algo, zpath)
     else:
+        if note:
+            note(f"training the {algo} splitter for {episodes} episodes (cached for this model and cluster)")
         agent, seconds, cpu_s = train(env, algo, episodes, seed, progress)
         trained = True
         agent.save(str(zpath))
