@@ -1,7 +1,7 @@
 """``coinfer verify``: refuses a cluster lacking one of the plan's devices (as simulate does; it used to run
 the missing device on torch), says in --json that an approximate plan has no tolerance (it printed
-``"tolerance": 0.0001, "ok": true`` next to a difference of 0.7), and says that the wire's quantisation is
-not applied in-process (the difference reported is the unquantised plan's)."""
+``"tolerance": 0.0001, "ok": true`` next to a difference of 0.7), and reports a quantised plan's
+difference with the wire codecs applied (it reported the unquantised plan's)."""
 
 from __future__ import annotations
 
@@ -53,13 +53,27 @@ def test_verify_json_exact_plan_has_a_tolerance(plans: dict[str, Path]) -> None:
     assert js["exact"] is True and js["tolerance"] == 1e-4 and js["ok"] is True and js["wire_quant"] is None
 
 
-def test_verify_json_approximate_plan_has_no_tolerance_and_says_quant_is_not_applied(plans: dict[str, Path]) -> None:
+def test_verify_json_approximate_plan_has_no_tolerance_and_applies_the_wire_quantisation(
+        plans: dict[str, Path]) -> None:
+    from coinfer.execute.local import compare, reference_output
+    from coinfer.inputs import random_input
+    from coinfer.modelspec import capture_model
+    from coinfer.plan.plan import Plan
+    from coinfer.train.fdsp import WireExecutor
+
     r = invoke("verify", plans["int4"], "--json")
     assert r.exit_code == 0, r.output
     js = _json(r)
     assert js["exact"] is False and js["tolerance"] is None and js["note"].startswith("approximate plan")
-    assert js["wire_quant"] == "int4" and js["wire_quant_applied"] is False
-    assert "not applied in-process" in js["wire_note"]
+    assert js["wire_quant"] == "int4" and js["wire_quant_applied"] is True
+    # the unquantised difference stays as it was; the wire's is what the codecs do to this input
+    assert js["max_abs_diff"] < 1e-4 < js["max_abs_diff_wire"]
+    plan = Plan.load(plans["int4"])
+    cm = capture_model(plan.model.name, plan.model.input_shape)
+    x = random_input(tuple(plan.model.input_shape), 0)
+    want = compare(WireExecutor(cm, plan)(x), reference_output(cm, x))[0]
+    assert js["max_abs_diff_wire"] == pytest.approx(want, rel=1e-6)
     text = invoke("verify", plans["int4"])
-    assert "note: wire quantisation int4 is not applied in-process" in text.output
+    assert "(without the wire quantisation)" in text.output
+    assert f"with wire quantisation int4 applied in-process: max_abs_diff={want:.3g}" in text.output
     assert "approximate plan" in text.output and "no tolerance applied" in text.output

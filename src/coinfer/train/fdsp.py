@@ -362,10 +362,12 @@ class WireExecutor:
     part's input as one message.
     """
 
-    def __init__(self, cm: CapturedModel, plan: Plan) -> None:
+    def __init__(self, cm: CapturedModel, plan: Plan, **executor: Any) -> None:
+        """``executor``: passed to the :class:`~coinfer.execute.local.InProcessExecutor` that computes
+        the parts (backend, precision, cluster)."""
         from ..execute.local import InProcessExecutor
 
-        self.inner = InProcessExecutor(cm, plan)
+        self.inner = InProcessExecutor(cm, plan, **executor)
         self.plan = plan
         #: per message: count, raw float32 bytes, bytes on the wire, and the codec's CPU time
         #: (encode on the sender + decode on the receiver, wall ms on this process's core)
