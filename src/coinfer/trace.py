@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .paths import output_file, write_text
+from .paths import save_figure, write_text
 
 LANES = ("compute", "send", "recv")
 _STAGE = re.compile(r"compute s(\d+)\.")
@@ -167,7 +167,6 @@ class Trace:
         ax.set_title(title or f"{self.meta.get('kind', 'trace')}: {self.span_ms:.1f} ms")
         fig.tight_layout()
         try:
-            with output_file(path):
-                fig.savefig(path, dpi=110)
+            save_figure(fig, path, dpi=110)
         finally:
             plt.close(fig)

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..cluster import Cluster, resolve_cluster
 from ..graph.ir import OUTPUT, Graph
+from ..paths import output_file, save_figure
 from ..plan.plan import Grid, Plan, Stage, Whole
 from ..trace import Trace
 
@@ -338,7 +339,7 @@ def error_stats(results: list[CaseResult]) -> dict[str, float]:
 
 def write_csv(results: list[CaseResult], path: str | Path) -> None:
     rows = [r.row() for r in results]
-    with open(path, "w", newline="") as f:
+    with output_file(path), open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
         w.writeheader()
         w.writerows(rows)
@@ -392,8 +393,10 @@ def scatter_png(results: list[CaseResult], path: str | Path, title: str = "") ->
                           f"p90 {st.get('p90', 0):.1%}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def load_average() -> float:

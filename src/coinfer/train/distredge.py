@@ -60,7 +60,7 @@ from ..cluster import Cluster
 from ..cost.model import CostModel
 from ..cost.profile import DeviceProfile, ProfileSet
 from ..graph.ir import Graph
-from ..paths import cache_dir
+from ..paths import cache_dir, save_figure
 from ..plan.plan import Wire
 from ..strategies.distredge import (
     choose_tail,
@@ -517,8 +517,10 @@ def plot_curve(curves: dict[str, list[float]], path: str | Path, title: str = "D
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
