@@ -63,6 +63,8 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
             m = importlib.import_module(mod_name)
         except ImportError as e:
             raise ModelError(f"cannot import {mod_name!r} for model {spec!r}: {e}; is it on PYTHONPATH?") from None
+        except Exception as e:  # noqa: BLE001 - the user's module: report, do not trace back
+            raise ModelError(f"importing {mod_name} (for model {spec}) raised {_describe(e)}") from None
         fn = m
         for part in attr.split("."):
             fn = getattr(fn, part, None)  # type: ignore[assignment]
@@ -94,13 +96,21 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
     return ModelSource(spec, mod, tuple(entry.input_shape), spec)
 
 
+def _describe(e: Exception) -> str:
+    """``Type: first line`` of an exception raised by the user's code; a SyntaxError gets its file:line."""
+    if isinstance(e, SyntaxError):
+        where = f" ({e.filename}:{e.lineno})" if e.filename else ""
+        return f"{type(e).__name__}: {e.msg}{where}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    return type(e).__name__ + (f": {first}" if first else "")
+
+
 def _call_factory(fn: Any, spec: str) -> Any:
     """The user's ``package.module:callable``, called; whatever it raises is one line (exit 2)."""
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - the user's code: report, do not trace back
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ModelError(f"model factory {spec} raised {type(e).__name__}" + (f": {first}" if first else "")) from None
+        raise ModelError(f"model factory {spec} raised {_describe(e)}") from None
 
 
 _CACHE: dict[tuple[str, tuple[int, ...] | None, int], CapturedModel] = {}

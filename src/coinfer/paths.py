@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def cache_dir(*sub: str) -> Path:
@@ -32,3 +33,10 @@ def write_text(path: str | Path, text: str) -> None:
     """``Path(path).write_text(text)`` under :func:`output_file`: plans, profiles, traces written for the user."""
     with output_file(path) as p:
         p.write_text(text)
+
+
+def save_figure(fig: Any, path: str | Path, **kw: Any) -> None:
+    """``fig.savefig(path, **kw)`` under :func:`output_file`: Gantt charts, learning curves and plots
+    written for the user."""
+    with output_file(path):
+        fig.savefig(path, **kw)

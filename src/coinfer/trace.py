@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .paths import output_file, write_text
+from .errors import UserError
+from .paths import save_figure, write_text
 
 LANES = ("compute", "send", "recv")
+
+
+class TraceFileError(UserError):
+    """A trace file (:meth:`Trace.load`) that is missing or not a coinfer trace (exit 2)."""
 _STAGE = re.compile(r"compute s(\d+)\.")
 
 
@@ -142,7 +147,23 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        return cls.from_chrome(json.loads(Path(path).read_text()))
+        """A trace written by :meth:`save` (``coinfer run`` / ``simulate --trace``); :class:`TraceFileError`
+        (one line: the file, what is wrong, the fix) for a missing, binary or malformed file."""
+        p = Path(path)
+        fix = "give the trace JSON written by coinfer run or coinfer simulate --trace"
+        if not p.is_file():
+            raise TraceFileError(f"trace file {str(p)!r} does not exist; {fix}")
+        try:
+            d = json.loads(p.read_text())
+        except UnicodeDecodeError:
+            raise TraceFileError(f"trace file {str(p)!r} is not a text (JSON) file — {fix}") from None
+        except json.JSONDecodeError as e:
+            raise TraceFileError(f"trace file {str(p)!r} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
+        try:
+            return cls.from_chrome(d)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise TraceFileError(f"trace file {str(p)!r} is not a coinfer trace (Chrome trace events with a device "
+                                 f"and lane each); {fix}") from None
 
     # -- picture -------------------------------------------------------------
     def gantt(self, path: str | Path, title: str | None = None) -> None:
@@ -167,7 +188,6 @@ class Trace:
         ax.set_title(title or f"{self.meta.get('kind', 'trace')}: {self.span_ms:.1f} ms")
         fig.tight_layout()
         try:
-            with output_file(path):
-                fig.savefig(path, dpi=110)
+            save_figure(fig, path, dpi=110)
         finally:
             plt.close(fig)

@@ -30,3 +30,59 @@ def test_binary_cluster_file_is_named_not_a_text_file(binary_file: Path, load) -
     with pytest.raises(ClusterError, match=r"cluster file '.*cat\.png' is not a text \(YAML\) file — give a cluster "
                                            r"YAML file .* or a built-in \(demo4, "):
         load(str(binary_file))
+
+
+def test_binary_profile_is_named_not_a_text_file(binary_file: Path, tmp_path: Path) -> None:
+    from coinfer.cost.profile import DeviceProfile, ProfileError, ProfileSet
+
+    (tmp_path / "pi1.json").write_bytes(PNG_HEAD)  # --profiles DIR holding an image named like a profile
+    with pytest.raises(ProfileError, match=r"^profile '.*pi1\.json' is not a text \(JSON\) file — give a directory "
+                                           r"of the <device>\.json files coinfer profile writes$"):
+        ProfileSet.load_dir(tmp_path)
+    with pytest.raises(ProfileError, match=r"cat\.png' is not a text \(JSON\) file"):
+        DeviceProfile.load(binary_file)
+
+
+def test_binary_bandwidth_trace_is_named_not_a_text_file(binary_file: Path) -> None:
+    from coinfer.cost.bandwidth import BandwidthTrace, TraceError, read_trace_csv
+
+    # simulate --bandwidth-trace, network.trace in a cluster file, edgent's --param trace
+    for read in (read_trace_csv, BandwidthTrace.load):
+        with pytest.raises(TraceError, match=r"^bandwidth trace '.*cat\.png' is not a text \(CSV\) file — give a CSV "
+                                             r"of t_s,mbps rows"):
+            read(binary_file)
+
+
+def test_stored_trace_that_is_missing_binary_or_not_a_trace_is_one_line(binary_file: Path, tmp_path: Path) -> None:
+    from coinfer.errors import UserError
+    from coinfer.trace import Trace
+
+    fix = r"give the trace JSON written by coinfer run or coinfer simulate --trace$"
+    with pytest.raises(UserError, match=r"^trace file '.*cat\.png' is not a text \(JSON\) file — " + fix):
+        Trace.load(binary_file)
+    with pytest.raises(UserError, match=r"^trace file '.*nope\.json' does not exist; " + fix):
+        Trace.load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserError, match=r"^trace file '.*bad\.json' is not valid JSON \(.*line 1\); " + fix):
+        Trace.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"traceEvents": [{"ph": "X", "name": "x"}]}')
+    with pytest.raises(UserError, match=r"^trace file '.*other\.json' is not a coinfer trace .*; " + fix):
+        Trace.load(tmp_path / "other.json")
+
+
+def test_validation_csv_to_resimulate_that_is_binary_or_other_is_one_line(binary_file: Path, tmp_path: Path) -> None:
+    from coinfer.errors import UserError
+    from coinfer.sim.validation import CaseResult, read_csv, write_csv
+
+    fix = r"give a validation\.csv written by coinfer bench --validate$"
+    with pytest.raises(UserError, match=r"cat\.png is not a text \(CSV\) file — " + fix):
+        read_csv(binary_file)
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match=r"other\.csv has no column 'case'; " + fix):
+        read_csv(tmp_path / "other.csv")
+    good = tmp_path / "validation.csv"
+    write_csv([CaseResult("c", "m", "rows", "eq4", 100.0, 2, 4, 10.0, 11.0, -0.09, 0.1, 0.1, 1, 1, 9.0, [1.0])], good)
+    assert read_csv(good)[0].runs_ms == [1.0]
+    good.write_text(good.read_text().replace(",100.0,", ",fast,"))
+    with pytest.raises(UserError, match=r"validation\.csv:2: could not convert string to float: 'fast'; " + fix):
+        read_csv(good)

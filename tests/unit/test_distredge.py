@@ -143,6 +143,25 @@ def test_policy_for_another_cluster_is_refused(captured, cache: Path) -> None:  
     assert not run("distredge", _req(captured, train_episodes=20, policy=pol)).info["trained"]
 
 
+def test_policy_files_that_are_not_a_policy_are_refused(captured, cache: Path,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    """--param policy=FILE naming an image (as the .zip or as its .json) or broken JSON is one line, exit 2."""
+    res = run("distredge", _req(captured, train_episodes=20))
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
+    zpath, mpath = tmp_path / "pol.zip", tmp_path / "pol.json"
+    zpath.write_bytes(png)
+    mpath.write_text(Path(res.info["policy"]).with_suffix(".json").read_text())
+    with pytest.raises(StrategyError, match=r"^policy .*pol\.zip cannot be loaded \(\w+: .*\); give the \.zip that "
+                                            r"coinfer train distredge"):
+        run("distredge", _req(captured, train_episodes=20, policy=str(zpath)))
+    mpath.write_bytes(png)
+    with pytest.raises(StrategyError, match=r"pol\.json is not a text \(JSON\) file — give the \.zip"):
+        run("distredge", _req(captured, train_episodes=20, policy=str(zpath)))
+    mpath.write_text("{")
+    with pytest.raises(StrategyError, match=r"pol\.json is not valid JSON \(.*line 1\); give the \.zip"):
+        run("distredge", _req(captured, train_episodes=20, policy=str(zpath)))
+
+
 @pytest.mark.parametrize("params, match", [
     ({"wire": "int4"}, "lossless-only"),
     ({"wire": "int8"}, "lossless-only"),

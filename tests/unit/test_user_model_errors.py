@@ -56,3 +56,19 @@ def test_factory_that_raises_is_named_with_its_error(tmp_path: Path, monkeypatch
         load_module("badnets_qa:boom", "1,3,8,8")
     with pytest.raises(ModelError, match=r"^model factory badnets_qa:quiet raised KeyError$"):
         capture_model("badnets_qa:quiet", "1,3,8,8")
+
+
+@pytest.mark.parametrize(("name", "source", "want"), [
+    ("badmod_qa_rt", 'raise RuntimeError("bad module\\nmore")\n', r"RuntimeError: bad module$"),
+    ("badmod_qa_syn", "def build(:\n    pass\n", r"SyntaxError: .+ \(.*badmod_qa_syn\.py:1\)$"),
+    ("badmod_qa_zero", "1 / 0\n", r"ZeroDivisionError: division by zero$"),
+])
+def test_module_that_raises_on_import_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  name: str, source: str, want: str) -> None:
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError) as e:
+        load_module(f"{name}:build", "1,3,32,32")
+    msg = str(e.value)
+    assert msg.startswith(f"importing {name} (for model {name}:build) raised ") and "\n" not in msg
+    assert re.search(want, msg), msg

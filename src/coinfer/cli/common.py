@@ -83,15 +83,16 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def check_outputs(trace: str | os.PathLike[str] | None = None, gantt: str | os.PathLike[str] | None = None) -> None:
-    """Refuse output paths that cannot be written before any work is done (not after a run):
-    a folder that does not exist or is not writable, a folder given as the file, a Gantt
-    format matplotlib cannot write."""
+def check_outputs(trace: str | os.PathLike[str] | None = None, gantt: str | os.PathLike[str] | None = None,
+                  plot: str | os.PathLike[str] | None = None) -> None:
+    """Refuse output paths that cannot be written before any work is done (not after a run or a
+    training): a folder that does not exist or is not writable, a folder given as the file, a
+    figure (``--gantt``, ``--plot``) format matplotlib cannot write."""
     from pathlib import Path
 
     from ..errors import UserError
 
-    for what, path in (("--trace", trace), ("--gantt", gantt)):
+    for what, path in (("--trace", trace), ("--gantt", gantt), ("--plot", plot)):
         if not path:
             continue
         p = Path(path)
@@ -102,14 +103,16 @@ def check_outputs(trace: str | os.PathLike[str] | None = None, gantt: str | os.P
             raise UserError(f"{what} {path}: folder {parent} does not exist; create it or choose another path")
         if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
             raise UserError(f"{what} {path}: not writable; check the path and its permissions")
-    if gantt:
+    for option, fig in (("--gantt", gantt), ("--plot", plot)):
+        if not fig:
+            continue
         from matplotlib.backend_bases import FigureCanvasBase
 
         kinds = FigureCanvasBase.get_supported_filetypes()
-        ext = Path(gantt).suffix.lower().lstrip(".")
+        ext = Path(fig).suffix.lower().lstrip(".")
         if ext not in kinds:
             what = "has no file extension" if not ext else f"ends in .{ext}, which matplotlib cannot write"
-            raise UserError(f"--gantt {gantt} {what}; name a .png (or .svg, .pdf) file")
+            raise UserError(f"{option} {fig} {what}; name a .png (or .svg, .pdf) file")
 
 
 def emit_json(obj: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from .common import console, emit_json, user_errors
+from .common import check_outputs, console, emit_json, user_errors
 
 
 @user_errors
@@ -53,6 +53,7 @@ def cmd(
         raise StrategyError(f"--costs {cost_tables!r} is unknown; use auto, cpu or analytic")
     if shaping not in ("none", "progress"):
         raise StrategyError(f"--shaping {shaping!r} is unknown; use none or progress")
+    check_outputs(plot=plot)
     cl = _cluster(cluster)
     cm = capture_model(model, input_shape)
     costs = load_cost_model(cm.graph, cl, profiles)

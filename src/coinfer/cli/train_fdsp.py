@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from .common import console, emit_json, user_errors
+from .common import check_outputs, console, emit_json, user_errors
 
 
 @user_errors
@@ -52,6 +52,7 @@ def cmd(
         raise fdsp.FdspError(str(e)) from None
     if g is None:
         raise fdsp.FdspError("--grid must be RxC such as 2x2 (auto is for the planner)")
+    check_outputs(plot=plot)
     if threads > 0:
         torch.set_num_threads(threads)
     c = console(stderr=json_out)
@@ -109,6 +110,8 @@ def _shape(model: str) -> tuple[int, ...]:
 def _plot(rep: Any, path: Path) -> None:
     import matplotlib
 
+    from ..paths import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -122,5 +125,7 @@ def _plot(rep: Any, path: Path) -> None:
     ax.set_title(f"{rep.model}: FDSP fine-tuning")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)

@@ -39,6 +39,9 @@ def read_trace_csv(path: str | Path) -> list[tuple[float, float]]:
     except OSError as e:
         raise TraceError(f"{p}: cannot read the bandwidth trace ({e.strerror or e}); give a CSV of "
                          f"t_s,mbps rows") from None
+    except UnicodeDecodeError:
+        raise TraceError(f"bandwidth trace {str(p)!r} is not a text (CSV) file — give a CSV of t_s,mbps rows "
+                         f"(e.g. configs/traces/wifi.csv)") from None
     rows: list[tuple[float, float]] = []
     first = True  # the first non-blank line may be a header such as "t_s,mbps"
     for lineno, raw in enumerate(text.splitlines(), 1):

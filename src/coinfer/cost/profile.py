@@ -277,6 +277,9 @@ class DeviceProfile:
             d = json.loads(p.read_text())
         except FileNotFoundError:
             raise ProfileError(f"profile {str(p)!r} does not exist; create it with coinfer profile") from None
+        except UnicodeDecodeError:
+            raise ProfileError(f"profile {str(p)!r} is not a text (JSON) file — give a directory of the "
+                               f"<device>.json files coinfer profile writes") from None
         except json.JSONDecodeError as e:
             raise ProfileError(f"profile {str(p)!r} is not valid JSON ({e.msg}, line {e.lineno}); "
                                f"re-run coinfer profile") from None

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from ..trace import Event, Trace
+from ..trace import Event, Trace, TraceFileError
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a thin CL
     ap.add_argument("simulated")
     ap.add_argument("--device")
     a = ap.parse_args(argv)
-    m, s = Trace.load(a.measured), Trace.load(a.simulated)
+    try:
+        m, s = Trace.load(a.measured), Trace.load(a.simulated)
+    except TraceFileError as e:
+        ap.exit(2, f"error: {e}\n")
     print(format_pairs(compare_traces(m, s), a.device))
     import json
 

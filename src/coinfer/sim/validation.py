@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ..cluster import Cluster, resolve_cluster
+from ..errors import UserError
 from ..graph.ir import OUTPUT, Graph
+from ..paths import output_file, save_figure
 from ..plan.plan import Grid, Plan, Stage, Whole
 from ..trace import Trace
 
@@ -338,22 +340,33 @@ def error_stats(results: list[CaseResult]) -> dict[str, float]:
 
 def write_csv(results: list[CaseResult], path: str | Path) -> None:
     rows = [r.row() for r in results]
-    with open(path, "w", newline="") as f:
+    with output_file(path), open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
         w.writeheader()
         w.writerows(rows)
 
 
 def read_csv(path: str | Path) -> list[CaseResult]:
+    """The cases of a ``validation.csv`` written by :func:`write_csv`; :class:`UserError` (one line: the
+    file, the row, the fix) for a binary file or one with other columns or values."""
+    fix = "give a validation.csv written by coinfer bench --validate"
     out = []
-    with open(path) as f:
-        for r in csv.DictReader(f):
-            out.append(CaseResult(
-                r["case"], r["model"], r["kind"], r["cluster"], float(r["mbps"]), int(r["stages"]), int(r["devices"]),
-                float(r["predicted_ms"]), float(r["measured_ms"]), float(r["error"]), float(r["predicted_energy_j"]),
-                float(r["measured_energy_j"]), int(r["predicted_bytes"]), int(r["measured_bytes"]),
-                float(r["ideal_ms"]), [float(v) for v in r["runs_ms"].split()], float(r["load"]),
-                r.get("energy_source") or "model"))
+    try:
+        with open(path, newline="") as f:
+            for n, r in enumerate(csv.DictReader(f), 2):
+                try:
+                    out.append(CaseResult(
+                        r["case"], r["model"], r["kind"], r["cluster"], float(r["mbps"]), int(r["stages"]),
+                        int(r["devices"]), float(r["predicted_ms"]), float(r["measured_ms"]), float(r["error"]),
+                        float(r["predicted_energy_j"]), float(r["measured_energy_j"]), int(r["predicted_bytes"]),
+                        int(r["measured_bytes"]), float(r["ideal_ms"]), [float(v) for v in r["runs_ms"].split()],
+                        float(r["load"]), r.get("energy_source") or "model"))
+                except KeyError as e:
+                    raise UserError(f"{path} has no column {e.args[0]!r}; {fix}") from None
+                except (AttributeError, TypeError, ValueError) as e:
+                    raise UserError(f"{path}:{n}: {e}; {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text (CSV) file — {fix}") from None
     return out
 
 
@@ -392,8 +405,10 @@ def scatter_png(results: list[CaseResult], path: str | Path, title: str = "") ->
                           f"p90 {st.get('p90', 0):.1%}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def load_average() -> float:

@@ -60,7 +60,7 @@ from ..cluster import Cluster
 from ..cost.model import CostModel
 from ..cost.profile import DeviceProfile, ProfileSet
 from ..graph.ir import Graph
-from ..paths import cache_dir
+from ..paths import cache_dir, save_figure
 from ..plan.plan import Wire
 from ..strategies.distredge import (
     choose_tail,
@@ -418,10 +418,22 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
         if not zpath.is_file() or not mpath.is_file():
             raise StrategyError(f"policy {policy}: need the .zip and its .json next to it; train one with "
                                 f"coinfer train distredge --model {req.model} --cluster CLUSTER")
-        meta = json.loads(mpath.read_text())
+        fix = f"give the .zip that coinfer train distredge --model {req.model} wrote (its .json beside it)"
+        try:
+            meta = json.loads(mpath.read_text())
+        except UnicodeDecodeError:
+            raise StrategyError(f"policy {policy}: {mpath} is not a text (JSON) file — {fix}") from None
+        except json.JSONDecodeError as e:
+            raise StrategyError(f"policy {policy}: {mpath} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
+        if not isinstance(meta, dict):
+            raise StrategyError(f"policy {policy}: {mpath} is not a policy's description; {fix}")
         check_policy_meta(meta, req, policy)
         algo = meta.get("algo", algo)
-        agent = load_agent(algo, zpath)
+        try:
+            agent = load_agent(algo, zpath)
+        except Exception as e:  # noqa: BLE001 - a file the user named: stable-baselines3 raises many kinds
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise StrategyError(f"policy {policy} cannot be loaded ({type(e).__name__}: {first}); {fix}") from None
     elif zpath.is_file() and mpath.is_file() and not retrain:
         meta = json.loads(mpath.read_text())
         agent = load_agent(algo, zpath)
@@ -519,8 +531,10 @@ def plot_curve(curves: dict[str, list[float]], path: str | Path, title: str = "D
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
