@@ -118,7 +118,7 @@ def test_validation_csv_names_the_path_of_an_unnamed_os_error(monkeypatch: pytes
 @pytest.mark.parametrize(("plot", "why"), [
     ("curve.txt", r"--plot curve\.txt ends in \.txt, which matplotlib cannot write; name a \.png"),
     ("curve", r"--plot curve has no file extension; name a \.png"),
-    ("missing/curve.png", r"--plot missing/curve\.png: folder missing does not exist"),
+    ("missing/curve.png", r"missing/curve\.png: folder missing does not exist \(--plot\)"),
 ])
 def test_plot_paths_are_checked_before_training(plot: str, why: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,12 +97,13 @@ def check_outputs(trace: str | os.PathLike[str] | None = None, gantt: str | os.P
             continue
         p = Path(path)
         parent = p.parent if str(p.parent) else Path(".")
+        # worded as the errors of writing (user_errors: "PATH: problem; check the path …")
         if p.is_dir():
-            raise UserError(f"{what} {path} is a folder; give a file name")
+            raise UserError(f"{path}: is a folder ({what} takes a file name); check the path")
         if not parent.is_dir():
-            raise UserError(f"{what} {path}: folder {parent} does not exist; create it or choose another path")
+            raise UserError(f"{path}: folder {parent} does not exist ({what}); check the path")
         if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-            raise UserError(f"{what} {path}: not writable; check the path and its permissions")
+            raise UserError(f"{path}: not writable ({what}); check the path and its permissions")
     for option, fig in (("--gantt", gantt), ("--plot", plot)):
         if not fig:
             continue

@@ -32,12 +32,6 @@ def cmd(
     if COORDINATOR in names:
         fail(f"--devices: {COORDINATOR!r} is the coordinator's key pair (always made); name the devices only")
     names = list(dict.fromkeys(names))
-    from ..cluster import NAME_RE
-
-    bad = [n for n in names if not NAME_RE.match(n)]
-    if bad:
-        fail(f"--devices: {bad[0]!r} is not a device name; use 1-64 letters, digits, '_', '-' or '.' "
-             f"(the names in the cluster file)")
     d = Path(dir).expanduser()
     existed = {n for n in [*names, COORDINATOR] if (d / f"{n}.key_secret").exists()}
     generate_keys(d, names, overwrite=force)
