@@ -7,7 +7,9 @@ the weights package), user models by importing the callable on that device.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +62,8 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
     if is_import_path(spec):
         mod_name, _, attr = spec.partition(":")
         try:
-            m = importlib.import_module(mod_name)
+            with _seeded(seed):  # a module built at import time is initialised alike everywhere too
+                m = importlib.import_module(mod_name)
         except ImportError as e:
             raise ModelError(f"cannot import {mod_name!r} for model {spec!r}: {e}; is it on PYTHONPATH?") from None
         except Exception as e:  # noqa: BLE001 - the user's module: report, do not trace back
@@ -74,7 +77,7 @@ def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSourc
             raise ModelError(f"model {spec!r} is an import path: give --input-shape N,C,H,W")
         from torch import nn
 
-        obj = _call_factory(fn, spec) if callable(fn) and not isinstance(fn, nn.Module) else fn
+        obj = _call_factory(fn, spec, seed) if callable(fn) and not isinstance(fn, nn.Module) else fn
         if not isinstance(obj, nn.Module):
             raise ModelError(f"{spec!r} must be an nn.Module or a callable returning one, got {type(obj).__name__}")
         return ModelSource(spec, obj.eval(), shape, spec)
@@ -105,10 +108,34 @@ def _describe(e: Exception) -> str:
     return type(e).__name__ + (f": {first}" if first else "")
 
 
-def _call_factory(fn: Any, spec: str) -> Any:
-    """The user's ``package.module:callable``, called; whatever it raises is one line (exit 2)."""
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run the user's model code with torch, numpy and ``random`` seeded by ``seed`` (the plan's, as
+    zoo models are built), the caller's generator states restored after: a factory that initialises
+    its weights at random builds the same weights on every device — the plan's fingerprint covers
+    the structure, not the weights, and each worker built different ones (wrong results, no error)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def _call_factory(fn: Any, spec: str, seed: int = 0) -> Any:
+    """The user's ``package.module:callable``, called (seeded); whatever it raises is one line (exit 2)."""
     try:
-        return fn()
+        with _seeded(seed):
+            return fn()
     except Exception as e:  # noqa: BLE001 - the user's code: report, do not trace back
         raise ModelError(f"model factory {spec} raised {_describe(e)}") from None
 
