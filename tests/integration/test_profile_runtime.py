@@ -150,3 +150,18 @@ def test_each_backend_gets_its_own_profile_and_the_cluster_picks(workers, tmp_pa
     # resuming one backend leaves the other's files alone
     again = _profile(cl, lc, tmp_path, probe=False, backend="onnxruntime")
     assert again.skipped == ["d0", "d1"] and again.measured == []
+
+
+def test_links_of_an_unshaped_cluster_are_probed_at_loopback_speed(workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``network.shape: false`` (loopback speed, as the docs advise for local tests): the probe sized
+    its messages for the nominal rate (a few hundred KB at 40 Mbit/s), which loopback moves in
+    well under a millisecond — the fit's slope was noise and `coinfer profile` failed 'transfer
+    time does not grow with size' 3 runs in 3. Now an unshaped link is probed with the largest size."""
+    cl, lc = workers
+    flat = cl.model_copy(update={"network": cl.network.model_copy(update={"shape": False})})
+    for i in range(3):
+        out = tmp_path / f"p{i}"
+        job = _profile(flat, lc, out)
+        assert job.probed
+        links = ProfileSet.load_dir(out).profiles["d0"].links
+        assert links["d1"].bandwidth_mbps > 400, links  # not the nominal 40: the loopback

@@ -131,3 +131,12 @@ def test_the_connect_timeout_is_for_all_devices_together() -> None:
     assert all(d in str(e.value) for d in cl.names), e.value
     # each device waited for in turn: ≥ 4 × 1.5 s; together: 1.5 s plus start-up
     assert timeout <= took < 2 * timeout, took
+
+
+def test_a_worker_bound_beyond_loopback_without_keys_names_the_keys(run_cli) -> None:
+    """The troubleshooting table's message (it said 'give --keys DIR … or --insecure', and --insecure
+    is refused there anyway)."""
+    line = _one_line_error(run_cli("worker", "--bind", "tcp://0.0.0.0:7070", "--name", "pi2", timeout=60))
+    assert line.startswith("error: binding tcp://0.0.0.0:7070 beyond loopback needs CURVE keys: coinfer keys"), line
+    line = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:7070", "--name", "pi2", timeout=60))
+    assert "--keys DIR" in line and "--insecure" in line, line

@@ -75,8 +75,9 @@ def cmd(
         upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
 
     publish()
-    c.print("[bold]up[/]: Ctrl-C stops them. Links are shaped by each sender "
-            f"({cl.network.bandwidth_mbps} Mbit/s, {cl.network.latency_ms} ms by default).")
+    links = (f"Links are shaped by each sender ({cl.network.bandwidth_mbps} Mbit/s, {cl.network.latency_ms} ms "
+             f"by default)." if cl.network.shape else "Links are not shaped (network.shape: false): loopback speed.")
+    c.print(f"[bold]up[/]: Ctrl-C stops them. {links}")
     exits: dict[str, list[float]] = {}  # device -> when its worker exited (a crash loop stops `up`)
     try:
         while True:

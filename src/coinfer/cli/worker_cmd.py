@@ -34,6 +34,9 @@ def cmd(
         raise UserError(f"--name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter "
                         f"or digit (the device's name in the cluster file)")
     if not keys and not insecure:
+        from ..runtime.security import check_bind
+
+        check_bind(bind, None, False)  # beyond loopback: "binding … needs CURVE keys: coinfer keys …"
         raise UserError("give --keys DIR (CURVE, see coinfer keys) or --insecure (loopback binds only)")
     if cpu_emulation not in ("quota", "dilate"):
         raise UserError(f"--cpu-emulation {cpu_emulation!r} is unknown; use quota or dilate")
