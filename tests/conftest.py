@@ -118,6 +118,16 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    """The one line a CLI user mistake must give: exit 2, ``error: …`` on stderr, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
 def machine_oversubscribed() -> bool:
     """More runnable work than cores (1-minute load average): absolute timings mean nothing then.
 

@@ -10,19 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import one_line_error
 
 from coinfer import zoo
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-
-def _one_line_error(r) -> str:  # type: ignore[no-untyped-def]
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -93,33 +86,33 @@ def test_verify_rows_overlap_is_one_line(plan_file: Path, tmp_path: Path, run_cl
     def overlap(d: dict[str, Any]) -> None:
         st = next(s for s in d["stages"] if s["partition"]["type"] == "rows")
         st["partition"]["parts"][1]["rows"][0] -= 2
-    msg = _one_line_error(run_cli("verify", _variant(plan_file, tmp_path, overlap)))
+    msg = one_line_error(run_cli("verify", _variant(plan_file, tmp_path, overlap)))
     assert "overlap" in msg and "parts must tile" in msg
 
 
 def test_verify_malformed_json(plan_file: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.json"
     bad.write_text(plan_file.read_text()[:-30])
-    msg = _one_line_error(run_cli("verify", bad))
+    msg = one_line_error(run_cli("verify", bad))
     assert "not valid JSON" in msg
 
 
 def test_verify_missing_file(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
-    msg = _one_line_error(run_cli("verify", tmp_path / "nope.json"))
+    msg = one_line_error(run_cli("verify", tmp_path / "nope.json"))
     assert "does not exist" in msg
 
 
 def test_verify_plan_for_another_model(plan_file: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     def other(d: dict[str, Any]) -> None:
         d["model"]["name"] = "vgg16"  # same input shape, other network
-    msg = _one_line_error(run_cli("verify", _variant(plan_file, tmp_path, other)))
+    msg = one_line_error(run_cli("verify", _variant(plan_file, tmp_path, other)))
     assert "different model" in msg and "re-plan" in msg
 
 
 def test_verify_wrong_input_shape(plan_file: Path, tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     def shape(d: dict[str, Any]) -> None:
         d["model"]["input_shape"] = [1, 3, 192, 192]
-    msg = _one_line_error(run_cli("verify", _variant(plan_file, tmp_path, shape)))
+    msg = one_line_error(run_cli("verify", _variant(plan_file, tmp_path, shape)))
     assert "[1, 3, 224, 224]" in msg and "[1, 3, 192, 192]" in msg
 
 
@@ -136,7 +129,7 @@ def test_verify_zero_halo_is_approximate(plan_file: Path, tmp_path: Path, run_cl
 
 
 def test_inspect_unsupported_op_exits_2(run_cli) -> None:  # type: ignore[no-untyped-def]
-    msg = _one_line_error(run_cli("inspect", "core_helpers.user_models:interp", "--input-shape", "1,3,8,8"))
+    msg = one_line_error(run_cli("inspect", "core_helpers.user_models:interp", "--input-shape", "1,3,8,8"))
     assert "interpolate" in msg and "node 'interpolate'" in msg and "#supported-ops" in msg
 
 
@@ -145,11 +138,11 @@ def test_inspect_import_path(run_cli) -> None:  # type: ignore[no-untyped-def]
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["input_shape"] == [1, 3, 37, 29] and any(n["op"] == "cat" for n in s["nodes"])
-    msg = _one_line_error(run_cli("inspect", "core_helpers.user_models:user_net"))
+    msg = one_line_error(run_cli("inspect", "core_helpers.user_models:user_net"))
     assert "--input-shape" in msg
-    msg = _one_line_error(run_cli("inspect", "core_helpers.nowhere:fn", "--input-shape", "1,3,8,8"))
+    msg = one_line_error(run_cli("inspect", "core_helpers.nowhere:fn", "--input-shape", "1,3,8,8"))
     assert "cannot import" in msg
-    msg = _one_line_error(run_cli("inspect", "nosuchmodel"))
+    msg = one_line_error(run_cli("inspect", "nosuchmodel"))
     assert "unknown model 'nosuchmodel'" in msg
 
 
@@ -159,13 +152,13 @@ def test_inspect_import_path(run_cli) -> None:  # type: ignore[no-untyped-def]
     (["--cpu-share", "0", "--cpu-emulation", "dilate"], "--cpu-share must be > 0"),
 ])
 def test_worker_cpu_emulation_errors(args: list[str], want: str, run_cli) -> None:  # type: ignore[no-untyped-def]
-    msg = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "w", "--insecure", *args))
+    msg = one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "w", "--insecure", *args))
     assert want in msg
 
 
 @pytest.mark.parametrize("cmd", [["demo"], ["up", "eq4"]])
 def test_unknown_cpu_emulation_is_one_line(cmd: list[str], run_cli) -> None:  # type: ignore[no-untyped-def]
-    msg = _one_line_error(run_cli(*cmd, "--cpu-emulation", "fast"))
+    msg = one_line_error(run_cli(*cmd, "--cpu-emulation", "fast"))
     assert "--cpu-emulation 'fast' is unknown; use quota, dilate, off" in msg
 
 
@@ -175,16 +168,16 @@ def test_unknown_cpu_emulation_is_one_line(cmd: list[str], run_cli) -> None:  # 
     ("127.0.0.1:7000", "must be tcp://HOST:PORT"),  # was "--insecure is allowed only for loopback binds"
 ])
 def test_worker_bad_bind_is_one_line(bind: str, want: str, run_cli) -> None:  # type: ignore[no-untyped-def]
-    msg = _one_line_error(run_cli("worker", "--bind", bind, "--name", "w", "--insecure"))
+    msg = one_line_error(run_cli("worker", "--bind", bind, "--name", "w", "--insecure"))
     assert want in msg and f"--bind {bind!r}" in msg
 
 
 def test_worker_bind_fails_or_bad_name_is_one_line(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
     assert run_cli("keys", "--dir", str(tmp_path), "--devices", "w").returncode == 0
     # 192.0.2.1 (TEST-NET-1) is never this machine's address: zmq cannot bind it (was a traceback, exit 1)
-    msg = _one_line_error(run_cli("worker", "--bind", "tcp://192.0.2.1:7000", "--name", "w", "--keys", str(tmp_path)))
+    msg = one_line_error(run_cli("worker", "--bind", "tcp://192.0.2.1:7000", "--name", "w", "--keys", str(tmp_path)))
     assert "cannot bind tcp://192.0.2.1:7000" in msg and "bind an address of this machine" in msg
-    msg = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "a b", "--insecure"))
+    msg = one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "a b", "--insecure"))
     assert "--name 'a b'" in msg
 
 
@@ -208,7 +201,7 @@ def test_an_unwritable_output_path_is_one_line(plan_file: Path, tmp_path: Path, 
     for args, path in [(["plan", "-m", "resnet18", "-c", "demo4", "-o", missing / "p.json"], missing / "p.json"),
                        (["simulate", plan_file, "-c", "demo4", "--trace", missing / "t.json"], missing / "t.json"),
                        (["demo", "--out", missing], missing)]:
-        msg = _one_line_error(run_cli(*args))
+        msg = one_line_error(run_cli(*args))
         assert msg.startswith(f"error: {path}: ") and "check the path" in msg, msg
 
 
@@ -217,7 +210,7 @@ def test_an_unwritable_output_path_is_one_line(plan_file: Path, tmp_path: Path, 
     ("auto", "budget_s=soon", "--param budget_s='soon': must be a number"),
 ])
 def test_a_non_numeric_strategy_parameter_is_one_line(strategy: str, param: str, want: str, run_cli) -> None:  # type: ignore[no-untyped-def]
-    msg = _one_line_error(run_cli("plan", "-m", "resnet18", "-c", "demo4", "-s", strategy, "--param", param,
+    msg = one_line_error(run_cli("plan", "-m", "resnet18", "-c", "demo4", "-s", strategy, "--param", param,
                                   "-o", "/dev/null"))
     assert want in msg
 

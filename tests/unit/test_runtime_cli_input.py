@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import one_line_error
 
 from coinfer.cli.common import user_errors
 from coinfer.cluster import builtin_cluster
 from coinfer.runtime.coordinator import DeviceUnreachable, DeviceWentAway, RecoveryEvent, Session
-
-
-def _one_line_error(r) -> str:  # type: ignore[no-untyped-def]
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.mark.parametrize("cmd", ["run", "simulate"])
@@ -30,14 +22,14 @@ def test_an_unwritable_gantt_or_trace_is_refused_before_any_work(run_cli, tmp_pa
     """Checked first: `run --gantt g.txt` failed with matplotlib's traceback after the whole run. The
     plan does not even exist here, so the refusal cannot come from a later step."""
     missing_plan = tmp_path / "no-such-plan.json"
-    line = _one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--gantt", tmp_path / "g.txt"))
+    line = one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--gantt", tmp_path / "g.txt"))
     assert "--gantt" in line and ".txt" in line and ".png" in line, line
-    line = _one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--trace", tmp_path / "nodir" / "t.json"))
+    line = one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--trace", tmp_path / "nodir" / "t.json"))
     assert "--trace" in line and "does not exist" in line, line
-    line = _one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--trace", tmp_path))
+    line = one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--trace", tmp_path))
     assert "is a folder" in line, line
     # a good path gets past the check: the next complaint is the missing plan
-    line = _one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--gantt", tmp_path / "g.svg"))
+    line = one_line_error(run_cli(cmd, missing_plan, "-c", "demo4", "--gantt", tmp_path / "g.svg"))
     assert "no-such-plan" in line and "--gantt" not in line, line
 
 
@@ -45,21 +37,21 @@ def test_up_without_local_devices_says_there_is_nothing_to_start(run_cli, tmp_pa
     spec = tmp_path / "remote.yaml"
     spec.write_text("source: a\ndevices:\n  - {name: a, address: 'tcp://127.0.0.1:7070'}\n"
                     "  - {name: b, address: 'tcp://127.0.0.1:7071'}\n")
-    line = _one_line_error(run_cli("up", spec, timeout=60))
+    line = one_line_error(run_cli("up", spec, timeout=60))
     assert "address: local" in line and "coinfer worker" in line, line
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "inf"])
 def test_worker_refuses_a_request_timeout_that_is_not_positive(run_cli, value: str) -> None:
     """--timeout-s -5 started a worker whose every request then failed 'timed out after -5 s'."""
-    line = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "a", "--insecure",
+    line = one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:0", "--name", "a", "--insecure",
                                    "--timeout-s", value, timeout=60))
     assert "--timeout-s" in line, line
 
 
 @pytest.mark.parametrize(("devices", "words"), [("a,coordinator", "coordinator"), ("a,../x", "device name")])
 def test_keys_refuses_names_that_are_not_devices(run_cli, tmp_path: Path, devices: str, words: str) -> None:
-    line = _one_line_error(run_cli("keys", "--dir", tmp_path / "k", "--devices", devices, timeout=60))
+    line = one_line_error(run_cli("keys", "--dir", tmp_path / "k", "--devices", devices, timeout=60))
     assert words in line, line
     assert not (tmp_path / "x.key_secret").exists()
 
@@ -136,7 +128,7 @@ def test_the_connect_timeout_is_for_all_devices_together() -> None:
 def test_a_worker_bound_beyond_loopback_without_keys_names_the_keys(run_cli) -> None:
     """The troubleshooting table's message (it said 'give --keys DIR … or --insecure', and --insecure
     is refused there anyway)."""
-    line = _one_line_error(run_cli("worker", "--bind", "tcp://0.0.0.0:7070", "--name", "pi2", timeout=60))
+    line = one_line_error(run_cli("worker", "--bind", "tcp://0.0.0.0:7070", "--name", "pi2", timeout=60))
     assert line.startswith("error: binding tcp://0.0.0.0:7070 beyond loopback needs CURVE keys: coinfer keys"), line
-    line = _one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:7070", "--name", "pi2", timeout=60))
+    line = one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:7070", "--name", "pi2", timeout=60))
     assert "--keys DIR" in line and "--insecure" in line, line
