@@ -19,17 +19,17 @@ def cmd(
                                    "e.g. efficientnet_lite0)"),
     grid: str = typer.Option(..., "--grid", "-g", help="FDSP tiles, RxC (e.g. 2x2); the same grid as the plan"),
     wire: str = typer.Option("int4", "--wire", help="quantisation in the loop: int4 (ADCNN), int8, int8c, raw, ..."),
-    epochs: int = typer.Option(12, "--epochs", help="digits: fine-tuning epochs"),
-    base_epochs: int = typer.Option(25, "--base-epochs", help="digits: epochs of the unpartitioned model (cached)"),
-    steps: int = typer.Option(150, "--steps", help="distillation: optimiser steps"),
-    batch: int = typer.Option(8, "--batch", help="distillation: images per step"),
+    epochs: int = typer.Option(12, "--epochs", min=1, help="digits: fine-tuning epochs"),
+    base_epochs: int = typer.Option(25, "--base-epochs", min=1, help="digits: epochs of the unpartitioned model (cached)"),
+    steps: int = typer.Option(150, "--steps", min=1, help="distillation: optimiser steps"),
+    batch: int = typer.Option(8, "--batch", min=1, help="distillation: images per step"),
     lr: float = typer.Option(None, "--lr", help="learning rate (digits 5e-4, distillation 2e-5)"),
-    eval_images: int = typer.Option(96, "--eval-images", help="distillation: augmented views to measure agreement"),
+    eval_images: int = typer.Option(96, "--eval-images", min=1, help="distillation: augmented views to measure agreement"),
     head: str = typer.Option("auto", "--head", help="cut point the source computes before the tiles (as the plan)"),
     until: str = typer.Option(None, "--until", help="cut point ending the tiles (default: as the adcnn planner)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     plot: Path = typer.Option(None, "--plot", help="learning-curve PNG"),
-    threads: int = typer.Option(0, "--threads", help="torch threads (0: torch's default)"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: torch's default)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON report on stdout"),
 ) -> None:
     """Fine-tune MODEL so that ADCNN's tiled plan (zero-padded tiles, quantised transfers) keeps its accuracy.
@@ -45,6 +45,8 @@ def cmd(
     from ..strategies.registry import StrategyError
     from ..train import fdsp
 
+    if lr is not None and not lr > 0:  # also refuses nan
+        raise fdsp.FdspError(f"--lr must be > 0 (got {lr}); e.g. --lr 5e-4 (digits) or 2e-5 (distillation)")
     try:
         g = parse_grid(grid)
         w = parse_wire(wire, False)
