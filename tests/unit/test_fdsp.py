@@ -117,3 +117,35 @@ def test_missing_weights_and_bad_input_exit_2(cache: Path) -> None:
         r = runner.invoke(build_app(), ["train", "fdsp", *args])
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output
+
+
+def test_reduced_finetune_keeps_full_weights(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smoke fine-tuning (fewer epochs / steps than the defaults) does not replace full-budget weights
+    unless forced; the CLI says so in one line."""
+    import inspect
+
+    real = fdsp.load_digits
+    monkeypatch.setattr(fdsp, "load_digits", lambda seed=0: tuple(t[:64] for t in real(seed)))  # fast
+
+    from coinfer.cli import train_fdsp
+
+    params = inspect.signature(train_fdsp.cmd).parameters
+    assert params["epochs"].default.default == fdsp.DIGITS_EPOCHS  # the CLI's defaults are the full budgets
+    assert params["steps"].default.default == fdsp.DISTILL_STEPS
+    kw: dict = {"epochs": 1, "base_epochs": 1, "limit": 64}
+    first = fdsp.finetune_digits((2, 2), Wire("raw", "int4"), **kw)
+    p = Path(first.weights)
+    assert first.reduced and first.kept is None and p.is_file()  # nothing to protect: saved
+    meta = json.loads(p.with_suffix(".json").read_text())
+    assert meta["reduced"] is True
+    del meta["reduced"]  # as written before the key existed: counts as full-budget weights
+    p.with_suffix(".json").write_text(json.dumps(meta))
+    before = p.read_bytes()
+    rep = fdsp.finetune_digits((2, 2), Wire("raw", "int4"), lr=1e-2, **kw)
+    assert rep.kept == str(p) and p.read_bytes() == before
+    r = runner.invoke(build_app(), ["train", "fdsp", "--grid", "2x2", "--epochs", "1", "--base-epochs", "1"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0 and p.read_bytes() == before, r.output
+    assert "weights not saved" in out and "--force replaces it" in out
+    rep = fdsp.finetune_digits((2, 2), Wire("raw", "int4"), lr=1e-2, force=True, **kw)
+    assert rep.kept is None and p.read_bytes() != before

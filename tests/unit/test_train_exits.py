@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from coinfer import zoo
+from coinfer.cli.main import build_app
 from coinfer.train import exits as ex
 from coinfer.train.data import digits_split
 
@@ -76,3 +79,29 @@ def test_cli_bad_model_exits_2(run_cli, cache: Path) -> None:  # type: ignore[no
     r = run_cli("train", "exits", "--model", "vgg16")
     assert r.returncode == 2, r.stderr
     assert "cannot be exit-trained" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_reduced_run_keeps_full_checkpoint(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smoke run (fewer epochs, --max-train) does not replace a full-budget checkpoint unless forced."""
+    monkeypatch.setattr(ex, "evaluate", lambda m, x, y: {k: 0.1 for k in ex.exit_names(m)})  # fast
+    kw: dict = {"epochs": 1, "max_train": 16, "max_test": 16, "batch_size": 8}
+    first = ex.train_exits("resnet18_digits", **kw)
+    assert first.reduced and first.checkpoint is not None and first.kept is None  # nothing to protect: saved
+    path = first.checkpoint
+    meta = json.loads(ex.metrics_path("resnet18_digits").read_text())
+    assert meta["reduced"] is True
+    # make it look like the full recipe's checkpoint (an older JSON without the "reduced" key)
+    del meta["reduced"]
+    meta.update(epochs=ex.RECIPES["resnet18_digits"]["epochs"], train_size=1347, test_size=450,
+                accuracy={k: 0.99 for k in meta["accuracy"]})
+    ex.metrics_path("resnet18_digits").write_text(json.dumps(meta))
+    before = path.read_bytes()
+    res = ex.train_exits("resnet18_digits", seed=0, lr=5e-2, **kw)
+    assert res.checkpoint is None and res.kept == path and path.read_bytes() == before
+    assert ex.cached_accuracies("resnet18_digits") == {k: 0.99 for k in meta["accuracy"]}
+    r = CliRunner().invoke(build_app(), ["train", "exits", "-m", "resnet18_digits", "--epochs", "1",
+                                         "--max-train", "16", "--batch-size", "8"])
+    assert r.exit_code == 0 and path.read_bytes() == before, r.output
+    assert "checkpoint not saved" in " ".join(r.output.split()) and "--force" in r.output
+    res = ex.train_exits("resnet18_digits", force=True, **kw)
+    assert res.checkpoint == path and res.kept is None and ex.read_metrics("resnet18_digits")["reduced"] is True

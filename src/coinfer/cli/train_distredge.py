@@ -43,7 +43,7 @@ def cmd(
     from ..modelspec import capture_model
     from ..plan.plan import Wire
     from ..strategies import PlanRequest
-    from ..strategies.distredge import ALGOS
+    from ..strategies.distredge import ALGOS, check_settings
     from ..strategies.registry import StrategyError
     from ..train.distredge import plan_with_policy, plot_curve
 
@@ -53,6 +53,10 @@ def cmd(
         raise StrategyError(f"--costs {cost_tables!r} is unknown; use auto, cpu or analytic")
     if shaping not in ("none", "progress"):
         raise StrategyError(f"--shaping {shaping!r} is unknown; use none or progress")
+    # the limits of coinfer plan -s distredge (one definition: strategies.distredge.LIMITS)
+    check_settings({"train_episodes": "--episodes", "alpha": "--alpha", "n_random": "--n-random",
+                    "max_volumes": "--max-volumes", "seed": "--seed"},
+                   train_episodes=episodes, alpha=alpha, n_random=n_random, max_volumes=max_volumes, seed=seed)
     check_outputs(plot=plot)
     cl = _cluster(cluster)
     cm = capture_model(model, input_shape)

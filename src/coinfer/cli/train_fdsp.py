@@ -19,17 +19,19 @@ def cmd(
                                    "e.g. efficientnet_lite0)"),
     grid: str = typer.Option(..., "--grid", "-g", help="FDSP tiles, RxC (e.g. 2x2); the same grid as the plan"),
     wire: str = typer.Option("int4", "--wire", help="quantisation in the loop: int4 (ADCNN), int8, int8c, raw, ..."),
-    epochs: int = typer.Option(12, "--epochs", help="digits: fine-tuning epochs"),
-    base_epochs: int = typer.Option(25, "--base-epochs", help="digits: epochs of the unpartitioned model (cached)"),
-    steps: int = typer.Option(150, "--steps", help="distillation: optimiser steps"),
-    batch: int = typer.Option(8, "--batch", help="distillation: images per step"),
+    epochs: int = typer.Option(12, "--epochs", min=1, help="digits: fine-tuning epochs"),
+    base_epochs: int = typer.Option(25, "--base-epochs", min=1, help="digits: epochs of the unpartitioned model (cached)"),
+    steps: int = typer.Option(150, "--steps", min=1, help="distillation: optimiser steps"),
+    batch: int = typer.Option(8, "--batch", min=1, help="distillation: images per step"),
     lr: float = typer.Option(None, "--lr", help="learning rate (digits 5e-4, distillation 2e-5)"),
-    eval_images: int = typer.Option(96, "--eval-images", help="distillation: augmented views to measure agreement"),
+    eval_images: int = typer.Option(96, "--eval-images", min=1, help="distillation: augmented views to measure agreement"),
     head: str = typer.Option("auto", "--head", help="cut point the source computes before the tiles (as the plan)"),
     until: str = typer.Option(None, "--until", help="cut point ending the tiles (default: as the adcnn planner)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     plot: Path = typer.Option(None, "--plot", help="learning-curve PNG"),
-    threads: int = typer.Option(0, "--threads", help="torch threads (0: torch's default)"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: torch's default)"),
+    force: bool = typer.Option(False, "--force", help="save even a reduced-budget run (--epochs below 12, "
+                               "--steps below 150) over full-budget weights"),
     json_out: bool = typer.Option(False, "--json", help="one JSON report on stdout"),
 ) -> None:
     """Fine-tune MODEL so that ADCNN's tiled plan (zero-padded tiles, quantised transfers) keeps its accuracy.
@@ -37,7 +39,8 @@ def cmd(
     Reports the unpartitioned model, the tiled model before and after
     fine-tuning (accuracy on the digits test split, or top-1 agreement with
     the unpartitioned model on augmented sample images) and saves the weights
-    for plans: coinfer plan -m coinfer.train.fdsp:fdsp_<model>_<grid>_<wire> ...
+    for plans: coinfer plan -m coinfer.train.fdsp:fdsp_<model>_<grid>_<wire> ... A run on a reduced budget
+    (--epochs below 12, --steps below 150) does not replace full-budget weights unless --force.
     """
     import torch
 
@@ -45,6 +48,8 @@ def cmd(
     from ..strategies.registry import StrategyError
     from ..train import fdsp
 
+    if lr is not None and not lr > 0:  # also refuses nan
+        raise fdsp.FdspError(f"--lr must be > 0 (got {lr}); e.g. --lr 5e-4 (digits) or 2e-5 (distillation)")
     try:
         g = parse_grid(grid)
         w = parse_wire(wire, False)
@@ -58,7 +63,7 @@ def cmd(
     c = console(stderr=json_out)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    kw: dict[str, Any] = {"seed": seed, "head": head, "until": until}
+    kw: dict[str, Any] = {"seed": seed, "head": head, "until": until, "force": force}
     if model == "digits_cnn":
         kw.update(epochs=epochs, base_epochs=base_epochs)
     else:
@@ -92,7 +97,11 @@ def cmd(
     else:
         c.print(f"top-1 agreement with the unpartitioned model ({rep.eval_images} augmented images): "
                 f"FDSP before {rep.fdsp_before * pct:.2f}%, after {rep.fdsp_after * pct:.2f}%")
-    c.print(f"{rep.train_steps} steps in {rep.train_s:.0f} s; weights {rep.weights}")
+    if rep.kept is not None:
+        c.print(f"{rep.train_steps} steps in {rep.train_s:.0f} s; weights not saved: a reduced-budget run does not "
+                f"replace the full-budget {rep.kept} (plans keep using it); --force replaces it")
+    else:
+        c.print(f"{rep.train_steps} steps in {rep.train_s:.0f} s; weights {rep.weights}")
     c.print(f"plan with: coinfer plan -m {rep.model_spec} --input-shape "
             f"{','.join(map(str, _shape(model)))} -c CLUSTER -s adcnn -p grid={rep.grid} -p wire={wire}")
 

@@ -67,6 +67,25 @@ from .registry import PlanRequest, PlanResult, StrategyError, flag_param, regist
 ALGOS = ("ddpg", "td3", "sac")
 DEFAULTS: dict[str, Any] = {"train_episodes": 4000, "algo": "ddpg", "alpha": 0.75, "n_random": 100,
                             "max_volumes": None, "seed": 0}
+#: valid (low, high) of the numeric settings, high None for no cap: ``coinfer plan -s distredge``
+#: (:func:`check_settings`) and ``coinfer train distredge`` (typer ``min=`` / ``max=``) share them
+LIMITS: dict[str, tuple[float, float | None]] = {"train_episodes": (1, None), "alpha": (0.0, 1.0),
+                                                 "n_random": (1, None), "max_volumes": (1, None),
+                                                 "seed": (0, None)}
+
+
+def check_settings(names: dict[str, str] | None = None, **values: float | None) -> None:
+    """Refuse a numeric setting outside :data:`LIMITS` (one line naming it and its range).
+
+    ``names`` maps a setting to what the user typed (default: the plan parameter name)."""
+    for key, v in values.items():
+        lo, hi = LIMITS[key]
+        if v is None and key == "max_volumes":
+            continue
+        if v is None or not (v >= lo and (hi is None or v <= hi)):
+            need = f"between {lo:g} and {hi:g}" if hi is not None else f">= {lo:g}"
+            shown = (names or {}).get(key, key)
+            raise StrategyError(f"{shown} must be {need} (got {v}); give a value in that range")
 
 
 # -- receptive fields along rows, vectorised over many splits -------------------------------------
@@ -368,8 +387,7 @@ def plan_distredge(req: PlanRequest) -> PlanResult:
     except (TypeError, ValueError):
         raise StrategyError("train_episodes, n_random, seed and max_volumes must be integers, alpha a number") \
             from None
-    if episodes < 1 or not 0.0 <= alpha <= 1.0 or n_random < 1 or (max_volumes is not None and max_volumes < 1):
-        raise StrategyError("need train_episodes >= 1, 0 <= alpha <= 1, n_random >= 1, max_volumes >= 1")
+    check_settings(train_episodes=episodes, alpha=alpha, n_random=n_random, max_volumes=max_volumes, seed=seed)
     shaping = str(req.param("shaping", "none")).lower()
     if shaping not in ("none", "progress"):
         raise StrategyError(f"shaping={shaping!r} is unknown; use none (the paper's reward 1/T) or progress")

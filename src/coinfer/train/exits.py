@@ -144,11 +144,22 @@ class TrainResult:
     checkpoint: Path | None
     sizes: tuple[int, int]
     history: list[dict[str, float]] = field(default_factory=list)
+    reduced: bool = False  # fewer epochs than the recipe's, or only part of the training / held-out images
+    kept: Path | None = None  # not saved: the full-budget checkpoint kept in its place (see train_exits)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "seed": self.seed, "epochs": self.epochs, "accuracy": self.accuracy,
                 "train_s": round(self.train_s, 2), "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-                "train_size": self.sizes[0], "test_size": self.sizes[1], "history": self.history}
+                "train_size": self.sizes[0], "test_size": self.sizes[1], "history": self.history,
+                "reduced": self.reduced, "kept": None if self.kept is None else str(self.kept)}
+
+
+def _is_reduced(meta: dict[str, Any], recipe_epochs: int, full: tuple[int, int]) -> bool:
+    """Was the checkpoint described by ``meta`` trained on a reduced budget (older JSONs lack the key)?"""
+    if "reduced" in meta:
+        return bool(meta["reduced"])
+    return (int(meta.get("epochs", 0)) < recipe_epochs or int(meta.get("train_size", 0)) < full[0]
+            or int(meta.get("test_size", 0)) < full[1])
 
 
 def exit_names(model: Any) -> list[str]:
@@ -221,13 +232,17 @@ def he_init(model: torch.nn.Module) -> None:
 
 def train_exits(name: str, *, epochs: int | None = None, seed: int = 0, lr: float | None = None,
                 batch_size: int | None = None, max_train: int | None = None, max_test: int | None = None,
-                save: bool = True,
+                save: bool = True, force: bool = False,
                 progress: Callable[[int, int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train every exit of zoo model ``name`` jointly (BranchyNet) and measure held-out accuracies.
 
     ``max_train`` / ``max_test`` keep only the first N training / held-out
     images (smoke tests; recorded in the JSON). The checkpoint and its
-    accuracies are written to the cache when ``save``.
+    accuracies are written to the cache when ``save`` — except that a run on a
+    reduced budget (fewer epochs than the recipe's, or ``max_train`` /
+    ``max_test`` below the full split) does not replace a full-budget
+    checkpoint unless ``force``: the result then has ``checkpoint`` None and
+    ``kept`` the checkpoint left in place (the zoo keeps loading it).
     """
     import torch
     from torch import nn
@@ -294,7 +309,12 @@ def train_exits(name: str, *, epochs: int | None = None, seed: int = 0, lr: floa
                 progress(ep + 1, epochs, row)
         train_s = time.perf_counter() - t0
         acc = evaluate(model, xte, yte)
-    path = None
+    full = (len(split.y_train), len(split.y_test))
+    reduced = epochs < int(rec["epochs"]) or len(ytr) < full[0] or len(yte) < full[1]
+    old = read_metrics(name, seed)
+    path = kept = None
+    if save and reduced and not force and old is not None and not _is_reduced(old, int(rec["epochs"]), full):
+        save, kept = False, checkpoint_path(name, seed)
     if save:
         path = checkpoint_path(name, seed)
         tmp = path.with_suffix(".pt.tmp")
@@ -302,9 +322,9 @@ def train_exits(name: str, *, epochs: int | None = None, seed: int = 0, lr: floa
         tmp.replace(path)
         meta = {"format": FORMAT, "model": name, "data": DATA_NAME, "seed": seed, "version": VERSION,
                 "epochs": epochs, "loss_weights": weights, "augment": {"shift_px": SHIFT, "scale": SCALE}, "lr": lr, "batch_size": batch_size, "max_train": max_train,
-                "max_test": max_test, "train_size": len(ytr), "test_size": len(yte),
+                "max_test": max_test, "train_size": len(ytr), "test_size": len(yte), "reduced": reduced,
                 "accuracy": {k: round(v, 4) for k, v in acc.items()}, "train_s": round(train_s, 2),
                 "torch": torch.__version__, "checkpoint": path.name,
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         metrics_path(name, seed).write_text(json.dumps(meta, indent=1) + "\n")
-    return TrainResult(name, seed, epochs, acc, train_s, path, (len(ytr), len(yte)), history)
+    return TrainResult(name, seed, epochs, acc, train_s, path, (len(ytr), len(yte)), history, reduced, kept)

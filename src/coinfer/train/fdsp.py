@@ -469,6 +469,8 @@ class FdspReport:
     model_spec: str
     curve: list[tuple[int, float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    reduced: bool = False  # fewer epochs / steps than the defaults, or part of the digits only
+    kept: str | None = None  # not saved: the full-budget weights left in place (see _save_variant)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -516,17 +518,25 @@ def train_digits_base(epochs: int = 25, seed: int = 0, progress: Progress | None
     return m, _accuracy(m, xte, yte)
 
 
-def finetune_digits(grid: tuple[int, int], wire: Wire = INT4, epochs: int = 12,
+#: the full budgets (the CLI's defaults): a run below them is "reduced" and does not replace full weights
+DIGITS_EPOCHS = 12
+DISTILL_STEPS = 150
+
+
+def finetune_digits(grid: tuple[int, int], wire: Wire = INT4, epochs: int = DIGITS_EPOCHS,
                     base_epochs: int = 25, lr: float = 5e-4, seed: int = 0, head: Any = "auto",
                     until: str | None = None, progress: Progress | None = None,
-                    save: bool = True, limit: int | None = None) -> FdspReport:
+                    save: bool = True, limit: int | None = None, force: bool = False) -> FdspReport:
     """Fine-tune the digits CNN with FDSP (and the wire's quantisation) in the loop.
 
-    ``limit``: use only the first ``limit`` training and test images (tests).
+    ``limit``: use only the first ``limit`` training and test images (tests). A run below the full
+    budget (``epochs`` < :data:`DIGITS_EPOCHS`, ``limit``) does not replace full-budget weights unless
+    ``force`` (:func:`_save_variant`).
     """
     lay = layout_for(capture(DigitsCNN().eval(), DIGITS_SHAPE, DIGITS_SPEC).graph, grid, wire, head, until)
     base, acc_plain = train_digits_base(base_epochs, seed, progress, limit=limit)
     xtr, ytr, xte, yte = load_digits(seed)
+    reduced = epochs < DIGITS_EPOCHS or (limit is not None and limit < len(ytr))
     xtr, ytr, xte, yte = xtr[:limit], ytr[:limit], xte[:limit], yte[:limit]
     acc_plain = _accuracy(base, xte, yte)
     student = copy.deepcopy(base)
@@ -558,14 +568,25 @@ def finetune_digits(grid: tuple[int, int], wire: Wire = INT4, epochs: int = 12,
     wpath = _weights_path(name)
     rep = FdspReport("digits_cnn", f"{grid[0]}x{grid[1]}", wire.to_dict(), lay.head, lay.until, "labels",
                      "accuracy", acc_plain, before, after, _accuracy(student.eval(), xte, yte), len(yte), steps,
-                     round(train_s, 2), str(wpath), f"coinfer.train.fdsp:{name}", curve)
+                     round(train_s, 2), str(wpath), f"coinfer.train.fdsp:{name}", curve, reduced=reduced)
     if save:
-        _save_variant(student, name, rep)
+        _save_variant(student, name, rep, force)
     return rep
 
 
-def _save_variant(module: nn.Module, name: str, rep: FdspReport) -> None:
+def _save_variant(module: nn.Module, name: str, rep: FdspReport, force: bool = False) -> None:
+    """Write the weights and their report, unless ``rep`` is a reduced-budget run and the weights there
+    come from a full-budget one (a JSON without ``reduced``, written before the key existed, counts as
+    full): then ``rep.kept`` names them and nothing is written (``force`` writes anyway)."""
     p = _weights_path(name)
+    if rep.reduced and not force and p.is_file():
+        try:
+            old = json.loads(p.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and not old.get("reduced", False):
+            rep.kept = str(p)
+            return
     save_weights(module, p)
     p.with_suffix(".json").write_text(json.dumps(rep.to_dict(), indent=1))
 
@@ -630,10 +651,10 @@ def _agreement(fn: Callable[[Tensor], Tensor], ref: Tensor, x: Tensor, batch: in
     return same / max(1, len(x))
 
 
-def distill(model: str, grid: tuple[int, int], wire: Wire = INT4, steps: int = 150,
+def distill(model: str, grid: tuple[int, int], wire: Wire = INT4, steps: int = DISTILL_STEPS,
             batch: int = 8, lr: float = 2e-5, temperature: float = 2.0, eval_images: int = 96, seed: int = 0,
             head: Any = "auto", until: str | None = None, progress: Progress | None = None,
-            save: bool = True) -> FdspReport:
+            save: bool = True, force: bool = False) -> FdspReport:
     """Distil the unpartitioned ``model`` (teacher) into a copy running FDSP (student).
 
     Loss: KL(teacher ‖ student) at ``temperature`` on augmented views of the
@@ -692,9 +713,9 @@ def distill(model: str, grid: tuple[int, int], wire: Wire = INT4, steps: int = 1
                      "agreement", 1.0, before, after, plain_after, len(x_eval), steps, round(train_s, 2),
                      str(_weights_path(name)), f"coinfer.train.fdsp:{name}", curve,
                      {"batch": batch, "lr": lr, "temperature": T, "train_images": list(SAMPLE_IMAGES),
-                      "heldout_images": list(HELDOUT_IMAGES)})
+                      "heldout_images": list(HELDOUT_IMAGES)}, reduced=steps < DISTILL_STEPS)
     if save:
-        _save_variant(student, name, rep)
+        _save_variant(student, name, rep, force)
     return rep
 
 
