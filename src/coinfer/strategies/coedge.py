@@ -767,7 +767,7 @@ def _params(req: PlanRequest, per_stage: bool, devices: list[str]) -> dict[str, 
 
 @register("coedge", summary="CoEdge: one row share per device for every conv layer, halo exchange, "
           "LP minimising energy under a deadline (or latency)", paper="Zeng et al., CoEdge, IEEE/ACM ToN 2021",
-          exact=True, needs_costs=True, params=("per_stage", "explore", "devices", "order"), outputs=("shares",), deadline=True)
+          exact=True, needs_costs=True, params=("per_stage", "explore", "devices", "order"), outputs=("shares",), deadline=True, objective=True)
 def plan_coedge(req: PlanRequest) -> PlanResult:
     t0 = time.perf_counter()
     per_stage = bool_param(req, "per_stage", False)

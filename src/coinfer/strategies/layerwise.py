@@ -421,7 +421,7 @@ def plan_of(req: PlanRequest, c: Config, strategy: str, extra: dict[str, Any] | 
 
 @register("offload", summary="the whole model on the device with the lowest predicted end-to-end latency",
           paper="the full-offloading baseline of Neurosurgeon (ASPLOS 2017) and Edgent", needs_costs=True,
-          params=("device", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True)
+          params=("device", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True, objective=True)
 def plan_offload(req: PlanRequest) -> PlanResult:
     """Send the input to one other device, run everything there, return the result.
 
@@ -451,7 +451,7 @@ def plan_offload(req: PlanRequest) -> PlanResult:
 
 @register("neurosurgeon", summary="one cut between the source and one other device, both orders; "
           "latency or source energy", paper="Kang et al., Neurosurgeon, ASPLOS 2017", needs_costs=True,
-          params=("device", "order", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True)
+          params=("device", "order", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True, objective=True)
 def plan_neurosurgeon(req: PlanRequest) -> PlanResult:
     """Neurosurgeon (Kang et al., ASPLOS 2017, §5, Algorithm 1): the best single cut.
 
