@@ -117,3 +117,15 @@ def test_missing_weights_and_bad_input_exit_2(cache: Path) -> None:
         r = runner.invoke(build_app(), ["train", "fdsp", *args])
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output
+
+
+def test_missing_fine_tuned_model_names_the_full_train_command() -> None:
+    """QA: a missing variant said only "run coinfer train fdsp (see --help)"; adcnn.md promises the command
+    that trains it: model, grid and wire (variant_name inverted)."""
+    fd = fdsp
+    for wire, opt in [(Wire("raw", "int4"), "int4"), (Wire("zstd", "int4"), "int4+zstd"), (Wire("raw", None), "raw"),
+                      (Wire("lz4", None), "lz4"), (Wire("raw", "int8c"), "int8c")]:
+        name = fd.variant_name("efficientnet_lite0", (2, 3), wire)
+        assert fd.train_command(name) == f"coinfer train fdsp --model efficientnet_lite0 --grid 2x3 --wire {opt}"
+    with pytest.raises(fd.FdspError, match=r"coinfer train fdsp --model digits_cnn --grid 7x5 --wire int8c\+zstd$"):
+        fd.fdsp_digits_cnn_7x5_int8c_zstd()
