@@ -63,6 +63,7 @@ import numpy as np
 
 from ..graph.ir import OUTPUT
 from ..plan.plan import Stage, Whole
+from .common import holds_weights
 from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, register
 from .spatial import (
     Overheads,
@@ -709,13 +710,6 @@ def _smallest(inst: Instance, share: np.ndarray, A: list[int]) -> int:
 
 
 # -- the planner ---------------------------------------------------------------------------------------------
-def holds_weights(costs: Any, device: str, weight_bytes: int) -> bool:
-    """Whether ``device``'s ``memory_mb`` (None: unbounded) holds ``weight_bytes`` of weights: the rule
-    :func:`build_instance` applies to a share (a device whose weights alone do not fit is left out)."""
-    mem = costs.device(device).memory_mb
-    return mem is None or mem * 1e6 - weight_bytes > 0
-
-
 def _single_device(req: PlanRequest, inst: Instance) -> tuple[str, float, float] | None:
     """(device, latency ms, dynamic energy J) of the whole model on the single fastest device that can
     hold the whole model's weights (``memory_mb``); None when no device can."""
