@@ -24,6 +24,7 @@ from coinfer.plan.lower import lower
 from coinfer.plan.plan import Rows, Whole
 from coinfer.strategies import Infeasible, PlanRequest, run
 from coinfer.strategies import coedge as ce
+from coinfer.strategies.registry import StrategyError
 from coinfer.strategies.spatial import layer_ends
 
 
@@ -203,6 +204,24 @@ def test_memory_limits_shares(tiny) -> None:
         "network": {"bandwidth_mbps": 1000, "latency_ms": 0.1}})
     res = run("coedge", PlanRequest(tiny, cl, "tiny", None, "latency"))
     assert res.plan.devices_used_names() == ["d0"]  # d1 cannot hold the weights
+
+
+def test_single_device_fallback_skips_a_device_whose_memory_cannot_hold_the_weights() -> None:
+    """QA: the fast d1 with memory_mb 1 was left out by the LP, yet the single-device fallback put the
+    whole of ResNet-18 (47 MB of weights) on it. The fallback considers only devices that hold them."""
+    g = capture_model("resnet18").graph
+    cl = parse_cluster({"source": "d0", "devices": [
+        {"name": "d0", "cpu_share": 0.15}, {"name": "d1", "cpu_share": 0.7, "memory_mb": 1},
+        {"name": "d2", "cpu_share": 0.7}], "network": {"bandwidth_mbps": 100, "latency_ms": 0.5}})
+    res = run("coedge", PlanRequest(g, cl, "resnet18", None, "latency"))
+    assert "d1" not in res.plan.devices_used_names()
+    assert "d1" not in str(res.info.get("fallback", ""))
+    # every device too small: one line naming memory_mb, not an assertion
+    small = parse_cluster({"source": "d0", "devices": [
+        {"name": "d0", "cpu_share": 0.15, "memory_mb": 1}, {"name": "d1", "cpu_share": 0.7, "memory_mb": 1}],
+        "network": {"bandwidth_mbps": 100, "latency_ms": 0.5}})
+    with pytest.raises(StrategyError, match="memory_mb"):
+        run("coedge", PlanRequest(g, small, "resnet18", None, "latency"))
 
 
 def test_replan_without_costs_and_planning_time() -> None:

@@ -19,11 +19,14 @@ from coinfer.strategies import PlanRequest, StrategyError, run
 from coinfer.strategies.distredge import (
     Partitioner,
     actions_to_rows,
+    cluster_description,
+    cluster_differences,
     cluster_fingerprint,
     partition_volumes,
     rows_from_fractions,
     volume_rows,
 )
+from coinfer.train.distredge import check_policy_meta
 
 MODEL = "alexnet_digits"  # 64x64: fast to plan and to verify
 runner = CliRunner()
@@ -141,6 +144,25 @@ def test_policy_for_another_cluster_is_refused(captured, cache: Path) -> None:  
         run("distredge", other)
     # the same policy on its own cluster loads
     assert not run("distredge", _req(captured, train_episodes=20, policy=pol)).info["trained"]
+
+
+def test_policy_for_another_cluster_names_what_differs(captured) -> None:  # type: ignore[no-untyped-def]
+    """QA: a demo4 policy on eq4 said "devices ['d0'…'d3']; this cluster has ['d0'…'d3']" — the same
+    names. The message names the cpu shares (and links) that differ; no training needed."""
+    demo4 = builtin_cluster("demo4")
+    meta = {"cluster": cluster_fingerprint(demo4), "cluster_desc": cluster_description(demo4),
+            "devices": demo4.names, "source": demo4.source}
+    req = _req(captured, "eq4")
+    with pytest.raises(StrategyError) as e:
+        check_policy_meta(meta, req, "p.zip")
+    msg = str(e.value)
+    assert "d1 cpu_share 0.25 → " in msg and "retrain" in msg and "\n" not in msg
+    slow = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}],
+                          "network": {"bandwidth_mbps": 100, "latency_ms": 0.5}})
+    fast = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}],
+                          "network": {"bandwidth_mbps": 10, "latency_ms": 0.5}})
+    diffs = cluster_differences(cluster_description(slow), cluster_description(fast))
+    assert len(diffs) == 1 and diffs[0].startswith("link d0-d1") and "100" in diffs[0] and "10" in diffs[0]
 
 
 def test_policy_files_that_are_not_a_policy_are_refused(captured, cache: Path,  # type: ignore[no-untyped-def]

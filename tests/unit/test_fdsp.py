@@ -149,3 +149,15 @@ def test_reduced_finetune_keeps_full_weights(cache: Path, monkeypatch: pytest.Mo
     assert "weights not saved" in out and "--force replaces it" in out
     rep = fdsp.finetune_digits((2, 2), Wire("raw", "int4"), lr=1e-2, force=True, **kw)
     assert rep.kept is None and p.read_bytes() != before
+
+
+def test_missing_fine_tuned_model_names_the_full_train_command() -> None:
+    """QA: a missing variant said only "run coinfer train fdsp (see --help)"; adcnn.md promises the command
+    that trains it: model, grid and wire (variant_name inverted)."""
+    fd = fdsp
+    for wire, opt in [(Wire("raw", "int4"), "int4"), (Wire("zstd", "int4"), "int4+zstd"), (Wire("raw", None), "raw"),
+                      (Wire("lz4", None), "lz4"), (Wire("raw", "int8c"), "int8c")]:
+        name = fd.variant_name("efficientnet_lite0", (2, 3), wire)
+        assert fd.train_command(name) == f"coinfer train fdsp --model efficientnet_lite0 --grid 2x3 --wire {opt}"
+    with pytest.raises(fd.FdspError, match=r"coinfer train fdsp --model digits_cnn --grid 7x5 --wire int8c\+zstd$"):
+        fd.fdsp_digits_cnn_7x5_int8c_zstd()

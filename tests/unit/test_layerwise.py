@@ -184,3 +184,24 @@ def test_local_runs_a_requested_exit_and_rejects_bad_exits(captured) -> None:
         run("local", PlanRequest(g, cl, "alexnet_digits", params={"exit": "exit9"}))
     with pytest.raises(StrategyError, match="no early exits"):
         run("local", PlanRequest(chain_graph(), cl, "chain", params={"exit": "exit1"}))
+
+
+@pytest.mark.parametrize("strategy", ["offload", "neurosurgeon", "edgent"])
+def test_a_device_whose_memory_cannot_hold_its_part_is_not_chosen(strategy: str) -> None:
+    """QA: memory_mb was ignored by the layer-wise strategies; the fastest device d1 (memory_mb 1, ResNet-18
+    holds 47 MB of weights) got the whole model. Each part must fit its device (as coedge's rule)."""
+    from coinfer.modelspec import capture_model
+
+    name = "alexnet_digits" if strategy == "edgent" else "resnet18"
+    g = capture_model(name).graph
+    cl = parse_cluster({"source": "d0", "devices": [
+        {"name": "d0", "cpu_share": 0.15}, {"name": "d1", "cpu_share": 0.9, "memory_mb": 1},
+        {"name": "d2", "cpu_share": 0.6}], "network": {"bandwidth_mbps": 1000, "latency_ms": 0.1}})
+    dl = 10_000.0 if strategy == "edgent" else None  # edgent needs a deadline; a loose one
+    res = run(strategy, PlanRequest(g, cl, name, CostModel(g, cl), "latency", dl))
+    assert "d1" not in res.plan.devices_used_names()
+    small = parse_cluster({"source": "d0", "devices": [
+        {"name": "d0", "cpu_share": 0.15, "memory_mb": 1}, {"name": "d1", "cpu_share": 0.9, "memory_mb": 1}],
+        "network": {"bandwidth_mbps": 1000, "latency_ms": 0.1}})
+    with pytest.raises(StrategyError, match="memory_mb"):
+        run(strategy, PlanRequest(g, small, name, CostModel(g, small), "latency", dl))

@@ -116,7 +116,10 @@ BROKEN = {
     "empty_range": (_rows0((0, 0), (0, 224)), ["[0,0) is empty"]),
     "rows_not_pair": (_set("stages.0.partition.parts.0.rows", [0, 40, 50]), ["pair of integers [start, end)"]),
     "grid_matrix": (_set("stages.1.partition.devices", [["pi1", "pi2", "pi1"], ["jetson", "pi2"]]),
-                    ["grid devices must be a 2x2 matrix", "one device per tile"]),
+                    ["grid devices must be a 2x2 matrix", "one device per tile", "got 2 rows of lengths [3, 2]"]),
+    # QA: a 3x2 matrix said "got [2, 2, 2]" (row lengths), read as a 2x2x2 shape; now it says rows and lengths
+    "grid_matrix_rows": (_set("stages.1.partition.devices", [["pi1", "pi2"], ["jetson", "pi2"], ["pi1", "pi2"]]),
+                         ["grid devices must be a 2x2 matrix", "got 3 rows of lengths [2, 2, 2]"]),
     "grid_bounds": (_set("stages.1.partition.rows", [0, 14, 27]), ["grid rows [0, 14, 27] must increase strictly from 0 to 28"]),
     "grid_not_increasing": (_set("stages.1.partition.cols", [0, 20, 14, 28]), ["must increase strictly"]),
     "unknown_device": (_set("stages.0.partition.parts.1.device", "phone"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from coinfer.cli.common import deadline_notes
+from coinfer.cli.common import deadline_notes, objective_notes
 from coinfer.cli.main import build_app
 from coinfer.strategies import info, names
 
@@ -47,3 +47,17 @@ def test_deadline_notes_for_every_strategy() -> None:
     assert deadline_notes("coedge", 5.0, 4.0) == []
     (w,) = deadline_notes("coedge", 5.0, 6.0)
     assert w.startswith("warning: predicted latency 6.0 ms misses --deadline-ms 5 (coedge)")
+
+
+def test_objective_not_used_is_noted(tmp_path: Path) -> None:
+    """QA: the docs said coinfer plan reports that --objective is not used by local/even…; only the
+    deadline got a note. Strategies that plan for an objective declare it (register(objective=True))."""
+    assert {n for n in names() if info(n).objective} >= {"coedge", "neurosurgeon", "offload", "deepthings", "auto"}
+    assert not {"local", "even", "proportional", "modnn"} & {n for n in names() if info(n).objective}
+    assert objective_notes("local", "latency") == [] and objective_notes("coedge", "energy") == []
+    (n,) = objective_notes("even", "energy")
+    assert n.startswith("note: even does not plan for an objective: --objective energy is not used")
+    r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", CLUSTER, "-s", "local", "--objective", "energy",
+                                    "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 0, r.output
+    assert "note: local does not plan for an objective: --objective energy is not used" in r.output

@@ -241,6 +241,11 @@ def test_profile_cli_bad_input(tmp_path: Path) -> None:
     r = runner.invoke(build_app(), ["profile", "het4", "-m", USER, *SHAPE, "--backend", "torch",
                                     "--precision", "fp64", "-o", str(tmp_path / "s")])
     assert r.exit_code == 2 and "fp64" in r.output
+    # QA: --backend auto was accepted (undocumented) and wrote <dev>@auto.json, then read for backend: torch
+    r = runner.invoke(build_app(), ["profile", "het4", "-m", USER, *SHAPE, "--backend", "auto",
+                                    "-o", str(tmp_path / "t")])
+    assert r.exit_code == 2 and "--backend 'auto' is not one of torch, onnxruntime, openvino, all" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
 
 
 def test_model_sweep_lifts_and_restores_the_cgroup_quota(tmp_path: Path) -> None:

@@ -168,6 +168,18 @@ def deadline_notes(strategy: str, deadline_ms: float | None, latency_ms: float) 
     return out
 
 
+def objective_notes(strategy: str, objective: str) -> list[str]:
+    """What ``coinfer plan`` prints to stderr about ``--objective``: a note when it is not the default
+    (latency) and ``strategy`` does not plan for an objective (``register(objective=False)``)."""
+    from ..strategies.registry import info
+
+    if objective == "latency" or info(strategy).objective:
+        return []
+    note = (f"note: {strategy} does not plan for an objective: --objective {objective} is not used "
+            "(the objective column of coinfer strategies)")
+    return [note]
+
+
 CPU_EMULATION_HELP = ("how local devices get their cpu_share: quota | dilate | off "
                       "(default: the cluster's emulation.cpu, quota)")
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import typer
 
-from .common import console, deadline_notes, emit_json, fail, parse_params, user_errors
+from .common import (
+    console,
+    deadline_notes,
+    emit_json,
+    fail,
+    objective_notes,
+    parse_params,
+    user_errors,
+)
 
 
 @user_errors
@@ -64,7 +72,8 @@ def cmd(
     sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
-    for line in deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"]):
+    for line in [*objective_notes(strategy, objective),
+                 *deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"])]:
         typer.echo(line, err=True)
     summary: dict[str, Any] = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
                                "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted,

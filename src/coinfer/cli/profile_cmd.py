@@ -84,8 +84,11 @@ def cmd(
             def note(self, msg: str) -> None:
                 bar.console.print(msg)
 
-        from ..execute.backends import available_backends, check_backend
+        from ..execute.backends import BACKENDS, BackendError, available_backends, check_backend
 
+        if backend not in (*BACKENDS, "all"):  # 'auto' would write <device>@auto.json, which any backend then read
+            raise BackendError(f"--backend {backend!r} is not one of {', '.join((*BACKENDS, 'all'))}; profile the "
+                               "backend each device's cluster entry names (all: every installed one)")
         backends = available_backends() if backend == "all" else [backend]
         for be in backends:  # a wrong name or precision: exit 2 naming the extra / the supported list
             check_backend(be, precision, where="--backend")

@@ -17,14 +17,15 @@ def cmd(json_out: bool = typer.Option(False, "--json", help="one JSON object on 
     rows = [registry.info(n) for n in registry.names()]
     if json_out:
         emit_json({"strategies": [{"name": r.name, "summary": r.summary, "paper": r.paper, "exact": r.exact,
-                                   "deadline": r.deadline, "params": list(r.params)} for r in rows]})
+                                   "deadline": r.deadline, "objective": r.objective, "params": list(r.params)} for r in rows]})
         return
     from rich.table import Table
 
     t = Table(title="strategies")
-    for c in ("name", "exact", "deadline", "summary", "parameters (--param)", "paper"):
+    for c in ("name", "exact", "deadline", "objective", "summary", "parameters (--param)", "paper"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r.name, "yes" if r.exact else "approx", "yes" if r.deadline else "-", r.summary,
+        t.add_row(r.name, "yes" if r.exact else "approx", "yes" if r.deadline else "-",
+                  "yes" if r.objective else "-", r.summary,
                   ", ".join(r.params), r.paper)
     console().print(t)

@@ -497,7 +497,8 @@ class Plan:
         if len(p.devices) != len(p.rows) - 1 or any(len(r) != len(p.cols) - 1 for r in p.devices):
             raise PlanError(
                 f"{where}: grid devices must be a {len(p.rows) - 1}x{len(p.cols) - 1} matrix "
-                f"(one device per tile), got {[len(r) for r in p.devices]}"
+                f"(one device per tile), got {len(p.devices)} row{'s' if len(p.devices) != 1 else ''} of lengths "
+                f"{[len(r) for r in p.devices]}"
             )
         for r in p.devices:
             for dev in r:

@@ -163,7 +163,7 @@ def _strategy_names(v: object, key: str) -> list[str] | None:
 
 @register("auto", summary="every exact strategy scored by the simulator, then refined by local search",
           paper="coinfer (this project)", needs_costs=True, params=("budget_s", "include", "exclude"),
-          outputs=("base", "refine_steps"), deadline=True)
+          outputs=("base", "refine_steps"), deadline=True, objective=True)
 def plan_auto(req: PlanRequest) -> PlanResult:
     budget = req.number("budget_s", 4.0)
     include = _strategy_names(req.param("include"), "include")

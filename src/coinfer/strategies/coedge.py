@@ -63,6 +63,7 @@ import numpy as np
 
 from ..graph.ir import OUTPUT
 from ..plan.plan import Stage, Whole
+from .common import holds_weights
 from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, register
 from .spatial import (
     Overheads,
@@ -174,6 +175,9 @@ def build_instance(req: PlanRequest, devices: list[str] | None = None) -> Instan
     for i, d in enumerate(devs):
         mem = costs.device(d).memory_mb
         if mem is None:
+            continue
+        if not holds_weights(costs, d, wbytes):
+            umax[i] = 0.0
             continue
         free = mem * 1e6 - wbytes
         per_share = max((rb_in * Hin + np.array([row_bytes(g[e]) for e in ends]) * H).max(), 1.0)
@@ -706,14 +710,18 @@ def _smallest(inst: Instance, share: np.ndarray, A: list[int]) -> int:
 
 
 # -- the planner ---------------------------------------------------------------------------------------------
-def _single_device(req: PlanRequest, inst: Instance) -> tuple[str, float, float]:
-    """(device, latency ms, dynamic energy J) of the whole model on the single fastest device."""
+def _single_device(req: PlanRequest, inst: Instance) -> tuple[str, float, float] | None:
+    """(device, latency ms, dynamic energy J) of the whole model on the single fastest device that can
+    hold the whole model's weights (``memory_mb``); None when no device can."""
     g = req.graph
     costs = cost_model(req)
     rm = RowModel(g, costs, inst.devices)
     best = None
     ov = Overheads(costs)
+    wbytes = sum(n.param_bytes for n in g.nodes)
     for d in inst.devices:
+        if not holds_weights(costs, d, wbytes):
+            continue
         t_in, s_in = xfer(costs, req.source, d, g.input.out_bytes)
         t_out, s_out = xfer(costs, d, req.source, g.output.out_bytes)
         comp = rm.whole_ms(d, g.input.name, g.output.name) + ov.compute(d)
@@ -725,7 +733,6 @@ def _single_device(req: PlanRequest, inst: Instance) -> tuple[str, float, float]
         e = (p.busy_w * comp + (ps.tx_w + p.recv_w) * s_in + (p.tx_w + ps.recv_w) * s_out) / 1e3
         if best is None or lat < best[1]:
             best = (d, lat, e)
-    assert best is not None
     return best
 
 
@@ -754,7 +761,7 @@ def _params(req: PlanRequest, per_stage: bool, devices: list[str]) -> dict[str, 
 
 @register("coedge", summary="CoEdge: one row share per device for every conv layer, halo exchange, "
           "LP minimising energy under a deadline (or latency)", paper="Zeng et al., CoEdge, IEEE/ACM ToN 2021",
-          exact=True, needs_costs=True, params=("per_stage", "explore", "devices", "order"), outputs=("shares",), deadline=True)
+          exact=True, needs_costs=True, params=("per_stage", "explore", "devices", "order"), outputs=("shares",), deadline=True, objective=True)
 def plan_coedge(req: PlanRequest) -> PlanResult:
     t0 = time.perf_counter()
     per_stage = bool_param(req, "per_stage", False)
@@ -769,7 +776,12 @@ def plan_coedge(req: PlanRequest) -> PlanResult:
     if sol is None:
         # no set meets the deadline with the objective: the latency-optimal split or the single fastest device
         lat_sol = solve(inst, "latency", None, per_stage)
-        dev, dlat, de = _single_device(req, inst)
+        single = _single_device(req, inst)
+        if single is None and lat_sol is None:
+            raise StrategyError("coedge: no device's memory_mb holds the model's weights "
+                                f"({sum(n.param_bytes for n in req.graph.nodes) / 1e6:.1f} MB) and no split fits; "
+                                "raise memory_mb in the cluster file or add devices")
+        dev, dlat, de = single if single is not None else ("", math.inf, math.inf)
         best_ms = min(dlat, lat_sol.ev.latency_ms if lat_sol else math.inf)
         if D is not None and best_ms > D:
             msg = (f"deadline {D:g} ms cannot be met: the minimum achievable latency is {best_ms:.1f} ms "
@@ -794,9 +806,10 @@ def plan_coedge(req: PlanRequest) -> PlanResult:
                          "planning_ms": round((time.perf_counter() - t0) * 1e3, 2)})
             return PlanResult(plan, info)
     # Algorithm 1's last resort as a candidate too: never plan worse than the single best device
-    dev, dlat, de = _single_device(req, inst)
+    single = _single_device(req, inst)
+    dev, dlat, de = single if single is not None else ("", math.inf, math.inf)
     single_val = de if req.objective == "energy" else dlat
-    if (D is None or dlat <= D) and single_val < sol.ev.value(req.objective) - EPS:
+    if single is not None and (D is None or dlat <= D) and single_val < sol.ev.value(req.objective) - EPS:
         plan = req.make_plan([Stage(OUTPUT, Whole(dev))], "coedge", params)
         info.update({"fallback": f"single device {dev} beats the best split ({single_val:.4g} < "
                                  f"{sol.ev.value(req.objective):.4g})",

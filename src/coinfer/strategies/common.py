@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..graph.geometry import part_geometry
 from ..graph.ir import OUTPUT, Graph
 from ..plan.plan import RowPart, Rows, Stage, Whole
 from .registry import PlanRequest, StrategyError
+
+
+def holds_weights(costs: Any, device: str, weight_bytes: int) -> bool:
+    """Whether ``device``'s ``memory_mb`` (None: unbounded) holds ``weight_bytes`` of weights: coedge's
+    rule for a share (a device whose weights alone do not fit is left out), and the layer-wise
+    strategies' for a part."""
+    mem = costs.device(device).memory_mb
+    return mem is None or mem * 1e6 - weight_bytes > 0
 
 
 def requested_devices(req: PlanRequest) -> list[str] | None:

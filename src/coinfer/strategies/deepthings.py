@@ -249,7 +249,7 @@ def estimate(req: PlanRequest, pr: _Pricer, R: int, C: int, owners: list[str], t
 @register("deepthings", summary="DeepThings: first N conv layers fused, RxC grid of exact overlapping tiles, "
           "work stealing; rest whole on the source or fastest device",
           paper="Zhao et al., DeepThings, IEEE TCAD 2018", exact=True, needs_costs=True,
-          params=("layers", "until", "grid", "tail", "schedule", "scheduler", "verify", "devices"), deadline=True)
+          params=("layers", "until", "grid", "tail", "schedule", "scheduler", "verify", "devices"), deadline=True, objective=True)
 def plan_deepthings(req: PlanRequest) -> PlanResult:
     t0 = time.perf_counter()
     g = req.graph

@@ -338,13 +338,50 @@ def choose_tail(g: Graph, costs: CostModel, last: str, devices: list[str], sourc
 
 
 # -- identity of what a policy was trained for ------------------------------------------------------
-def cluster_fingerprint(cluster: Cluster) -> str:
-    """Devices (order, shares, threads, speeds) and links: what a trained policy depends on."""
-    devs = [[d.name, d.cpu_share, d.threads, d.speed_gflops, d.backend, d.precision] for d in cluster.devices]
+#: the per-device fields :func:`cluster_fingerprint` covers, in its order (after the name)
+DEVICE_FIELDS = ("cpu_share", "threads", "speed_gflops", "backend", "precision")
+
+
+def cluster_description(cluster: Cluster) -> dict[str, Any]:
+    """Devices (order, shares, threads, speeds) and links: what a trained policy depends on, as stored
+    in its metadata (``cluster_desc``) so that a mismatch can name what differs."""
+    devs = [[d.name, *(getattr(d, f) for f in DEVICE_FIELDS)] for d in cluster.devices]
     names = cluster.names
     links = [[a, b, *cluster.link(a, b)] for a in names for b in names if a < b]
-    blob = json.dumps({"source": cluster.source, "devices": devs, "links": links}, sort_keys=True, default=str)
+    out: dict[str, Any] = json.loads(json.dumps({"source": cluster.source, "devices": devs, "links": links},
+                                                default=str))
+    return out
+
+
+def cluster_fingerprint(cluster: Cluster) -> str:
+    """The digest of :func:`cluster_description`."""
+    blob = json.dumps(cluster_description(cluster), sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cluster_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`cluster_description` s, e.g. ``d1 cpu_share 0.25 → 0.7``,
+    ``link d0-d1 (100.0, 0.5) → (10.0, 0.5)`` (link: bandwidth Mbit/s, latency ms)."""
+    diffs = []
+    if old.get("source") != new.get("source"):
+        diffs.append(f"source {old.get('source')} → {new.get('source')}")
+    od = {d[0]: d[1:] for d in old.get("devices", [])}
+    nd = {d[0]: d[1:] for d in new.get("devices", [])}
+    if list(od) != list(nd):
+        diffs.append(f"devices {list(od)} → {list(nd)}")
+    for name in (n for n in nd if n in od):
+        for f, a, b in zip(DEVICE_FIELDS, od[name], nd[name], strict=False):
+            if a != b:
+                diffs.append(f"{name} {f} {a} → {b}")
+    ol = {(x[0], x[1]): tuple(x[2:]) for x in old.get("links", [])}
+    nl = {(x[0], x[1]): tuple(x[2:]) for x in new.get("links", [])}
+    changed: dict[tuple[tuple[Any, ...], tuple[Any, ...]], list[str]] = {}
+    for k in (k for k in nl if k in ol and ol[k] != nl[k]):
+        changed.setdefault((ol[k], nl[k]), []).append(f"{k[0]}-{k[1]}")
+    for (a, b), pairs in changed.items():
+        which = f"every link ({len(pairs)})" if len(pairs) == len(nl) > 1 else "link " + ", ".join(pairs)
+        diffs.append(f"{which} (Mbit/s, ms) {a} → {b}")
+    return diffs
 
 
 def costs_fingerprint(costs: CostModel) -> str:

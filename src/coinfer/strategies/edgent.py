@@ -184,7 +184,7 @@ def exit_tables(req: PlanRequest, costs: CostModel, exits: list[str | None], oth
 
 def configs_of(t: ChainTable, costs: CostModel, req: PlanRequest, others: list[str],
                orders: tuple[str, ...]) -> list[Config]:
-    return all_configs(t, costs, req.source, others, orders)
+    return all_configs(t, costs, req.source, others, orders, what="edgent")
 
 
 def _latency(c: Config) -> tuple[float, float]:

@@ -47,6 +47,7 @@ from ..cost.model import CostModel
 from ..graph.geometry import PartGeom, part_geometry
 from ..graph.ir import OUTPUT, Graph, GraphError
 from ..plan.plan import Plan, Stage, Whole
+from .common import holds_weights
 from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, register
 
 FRONT_SOURCE = "front_source"  # Neurosurgeon's order
@@ -258,9 +259,35 @@ def price(t: ChainTable, costs: CostModel, source: str, other: str, order: str, 
                   "chain", T)
 
 
+def fits_memory(t: ChainTable, costs: CostModel, source: str, c: Config) -> bool:
+    """Whether each device of ``c`` holds the weights of its part (``memory_mb``; :func:`holds_weights`)."""
+    g = t.graph
+    k = g.index(c.cut) if c.kind == "split" else (len(g.nodes) - 1 if c.kind == "local" else 0)
+    front = sum(n.param_bytes for n in g.nodes[1 : k + 1])
+    back = sum(n.param_bytes for n in g.nodes[k + 1 :])
+    if c.kind == "local":
+        return holds_weights(costs, source, front)
+    if c.kind == "offload":
+        return holds_weights(costs, c.other, front + back)
+    a, b = (source, c.other) if c.order == FRONT_SOURCE else (c.other, source)
+    return holds_weights(costs, a, front) and holds_weights(costs, b, back)
+
+
+def fitting(t: ChainTable, costs: CostModel, source: str, configs: list[Config], what: str) -> list[Config]:
+    """``configs`` whose devices hold their parts' weights; none → one-line :class:`StrategyError`."""
+    ok = [c for c in configs if fits_memory(t, costs, source, c)]
+    if configs and not ok:
+        mb = sum(n.param_bytes for n in t.graph.nodes) / 1e6
+        raise StrategyError(f"{what}: no configuration fits the devices' memory_mb (the model's weights are "
+                            f"{mb:.1f} MB); raise memory_mb in the cluster file or add a device with more memory")
+    return ok
+
+
 def all_configs(t: ChainTable, costs: CostModel, source: str, others: Iterable[str],
-                orders: Iterable[str] = ORDERS, codec: str = "raw", quant: str | None = None) -> list[Config]:
-    """Every distinct configuration of one exit: local, and each (other, order, cut)."""
+                orders: Iterable[str] = ORDERS, codec: str = "raw", quant: str | None = None,
+                what: str = "layer-wise") -> list[Config]:
+    """Every distinct configuration of one exit whose parts fit the devices' ``memory_mb``: local, and
+    each (other, order, cut)."""
     K = len(t.cuts) - 1
     out: dict[str, Config] = {}
     lo = price(t, costs, source, source, FRONT_SOURCE, K, codec, quant)
@@ -270,7 +297,7 @@ def all_configs(t: ChainTable, costs: CostModel, source: str, others: Iterable[s
             for k in range(K + 1):
                 c = price(t, costs, source, o, order, k, codec, quant)
                 out.setdefault(c.label, c)
-    return list(out.values())
+    return fitting(t, costs, source, list(out.values()), what)
 
 
 def others_of(req: PlanRequest) -> list[str]:
@@ -421,7 +448,7 @@ def plan_of(req: PlanRequest, c: Config, strategy: str, extra: dict[str, Any] | 
 
 @register("offload", summary="the whole model on the device with the lowest predicted end-to-end latency",
           paper="the full-offloading baseline of Neurosurgeon (ASPLOS 2017) and Edgent", needs_costs=True,
-          params=("device", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True)
+          params=("device", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True, objective=True)
 def plan_offload(req: PlanRequest) -> PlanResult:
     """Send the input to one other device, run everything there, return the result.
 
@@ -439,7 +466,8 @@ def plan_offload(req: PlanRequest) -> PlanResult:
     t = chain_table(req.graph, costs, [req.source, *others], ex)
     K = len(t.cuts) - 1
     verifier = Verifier(req, max(verify_count(req), len(others)) if verify_count(req) else 0)
-    configs = [price(t, costs, req.source, o, FRONT_SOURCE, 0) for o in others]
+    configs = fitting(t, costs, req.source, [price(t, costs, req.source, o, FRONT_SOURCE, 0) for o in others],
+                      "offload")
     best, feasible = choose(req, configs, "offload", costs, verifier)
     local = price(t, costs, req.source, req.source, FRONT_SOURCE, K)
     if verifier.n:
@@ -451,7 +479,7 @@ def plan_offload(req: PlanRequest) -> PlanResult:
 
 @register("neurosurgeon", summary="one cut between the source and one other device, both orders; "
           "latency or source energy", paper="Kang et al., Neurosurgeon, ASPLOS 2017", needs_costs=True,
-          params=("device", "order", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True)
+          params=("device", "order", "exit", "verify"), outputs=LAYERWISE_OUTPUTS, deadline=True, objective=True)
 def plan_neurosurgeon(req: PlanRequest) -> PlanResult:
     """Neurosurgeon (Kang et al., ASPLOS 2017, §5, Algorithm 1): the best single cut.
 
@@ -468,7 +496,7 @@ def plan_neurosurgeon(req: PlanRequest) -> PlanResult:
     others = others_of(req)
     orders = orders_of(req)
     t = chain_table(req.graph, costs, [req.source, *others], ex)
-    configs = all_configs(t, costs, req.source, others, orders)
+    configs = all_configs(t, costs, req.source, others, orders, what="neurosurgeon")
     verifier = Verifier(req, verify_count(req))
     best, _ = choose(req, configs, "neurosurgeon", costs, verifier)
     per_order: dict[str, Any] = {}

@@ -64,6 +64,8 @@ from ..paths import cache_dir, save_figure
 from ..plan.plan import Wire
 from ..strategies.distredge import (
     choose_tail,
+    cluster_description,
+    cluster_differences,
     cluster_fingerprint,
     costs_fingerprint,
     partition_volumes,
@@ -380,10 +382,14 @@ def check_policy_meta(meta: dict[str, Any], req: PlanRequest, path: str) -> None
     """Refuse a policy trained for another cluster or model (exit 2 with the fix)."""
     retrain = f"coinfer plan -m {req.model} -c CLUSTER -s distredge --param retrain=true (or drop --param policy)"
     if meta.get("cluster") != cluster_fingerprint(req.cluster):
-        raise StrategyError(
-            f"policy {path} was trained for another cluster (devices {meta.get('devices')}, source "
-            f"{meta.get('source')}); this cluster has {req.cluster.names}: retrain with {retrain}"
-        )
+        desc = meta.get("cluster_desc")
+        if isinstance(desc, dict):
+            diffs = cluster_differences(desc, cluster_description(req.cluster))
+            what = "; ".join(diffs) if diffs else "the device or link settings"
+        else:  # a policy saved before the metadata kept the cluster's settings
+            what = (f"devices {meta.get('devices')}, source {meta.get('source')} there, {req.cluster.names} "
+                    "here; the policy does not record its cpu shares and links")
+        raise StrategyError(f"policy {path} was trained for another cluster ({what}): retrain with {retrain}")
     if meta.get("model") != req.graph.fingerprint():
         raise StrategyError(f"policy {path} was trained for model {meta.get('model_name')!r}, not {req.model}; "
                             f"retrain with {retrain}")
@@ -446,6 +452,7 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
         curve = [h["latency_ms"] for h in env.history]
         meta = {"format": "coinfer.distredge-policy/1", "algo": algo, "model": req.graph.fingerprint(),
                 "model_name": req.model, "cluster": cluster_fingerprint(req.cluster), "devices": req.cluster.names,
+                "cluster_desc": cluster_description(req.cluster),
                 "source": req.source, "costs": costs_fingerprint(costs), "cost_source": cost_src,
                 "volumes": boundaries, "tail": tail, "settings": settings, "train_s": round(seconds, 2), "train_cpu_s": round(cpu_s, 2),
                 "episodes": len(curve), "curve_ms": [round(x, 3) for x in curve],

@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -157,6 +158,16 @@ def variant_name(model: str, grid: tuple[int, int], wire: Wire) -> str:
     return f"fdsp_{model}_{grid[0]}x{grid[1]}_{w}".replace("+", "_")
 
 
+def train_command(name: str) -> str:
+    """The ``coinfer train fdsp`` command that trains variant ``name`` (:func:`variant_name` inverted)."""
+    m = re.fullmatch(r"fdsp_(.+)_(\d+)x(\d+)_([a-z0-9]+)(?:_([a-z0-9]+))?", name)
+    if m is None:
+        return "coinfer train fdsp --model MODEL --grid RxC --wire WIRE (see coinfer train fdsp --help)"
+    model, r, c, quant, codec = m.groups()
+    wire = "+".join(x for x in ((None if quant == "fp32" else quant), codec) if x) or "raw"
+    return f"coinfer train fdsp --model {model} --grid {r}x{c} --wire {wire}"
+
+
 def base_module(model: str) -> nn.Module:
     """The unpartitioned model: the digits CNN or a zoo model (real weights where the zoo has them)."""
     if model == "digits_cnn":
@@ -177,7 +188,7 @@ def __getattr__(name: str) -> Callable[[], nn.Module]:
 
     def load() -> nn.Module:
         if not p.is_file():
-            raise FdspError(f"no fine-tuned weights {p}; run coinfer train fdsp (see coinfer train fdsp --help)")
+            raise FdspError(f"no fine-tuned weights {p}; train them with: {train_command(name)}")
         meta = json.loads(p.with_suffix(".json").read_text())
         return load_weights(base_module(meta["model"]), p)
 
