@@ -132,3 +132,23 @@ def test_a_worker_bound_beyond_loopback_without_keys_names_the_keys(run_cli) -> 
     assert line.startswith("error: binding tcp://0.0.0.0:7070 beyond loopback needs CURVE keys: coinfer keys"), line
     line = one_line_error(run_cli("worker", "--bind", "tcp://127.0.0.1:7070", "--name", "pi2", timeout=60))
     assert "--keys DIR" in line and "--insecure" in line, line
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["run", "p.json", "-c", "demo4", "--repeat", "0"], "'--repeat'"),
+    (["run"], "Missing argument 'PLAN'"),
+    (["plan", "--bogus"], "No such option: --bogus"),
+    (["train", "exits", "--epochs", "0"], "'--epochs'"),
+])
+def test_typer_s_usage_errors_are_one_line(run_cli, args: list[str], words: str) -> None:
+    """A missing argument, an option out of its range, an unknown option: typer drew a box of
+    several lines; now the same one line as every other mistake, naming the command's --help."""
+    line = one_line_error(run_cli(*args, timeout=60))
+    assert words in line and line.endswith("--help"), line
+
+
+def test_help_and_a_good_command_still_exit_0(run_cli) -> None:
+    r = run_cli("--help", timeout=60)
+    assert r.returncode == 0 and "Usage" in r.stdout
+    r = run_cli("strategies", "--json", timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith(("[", "{"))

@@ -41,7 +41,28 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    build_app()()
+    """The console script: typer's usage errors (a missing argument, an option out of its range, an
+    unknown option) are one line and exit 2 like every other user mistake (typer drew a box of
+    several lines)."""
+    import sys
+
+    try:
+        rv = build_app()(standalone_mode=False)
+    except typer.TyperException as e:  # click's ClickException family (typer vendors click)
+        fmt = getattr(e, "format_message", None)
+        if type(e).__name__ == "NoArgsIsHelpError" or fmt is None:
+            e.show()  # type: ignore[attr-defined]
+        else:
+            ctx = getattr(e, "ctx", None)
+            where = ctx.command_path if ctx is not None else "coinfer"
+            msg = " ".join(str(fmt()).split())
+            typer.echo(f"error: {msg.rstrip('.')}; see {where} --help", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    # an Exit raised by a command comes back as its code; a command's own return value means success
+    sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
