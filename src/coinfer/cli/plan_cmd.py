@@ -68,17 +68,26 @@ def cmd(
     plan = res.plan
     graph = capture_model(model, input_shape).graph
     lowered = lower(plan, graph)
-    costs = load_cost_model(graph, _cluster(cluster), profiles)
+    cl = _cluster(cluster)
+    costs = load_cost_model(graph, cl, profiles)
     sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
     for line in [*objective_notes(strategy, objective),
                  *deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"])]:
         typer.echo(line, err=True)
+    from ..strategies.common import describe_overflows, memory_overflows
+
+    over = memory_overflows(plan, graph, cl)
+    if over:  # the strategies that plan for memory_mb never get here; say it for the others
+        typer.echo(f"warning: {describe_overflows(over)}: {strategy} does not plan for memory_mb (coedge, "
+                   f"offload, neurosurgeon, edgent and auto do)", err=True)
     summary: dict[str, Any] = {"plan_path": str(out), "strategy": strategy, "stages": len(plan.stages),
                                "devices": plan.devices_used(lowered.graph), "predicted": plan.predicted,
                                "info": res.info}
     summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
+    if over:
+        summary["memory_overflows"] = {d: {"weights_mb": round(mb, 3), "memory_mb": lim} for d, (mb, lim) in over.items()}
     if deadline_ms is not None:
         summary["deadline_ms"] = deadline_ms
         summary["deadline_met"] = plan.predicted["latency_ms"] <= deadline_ms

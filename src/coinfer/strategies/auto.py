@@ -31,7 +31,7 @@ from typing import Any
 
 from ..graph.ir import Graph
 from ..plan.plan import Plan, RowPart, Rows, Stage, Whole, Wire
-from .common import split_rows
+from .common import describe_overflows, memory_overflows, split_rows
 from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, info, names, register, run
 
 SKIP_BY_DEFAULT = {"auto", "distredge"}  # distredge trains a policy: opt in with include=[...]
@@ -175,6 +175,13 @@ def plan_auto(req: PlanRequest) -> PlanResult:
     pool = [n for n in names() if (include and n in include) or (not include and n not in SKIP_BY_DEFAULT)]
     cands: list[tuple[float, str, Plan]] = []
     report: dict[str, Any] = {}
+    # memory_mb: a plan that puts more weights on a device than it holds is not a candidate (several
+    # strategies do not plan for it); nothing is computed when the cluster sets none
+    bounded = any(d.memory_mb is not None for d in req.cluster.devices)
+
+    def fits(p: Plan) -> bool:
+        return not bounded or not memory_overflows(p, req.graph, req.cluster)
+
     for name in pool:
         if name in exclude or name == "auto" or not info(name).exact:
             continue
@@ -182,6 +189,10 @@ def plan_auto(req: PlanRequest) -> PlanResult:
                           note=req.note)
         try:
             res = run(name, sub)
+            over = memory_overflows(res.plan, req.graph, req.cluster) if bounded else {}
+            if over:
+                report[name] = {"memory": describe_overflows(over)}
+                continue
             obj, lat, en = _score(req, res.plan, cache)
         except Infeasible as e:
             report[name] = {"infeasible": str(e).splitlines()[0][:200]}
@@ -192,13 +203,17 @@ def plan_auto(req: PlanRequest) -> PlanResult:
         report[name] = {"latency_ms": round(lat, 3), "energy_j": round(en, 5)}
         cands.append((obj, name, res.plan))
     if not cands:
+        short = [k for k, v in report.items() if "memory" in v or "memory_mb" in str(v.get("error", ""))]
+        if short:
+            raise StrategyError(f"auto: no strategy's plan fits the devices' memory_mb ({', '.join(short)} "
+                                f"need more); raise memory_mb in the cluster file or add devices")
         raise Infeasible("no strategy produced a plan for this model and cluster: "
                          + "; ".join(f"{k}: {v}" for k, v in report.items()))
     cands.sort(key=lambda c: c[0])
     speeds = {d: req.cost_model().speed(d) for d in req.devices}
 
-    def score(p: Plan) -> float:
-        return _score(req, p, cache)[0]
+    def score(p: Plan) -> float:  # a refinement that overflows a device's memory is never better
+        return _score(req, p, cache)[0] if fits(p) else float("inf")
 
     best_obj, best_from, best_plan, steps = cands[0][0], cands[0][1], cands[0][2], 0
     for i, (obj, name, plan) in enumerate(cands[:3]):

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..graph.geometry import part_geometry
 from ..graph.ir import OUTPUT, Graph
-from ..plan.plan import RowPart, Rows, Stage, Whole
+from ..plan.plan import Plan, RowPart, Rows, Stage, Whole
 from .registry import PlanRequest, StrategyError
 
 
@@ -16,6 +16,42 @@ def holds_weights(costs: Any, device: str, weight_bytes: int) -> bool:
     strategies' for a part."""
     mem = costs.device(device).memory_mb
     return mem is None or mem * 1e6 - weight_bytes > 0
+
+
+def device_weight_bytes(plan: Plan, graph: Graph) -> dict[str, float]:
+    """Bytes of weights each device of ``plan`` holds to compute its parts — what a worker keeps after
+    its build (:func:`coinfer.runtime.deployment.build`: a ``features`` part holds its slice; a
+    participant of a dynamic stage holds every tile's layers, since it may compute any)."""
+    from ..graph.geometry import weight_share
+    from ..plan.lower import lower
+
+    lowered = lower(plan, graph)
+    out: dict[str, float] = {}
+    for dev in plan.devices:
+        dyn = {s.stage for s in lowered.stages if s.dynamic and dev in s.devices}
+        share: dict[str, float] = {}
+        for (s, p), info in lowered.parts.items():
+            if info.device == dev or s in dyn:
+                for ng in lowered.geoms[(s, p)].nodes:
+                    w = weight_share(graph[ng.name], ng)
+                    share[ng.name] = min(1.0, share.get(ng.name, 0.0) + w) if w < 1.0 else 1.0
+        out[dev] = float(sum(graph[n].param_bytes * f for n, f in share.items() if n in graph))
+    return out
+
+
+def memory_overflows(plan: Plan, graph: Graph, cluster: Any) -> dict[str, tuple[float, float]]:
+    """device -> (MB of weights the plan puts on it, its ``memory_mb``) for every device whose
+    ``memory_mb`` the plan exceeds; {} when the cluster sets no ``memory_mb`` (nothing computed)."""
+    limits = {d.name: d.memory_mb for d in cluster.devices if d.memory_mb is not None and d.name in plan.devices}
+    if not limits:
+        return {}
+    held = device_weight_bytes(plan, graph)
+    return {d: (held.get(d, 0.0) / 1e6, float(mb)) for d, mb in limits.items() if held.get(d, 0.0) > mb * 1e6}
+
+
+def describe_overflows(over: dict[str, tuple[float, float]]) -> str:
+    """``d1 44.8 MB of weights > memory_mb 1, …``"""
+    return ", ".join(f"{d} {mb:.1f} MB of weights > memory_mb {lim:g}" for d, (mb, lim) in sorted(over.items()))
 
 
 def requested_devices(req: PlanRequest) -> list[str] | None:
