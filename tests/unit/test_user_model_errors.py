@@ -72,3 +72,18 @@ def test_module_that_raises_on_import_is_one_line(tmp_path: Path, monkeypatch: p
     msg = str(e.value)
     assert msg.startswith(f"importing {name} (for model {name}:build) raised ") and "\n" not in msg
     assert re.search(want, msg), msg
+
+
+def test_a_module_made_in_forward_is_told_to_move_to_init() -> None:
+    """fx cannot trace a module built inside ``forward``; the hint said 'no data-dependent control
+    flow', which does not apply — it names the fix now."""
+
+    class PadInForward(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.ConstantPad2d((1, 2, 0, 1), 2.0)(x)
+
+    with pytest.raises(GraphError) as e:
+        capture(PadInForward(), (1, 3, 8, 8), "mm3:padval")
+    msg = str(e.value)
+    assert "not installed as a submodule" in msg and "create the module in __init__" in msg, msg
+    assert "control flow" not in msg and "\n" not in msg

@@ -447,10 +447,10 @@ def _trace(model: nn.Module, example: torch.Tensor, what: str) -> torch.fx.Graph
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # noqa: BLE001 - report any tracing failure as a user error
-        raise GraphError(
-            f"torch.fx could not trace {what}: {str(e).splitlines()[0]} — models must be fx-traceable "
-            f"(no data-dependent control flow)"
-        ) from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        fix = ("create the module in __init__ (or call torch.nn.functional in forward)"
+               if "not installed as a submodule" in first else "no data-dependent control flow")
+        raise GraphError(f"torch.fx could not trace {what}: {first} — models must be fx-traceable ({fix})") from None
     propagate_shapes(gm, example, what)
     return gm
 
