@@ -160,3 +160,15 @@ def test_link_probe_fit() -> None:
     assert p.bandwidth_mbps == pytest.approx(100.0) and p.rtt_ms == 2.0
     with pytest.raises(ProfileError, match="two sizes"):
         LinkProbe.fit([1.0], [(10, 1.0), (10, 2.0)])
+
+
+def test_link_probe_fit_ignores_stalled_repeats() -> None:
+    """A repeat that met a stall (a throttled quota period: +8 ms) says nothing about the link: the fit
+    takes each size's fastest transfer. On an unshaped loopback link stalls are larger than the
+    differences between sizes, and the least squares over every repeat turned the slope negative."""
+    # 5 Gbit/s = 625,000 bytes per ms, 0.3 ms of overhead; the largest size stalled once of three
+    sizes = (1024, 1_048_576, 4_194_304)
+    transfers = [(b, 0.3 + b / 625_000) for b in sizes for _ in range(3)]
+    transfers += [(1024, 0.3 + 8.0), (1024, 0.3 + 8.0)]
+    p = LinkProbe.fit([0.2], transfers)
+    assert p.bandwidth_mbps == pytest.approx(5000.0, rel=1e-6)

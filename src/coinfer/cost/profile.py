@@ -108,11 +108,19 @@ class LinkProbe:
         """A probe from ping round trips and one-way transfers ``[(bytes, ms), ...]``.
 
         RTT: the median ping. Bandwidth: the least-squares slope of transfer
-        time against bytes (the intercept absorbs latency and per-message
-        overhead), so use at least two clearly different sizes (e.g. 64 KB and 4 MB).
+        time against bytes over the fastest transfer of each size (the
+        intercept absorbs latency and per-message overhead), so use at least
+        two clearly different sizes (e.g. 64 KB and 4 MB).
         """
         if not rtts_ms or len({b for b, _ in transfers}) < 2:
             raise ProfileError("a link probe needs pings and transfers of at least two sizes")
+        # the fastest of each size's repeats: a transfer that met a stall (a CPU quota's throttled
+        # period, another process) says nothing about the link; on a fast unshaped link such stalls
+        # are larger than the differences between sizes and turned the slope negative
+        best: dict[int, float] = {}
+        for b, t in transfers:
+            best[b] = min(t, best.get(b, t))
+        transfers = sorted(best.items())
         n = len(transfers)
         mx = sum(b for b, _ in transfers) / n
         my = sum(t for _, t in transfers) / n
