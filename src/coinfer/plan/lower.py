@@ -27,7 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..graph.geometry import PartGeom, Region, intersect, is_empty, part_geometry, region_bytes
+from ..graph.geometry import (
+    PartGeom,
+    Region,
+    intersect,
+    is_empty,
+    part_geometry,
+    region_bytes,
+    weight_share,
+)
 from ..graph.ir import Graph
 from .plan import INPUT_TENSOR, Plan, Whole
 
@@ -272,3 +280,18 @@ def lower(plan: Plan, graph: Graph, geoms: dict[tuple[int, int], PartGeom] | Non
             progs[src].append(Instr("recv", S - 1, out_r, d, None, nbytes(S - 1, out_r)))
     progs[src].append(Instr("output", S - 1, full_region(S - 1)))
     return Lowered(plan, g, {d: p for d, p in progs.items() if p}, parts, stages, geoms)
+
+
+def weight_shares(lowered: Lowered, graph: Graph, device: str) -> dict[str, float]:
+    """node -> the share of its weights ``device`` holds to compute its parts of ``lowered``: 1 for a
+    layer it computes (rows, tiles, whole), a slice for a ``features`` part; a participant of a dynamic
+    stage holds every tile's layers (it may compute any). What a worker keeps after its build, and
+    what ``memory_mb`` is checked against."""
+    dyn = {s.stage for s in lowered.stages if s.dynamic and device in s.devices}
+    share: dict[str, float] = {}
+    for (s, p), info in lowered.parts.items():
+        if info.device == device or s in dyn:
+            for ng in lowered.geoms[(s, p)].nodes:
+                w = weight_share(graph[ng.name], ng)
+                share[ng.name] = min(1.0, share.get(ng.name, 0.0) + w) if w < 1.0 else 1.0
+    return share

@@ -27,8 +27,7 @@ from typing import Any
 from ..execute.backends import PartCache
 from ..execute.part import PartRunner
 from ..graph.capture import CapturedModel
-from ..graph.geometry import weight_share
-from ..plan.lower import Instr, Lowered, lower
+from ..plan.lower import Instr, Lowered, lower, weight_shares
 from ..plan.plan import Plan, PlanError
 
 
@@ -131,13 +130,8 @@ def build(dep: str, plan_json: str, device: str, coord: str, seed: int = 0,
     program = lowered.programs.get(device, [])
     cme = cm.for_exit(plan.exit)
     # keep only the state of the nodes this device computes
-    share: dict[str, float] = {}  # node -> share of its weights needed here (features parts: a slice)
+    share = weight_shares(lowered, cme.graph, device)  # node -> share of its weights needed here
     dyn = {s.stage for s in lowered.stages if s.dynamic and device in s.devices}
-    for (s, p), info in lowered.parts.items():
-        if info.device == device or s in dyn:
-            for ng in lowered.geoms[(s, p)].nodes:
-                w = weight_share(cme.graph[ng.name], ng)
-                share[ng.name] = min(1.0, share.get(ng.name, 0.0) + w) if w < 1.0 else 1.0
     mine = set(share)
     cme = cme.restrict(mine)
     weights = sum(cme.graph[n].param_bytes * share[n] for n in mine if n in cme.graph)

@@ -176,11 +176,7 @@ def plan_auto(req: PlanRequest) -> PlanResult:
     cands: list[tuple[float, str, Plan]] = []
     report: dict[str, Any] = {}
     # memory_mb: a plan that puts more weights on a device than it holds is not a candidate (several
-    # strategies do not plan for it); nothing is computed when the cluster sets none
-    bounded = any(d.memory_mb is not None for d in req.cluster.devices)
-
-    def fits(p: Plan) -> bool:
-        return not bounded or not memory_overflows(p, req.graph, req.cluster)
+    # strategies do not plan for it); memory_overflows computes nothing when the cluster sets none
 
     for name in pool:
         if name in exclude or name == "auto" or not info(name).exact:
@@ -189,7 +185,7 @@ def plan_auto(req: PlanRequest) -> PlanResult:
                           note=req.note)
         try:
             res = run(name, sub)
-            over = memory_overflows(res.plan, req.graph, req.cluster) if bounded else {}
+            over = memory_overflows(res.plan, req.graph, req.cluster)
             if over:
                 report[name] = {"memory": describe_overflows(over)}
                 continue
@@ -213,7 +209,7 @@ def plan_auto(req: PlanRequest) -> PlanResult:
     speeds = {d: req.cost_model().speed(d) for d in req.devices}
 
     def score(p: Plan) -> float:  # a refinement that overflows a device's memory is never better
-        return _score(req, p, cache)[0] if fits(p) else float("inf")
+        return float("inf") if memory_overflows(p, req.graph, req.cluster) else _score(req, p, cache)[0]
 
     best_obj, best_from, best_plan, steps = cands[0][0], cands[0][1], cands[0][2], 0
     for i, (obj, name, plan) in enumerate(cands[:3]):

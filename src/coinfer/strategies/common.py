@@ -22,21 +22,11 @@ def device_weight_bytes(plan: Plan, graph: Graph) -> dict[str, float]:
     """Bytes of weights each device of ``plan`` holds to compute its parts — what a worker keeps after
     its build (:func:`coinfer.runtime.deployment.build`: a ``features`` part holds its slice; a
     participant of a dynamic stage holds every tile's layers, since it may compute any)."""
-    from ..graph.geometry import weight_share
-    from ..plan.lower import lower
+    from ..plan.lower import lower, weight_shares
 
     lowered = lower(plan, graph)
-    out: dict[str, float] = {}
-    for dev in plan.devices:
-        dyn = {s.stage for s in lowered.stages if s.dynamic and dev in s.devices}
-        share: dict[str, float] = {}
-        for (s, p), info in lowered.parts.items():
-            if info.device == dev or s in dyn:
-                for ng in lowered.geoms[(s, p)].nodes:
-                    w = weight_share(graph[ng.name], ng)
-                    share[ng.name] = min(1.0, share.get(ng.name, 0.0) + w) if w < 1.0 else 1.0
-        out[dev] = float(sum(graph[n].param_bytes * f for n, f in share.items() if n in graph))
-    return out
+    return {dev: float(sum(graph[n].param_bytes * f for n, f in weight_shares(lowered, graph, dev).items()
+                           if n in graph)) for dev in plan.devices}
 
 
 def memory_overflows(plan: Plan, graph: Graph, cluster: Any) -> dict[str, tuple[float, float]]:
