@@ -73,8 +73,10 @@ def cmd(
     sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
+    alone = _alone(plan, graph, costs) if strategy != "local" else None
     for line in [*objective_notes(strategy, objective),
-                 *deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"])]:
+                 *deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"]),
+                 *_alone_notes(strategy, objective, plan, alone)]:
         typer.echo(line, err=True)
     from ..strategies.common import describe_overflows, memory_overflows
 
@@ -88,6 +90,8 @@ def cmd(
     summary.update({k: v for k, v in plan.predicted.items() if k not in summary})
     if over:
         summary["memory_overflows"] = {d: {"weights_mb": round(mb, 3), "memory_mb": lim} for d, (mb, lim) in over.items()}
+    if alone is not None:
+        summary["alone"] = alone
     if deadline_ms is not None:
         summary["deadline_ms"] = deadline_ms
         summary["deadline_met"] = plan.predicted["latency_ms"] <= deadline_ms
@@ -109,3 +113,34 @@ def cmd(
                     "add --calibrate to measure this host once (≈ 3 s, cached; later plans use it)")
     if show_programs:
         (console(stderr=True) if json_out else console()).print(lowered.text(), markup=False)
+
+
+def _alone(plan: Any, graph: Any, costs: Any) -> dict[str, Any]:
+    """The prediction for the plain model on the plan's source alone (what the user has without coinfer),
+    with the same cost model: ``{"device", "latency_ms", "energy_j"}``."""
+    from dataclasses import replace
+
+    from ..graph.ir import OUTPUT
+    from ..plan.lower import lower
+    from ..plan.plan import Stage, Whole
+    from ..sim import simulate
+
+    one = replace(plan, stages=[Stage(OUTPUT, Whole(plan.source))], exit=None, predicted=None)
+    r = simulate(lower(one, graph), costs)
+    return {"device": plan.source, "latency_ms": round(r.latency_ms, 3), "energy_j": round(r.energy_j, 6)}
+
+
+def _alone_notes(strategy: str, objective: str, plan: Any, alone: dict[str, Any] | None) -> list[str]:
+    """A warning when the plan is predicted worse, on its objective, than the plain model on its source
+    alone (e.g. ``adcnn`` tiling a single device, ``modnn`` over slow links): the strategy's choice, but
+    the user should know before deploying it."""
+    if alone is None:
+        return []
+    key, unit = ("energy_j", "J") if objective == "energy" else ("latency_ms", "ms")
+    mine, theirs = plan.predicted[key], alone[key]
+    if mine <= theirs * 1.05:  # within the cost model's error: no claim either way
+        return []
+    fmt, better = ((lambda v: f"{v:.3f} J"), "less energy") if unit == "J" else ((lambda v: f"{v:.1f} ms"), "faster")
+    return [f"warning: {strategy}'s plan is predicted at {fmt(mine)}, the model alone on {alone['device']} at "
+            f"{fmt(theirs)} ({mine / theirs:.2f}x {better} alone); coinfer plan -s local, or try another "
+            f"strategy (coinfer bench compares them)"]
