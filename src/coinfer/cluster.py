@@ -230,15 +230,16 @@ def parse_cluster(data: Any, where: str = "cluster") -> Cluster:
 
 
 def load_cluster(path: str | Path) -> Cluster:
+    from .paths import read_user_text
+
     p = Path(path)
-    if not p.is_file():
-        raise ClusterError(f"cluster file {str(p)!r} does not exist; name a built-in ({', '.join(BUILTIN)}) "
-                           f"or write one (docs/concepts.md#cluster-file; examples in the repository's configs/)")
+    text = read_user_text(
+        p, what="cluster file", kind="YAML", error=ClusterError,
+        fix=f"give a cluster YAML file (docs/concepts.md#cluster-file) or a built-in ({', '.join(BUILTIN)})",
+        missing=f"name a built-in ({', '.join(BUILTIN)}) or write one (docs/concepts.md#cluster-file; examples "
+                f"in the repository's configs/)")
     try:
-        data = yaml.safe_load(p.read_text())
-    except UnicodeDecodeError:
-        raise ClusterError(f"cluster file {str(p)!r} is not a text (YAML) file — give a cluster YAML file "
-                           f"(docs/concepts.md#cluster-file) or a built-in ({', '.join(BUILTIN)})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

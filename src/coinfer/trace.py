@@ -151,12 +151,11 @@ class Trace:
         (one line: the file, what is wrong, the fix) for a missing, binary or malformed file."""
         p = Path(path)
         fix = "give the trace JSON written by coinfer run or coinfer simulate --trace"
-        if not p.is_file():
-            raise TraceFileError(f"trace file {str(p)!r} does not exist; {fix}")
+        from .paths import read_user_text
+
+        text = read_user_text(p, what="trace file", kind="JSON", fix=fix, error=TraceFileError)
         try:
-            d = json.loads(p.read_text())
-        except UnicodeDecodeError:
-            raise TraceFileError(f"trace file {str(p)!r} is not a text (JSON) file — {fix}") from None
+            d = json.loads(text)
         except json.JSONDecodeError as e:
             raise TraceFileError(f"trace file {str(p)!r} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
         try:

@@ -75,7 +75,7 @@ def test_validation_csv_to_resimulate_that_is_binary_or_other_is_one_line(binary
     from coinfer.sim.validation import CaseResult, read_csv, write_csv
 
     fix = r"give a validation\.csv written by coinfer bench --validate$"
-    with pytest.raises(UserError, match=r"cat\.png is not a text \(CSV\) file — " + fix):
+    with pytest.raises(UserError, match=r"^validation CSV '.*cat\.png' is not a text \(CSV\) file — " + fix):
         read_csv(binary_file)
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match=r"other\.csv has no column 'case'; " + fix):
@@ -86,3 +86,24 @@ def test_validation_csv_to_resimulate_that_is_binary_or_other_is_one_line(binary
     good.write_text(good.read_text().replace(",100.0,", ",fast,"))
     with pytest.raises(UserError, match=r"validation\.csv:2: could not convert string to float: 'fast'; " + fix):
         read_csv(good)
+
+
+def test_every_reader_names_a_folder_or_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    """One helper (``paths.read_user_text``) reads the files users name: a folder given for a plan used to
+    read 'does not exist', for a profile or a bandwidth trace it was an IsADirectoryError traceback."""
+    from coinfer.cost.bandwidth import TraceError, read_trace_csv
+    from coinfer.cost.profile import DeviceProfile, ProfileError
+    from coinfer.errors import UserError
+    from coinfer.sim.validation import read_csv
+    from coinfer.trace import Trace
+
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    readers = [(Plan.load, PlanError, "plan file", "JSON"), (load_cluster, ClusterError, "cluster file", "YAML"),
+               (DeviceProfile.load, ProfileError, "profile", "JSON"), (read_trace_csv, TraceError, "bandwidth trace", "CSV"),
+               (Trace.load, UserError, "trace file", "JSON"), (read_csv, UserError, "validation CSV", "CSV")]
+    for load, error, what, kind in readers:
+        with pytest.raises(error, match=rf"^{what} '.*adir' is a folder, not a {kind} file; \w"):
+            load(folder)
+        with pytest.raises(error, match=rf"^{what} '.*nope' does not exist; \w"):
+            load(tmp_path / "nope")

@@ -141,6 +141,6 @@ def _alone_notes(strategy: str, objective: str, plan: Any, alone: dict[str, Any]
     if mine <= theirs * 1.05:  # within the cost model's error: no claim either way
         return []
     fmt, better = ((lambda v: f"{v:.3f} J"), "less energy") if unit == "J" else ((lambda v: f"{v:.1f} ms"), "faster")
-    return [f"warning: {strategy}'s plan is predicted at {fmt(mine)}, the model alone on {alone['device']} at "
-            f"{fmt(theirs)} ({mine / theirs:.2f}x {better} alone); coinfer plan -s local, or try another "
-            f"strategy (coinfer bench compares them)"]
+    return [(f"warning: {strategy}'s plan is predicted at {fmt(mine)}, the model alone on {alone['device']} at "
+             f"{fmt(theirs)} ({mine / theirs:.2f}x {better} alone); coinfer plan -s local, or try another "
+             f"strategy (coinfer bench compares them)")]

@@ -33,15 +33,11 @@ class TraceError(ClusterError, UserError):
 def read_trace_csv(path: str | Path) -> list[tuple[float, float]]:
     """The ``(t_s, mbps)`` rows of a trace CSV (see the module docstring); :class:`TraceError` for a
     bad file. The one reader of the format: the cost model, Edgent and the runtime's link shaper."""
+    from ..paths import read_user_text
+
     p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise TraceError(f"{p}: cannot read the bandwidth trace ({e.strerror or e}); give a CSV of "
-                         f"t_s,mbps rows") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"bandwidth trace {str(p)!r} is not a text (CSV) file — give a CSV of t_s,mbps rows "
-                         f"(e.g. configs/traces/wifi.csv)") from None
+    text = read_user_text(p, what="bandwidth trace", kind="CSV", error=TraceError,
+                          fix="give a CSV of t_s,mbps rows (e.g. configs/traces/wifi.csv)")
     rows: list[tuple[float, float]] = []
     first = True  # the first non-blank line may be a header such as "t_s,mbps"
     for lineno, raw in enumerate(text.splitlines(), 1):

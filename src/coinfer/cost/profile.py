@@ -280,14 +280,14 @@ class DeviceProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> DeviceProfile:
+        from ..paths import read_user_text
+
         p = Path(path)
+        text = read_user_text(p, what="profile", kind="JSON", error=ProfileError,
+                              fix="give a directory of the <device>.json files coinfer profile writes",
+                              missing="create it with coinfer profile")
         try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise ProfileError(f"profile {str(p)!r} does not exist; create it with coinfer profile") from None
-        except UnicodeDecodeError:
-            raise ProfileError(f"profile {str(p)!r} is not a text (JSON) file — give a directory of the "
-                               f"<device>.json files coinfer profile writes") from None
+            d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ProfileError(f"profile {str(p)!r} is not valid JSON ({e.msg}, line {e.lineno}); "
                                f"re-run coinfer profile") from None

@@ -317,15 +317,11 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        p = Path(path)
-        if not p.is_file():
-            raise PlanError(f"plan file {str(p)!r} does not exist; create one with coinfer plan")
-        try:
-            text = p.read_text()
-        except UnicodeDecodeError:
-            raise PlanError(f"plan file {str(p)!r} is not a text (JSON) file — give the plan written by "
-                            "coinfer plan") from None
-        return cls.from_json(text)
+        from ..paths import read_user_text
+
+        return cls.from_json(read_user_text(path, what="plan file", kind="JSON", error=PlanError,
+                                            fix="give the plan written by coinfer plan",
+                                            missing="create one with coinfer plan"))
 
     def save(self, path: str | Path) -> None:
         write_text(path, self.to_json() + "\n")

@@ -24,6 +24,7 @@ functions; importing this module is light):
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import statistics
@@ -350,23 +351,22 @@ def read_csv(path: str | Path) -> list[CaseResult]:
     """The cases of a ``validation.csv`` written by :func:`write_csv`; :class:`UserError` (one line: the
     file, the row, the fix) for a binary file or one with other columns or values."""
     fix = "give a validation.csv written by coinfer bench --validate"
+    from ..paths import read_user_text
+
+    text = read_user_text(path, what="validation CSV", kind="CSV", fix=fix, error=UserError)
     out = []
-    try:
-        with open(path, newline="") as f:
-            for n, r in enumerate(csv.DictReader(f), 2):
-                try:
-                    out.append(CaseResult(
-                        r["case"], r["model"], r["kind"], r["cluster"], float(r["mbps"]), int(r["stages"]),
-                        int(r["devices"]), float(r["predicted_ms"]), float(r["measured_ms"]), float(r["error"]),
-                        float(r["predicted_energy_j"]), float(r["measured_energy_j"]), int(r["predicted_bytes"]),
-                        int(r["measured_bytes"]), float(r["ideal_ms"]), [float(v) for v in r["runs_ms"].split()],
-                        float(r["load"]), r.get("energy_source") or "model"))
-                except KeyError as e:
-                    raise UserError(f"{path} has no column {e.args[0]!r}; {fix}") from None
-                except (AttributeError, TypeError, ValueError) as e:
-                    raise UserError(f"{path}:{n}: {e}; {fix}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text (CSV) file — {fix}") from None
+    for n, r in enumerate(csv.DictReader(io.StringIO(text, newline="")), 2):
+        try:
+            out.append(CaseResult(
+                r["case"], r["model"], r["kind"], r["cluster"], float(r["mbps"]), int(r["stages"]),
+                int(r["devices"]), float(r["predicted_ms"]), float(r["measured_ms"]), float(r["error"]),
+                float(r["predicted_energy_j"]), float(r["measured_energy_j"]), int(r["predicted_bytes"]),
+                int(r["measured_bytes"]), float(r["ideal_ms"]), [float(v) for v in r["runs_ms"].split()],
+                float(r["load"]), r.get("energy_source") or "model"))
+        except KeyError as e:
+            raise UserError(f"{path} has no column {e.args[0]!r}; {fix}") from None
+        except (AttributeError, TypeError, ValueError) as e:
+            raise UserError(f"{path}:{n}: {e}; {fix}") from None
     return out
 
 

@@ -425,10 +425,11 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
             raise StrategyError(f"policy {policy}: need the .zip and its .json next to it; train one with "
                                 f"coinfer train distredge --model {req.model} --cluster CLUSTER")
         fix = f"give the .zip that coinfer train distredge --model {req.model} wrote (its .json beside it)"
+        from ..paths import read_user_text
+
+        text = read_user_text(mpath, what=f"policy {policy}: description", kind="JSON", fix=fix, error=StrategyError)
         try:
-            meta = json.loads(mpath.read_text())
-        except UnicodeDecodeError:
-            raise StrategyError(f"policy {policy}: {mpath} is not a text (JSON) file — {fix}") from None
+            meta = json.loads(text)
         except json.JSONDecodeError as e:
             raise StrategyError(f"policy {policy}: {mpath} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
         if not isinstance(meta, dict):
