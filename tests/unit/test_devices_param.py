@@ -44,7 +44,7 @@ def test_requested_devices_parses_strings_and_lists(graph: Graph, given: object)
 def test_requested_devices_refuses_unknown_names_in_one_line(graph: Graph) -> None:
     with pytest.raises(StrategyError) as e:
         requested_devices(_req(graph, devices="d1,d9,d9"))
-    assert str(e.value) == "--param devices: unknown d9; cluster devices are d0, d1, d2, d3"
+    assert str(e.value) == "--param devices: unknown device d9; known: d0, d1, d2, d3"
     with pytest.raises(StrategyError, match="device names separated by commas"):
         requested_devices(_req(graph, devices=3))
 
@@ -71,5 +71,5 @@ def test_cli_even_devices(tmp_path: Path) -> None:
     r = runner.invoke(build_app(), ["plan", "-m", MODEL, "-c", CLUSTER, "-s", "even", "-p", "devices=d1,x",
                                     "-o", str(out)])
     assert r.exit_code == 2
-    assert "unknown x; cluster devices are d0, d1, d2, d3" in r.output
+    assert "unknown device x; known: d0, d1, d2, d3" in r.output
     assert "Traceback" not in r.output

@@ -23,7 +23,6 @@ much the refinement gained.
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,7 +30,7 @@ from typing import Any
 
 from ..graph.ir import Graph
 from ..plan.plan import Plan, RowPart, Rows, Stage, Whole, Wire
-from .common import describe_overflows, memory_overflows, split_rows
+from .common import describe_overflows, memory_overflows, name_list, split_rows
 from .registry import Infeasible, PlanRequest, PlanResult, StrategyError, info, names, register, run
 
 SKIP_BY_DEFAULT = {"auto", "distredge"}  # distredge trains a policy: opt in with include=[...]
@@ -144,21 +143,10 @@ def _strategy_names(v: object, key: str) -> list[str] | None:
     (it used to be ignored: ``include=foo`` then found no plan, ``exclude=foo`` excluded nothing)."""
     if v is None:
         return None
-    if isinstance(v, str):
-        items = [w.strip() for w in v.split(",") if w.strip()]
-    elif isinstance(v, (list, tuple)):
-        items = [str(w).strip() for w in v]
-    else:
-        raise StrategyError(f"--param {key}={v!r}: give strategy names separated by commas, e.g. {key}=even,coedge")
-    known = names()
-    bad = list(dict.fromkeys(n for n in items if n not in known))
-    if bad:
-        hints = [f"{b} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(b, known, n=1, cutoff=0.6)) else b
-                 for b in bad]
-        raise StrategyError(f"--param {key}: unknown strategy {', '.join(hints)}; known: {', '.join(known)}")
+    items = name_list(v, key, names(), "strategy")
     if key == "include" and not items:
         raise StrategyError("--param include is empty; name strategies, e.g. include=even,coedge")
-    return list(dict.fromkeys(items))
+    return items
 
 
 @register("auto", summary="every exact strategy scored by the simulator, then refined by local search",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from ..graph.geometry import part_geometry
@@ -44,6 +45,25 @@ def describe_overflows(over: dict[str, tuple[float, float]]) -> str:
     return ", ".join(f"{d} {mb:.1f} MB of weights > memory_mb {lim:g}" for d, (mb, lim) in sorted(over.items()))
 
 
+def name_list(v: object, key: str, known: list[str], what: str) -> list[str]:
+    """A ``--param KEY=`` list of names (``what``: "device", "strategy"): comma-separated (``a,b``, as the
+    CLI passes it) or a list, duplicates collapsed, in the given order; an unknown name is a StrategyError
+    naming it, a close match and the ``known`` ones."""
+    if isinstance(v, str):
+        items = [w.strip() for w in v.split(",") if w.strip()]
+    elif isinstance(v, (list, tuple)):
+        items = [str(w).strip() for w in v]
+    else:
+        raise StrategyError(f"--param {key}={v!r}: give {what} names separated by commas, "
+                            f"e.g. {key}={','.join(known[:2])}")
+    bad = list(dict.fromkeys(n for n in items if n not in known))
+    if bad:
+        hints = [f"{b} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(b, known, n=1, cutoff=0.6)) else b
+                 for b in bad]
+        raise StrategyError(f"--param {key}: unknown {what} {', '.join(hints)}; known: {', '.join(known)}")
+    return list(dict.fromkeys(items))
+
+
 def requested_devices(req: PlanRequest) -> list[str] | None:
     """The devices ``--param devices=`` allows, or None when it is not given: the one parser of that
     parameter for every strategy.
@@ -57,17 +77,7 @@ def requested_devices(req: PlanRequest) -> list[str] | None:
     if want is None:
         return None
     names = req.cluster.names
-    if isinstance(want, str):
-        items = [w.strip() for w in want.split(",") if w.strip()]
-    elif isinstance(want, (list, tuple)):
-        items = [str(w).strip() for w in want]
-    else:
-        raise StrategyError(f"--param devices={want!r}: give device names separated by commas, "
-                            f"e.g. devices={','.join(names[:2])}")
-    unknown = list(dict.fromkeys(d for d in items if d not in names))
-    if unknown:
-        raise StrategyError(f"--param devices: unknown {', '.join(unknown)}; cluster devices are {', '.join(names)}")
-    keep = set(items) | {req.source}
+    keep = set(name_list(want, "devices", names, "device")) | {req.source}
     return [d for d in names if d in keep]
 
 
