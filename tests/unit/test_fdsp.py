@@ -161,3 +161,30 @@ def test_missing_fine_tuned_model_names_the_full_train_command() -> None:
         assert fd.train_command(name) == f"coinfer train fdsp --model efficientnet_lite0 --grid 2x3 --wire {opt}"
     with pytest.raises(fd.FdspError, match=r"coinfer train fdsp --model digits_cnn --grid 7x5 --wire int8c\+zstd$"):
         fd.fdsp_digits_cnn_7x5_int8c_zstd()
+
+
+def test_base_cnn_cache_follows_base_epochs_and_seed(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--base-epochs`` did nothing once a base was cached, and a 1-epoch base, once cached, served every
+    later run and plan. The cache now records how it was trained: a run asking for other epochs or another
+    seed trains its own base; a reduced one (fewer than 25 epochs) does not replace a full one."""
+    real = fdsp.load_digits
+    monkeypatch.setattr(fdsp, "load_digits", lambda seed=0: tuple(t[:64] for t in real(seed)))  # fast
+    p = fdsp._weights_path("digits_cnn")
+    fdsp.train_digits_base(epochs=2)
+    assert json.loads(p.with_suffix(".json").read_text()) == {"epochs": 2, "seed": 0}
+    two = p.read_bytes()
+    fdsp.train_digits_base(epochs=2)  # the same request: loaded, not retrained
+    assert p.read_bytes() == two
+    calls = []
+    monkeypatch.setattr(fdsp, "save_weights", lambda m, path: calls.append(path) or None)
+    fdsp.train_digits_base(epochs=3)  # another budget: trained (and, over a reduced cache, saved)
+    assert calls == [p]
+    p.with_suffix(".json").write_text(json.dumps({"epochs": 25, "seed": 0}))  # as if full
+    calls.clear()
+    fdsp.train_digits_base(epochs=1)  # reduced over full: trained, not saved
+    fdsp.train_digits_base(epochs=25, seed=0)  # the cached one: loaded
+    assert calls == []
+    fdsp.train_digits_base(epochs=1, force=True)
+    assert calls == [p]
+    p.with_suffix(".json").unlink()  # a checkpoint from before the record: the default run
+    assert fdsp._cached_base(p) == {"epochs": fdsp.BASE_EPOCHS, "seed": 0}

@@ -20,7 +20,7 @@ def cmd(
     grid: str = typer.Option(..., "--grid", "-g", help="FDSP tiles, RxC (e.g. 2x2); the same grid as the plan"),
     wire: str = typer.Option("int4", "--wire", help="quantisation in the loop: int4 (ADCNN), int8, int8c, raw, ..."),
     epochs: int = typer.Option(12, "--epochs", min=1, help="digits: fine-tuning epochs"),
-    base_epochs: int = typer.Option(25, "--base-epochs", min=1, help="digits: epochs of the unpartitioned model (cached)"),
+    base_epochs: int = typer.Option(25, "--base-epochs", min=1, help="digits: epochs of the unpartitioned model (cached per epochs and seed; below 25 is reduced)"),
     steps: int = typer.Option(150, "--steps", min=1, help="distillation: optimiser steps"),
     batch: int = typer.Option(8, "--batch", min=1, help="distillation: images per step"),
     lr: float = typer.Option(None, "--lr", help="learning rate (digits 5e-4, distillation 2e-5)"),

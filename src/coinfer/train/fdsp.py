@@ -59,7 +59,7 @@ from ..errors import UserError
 from ..graph.capture import CapturedModel, capture
 from ..graph.geometry import PartGeom, part_geometry
 from ..graph.ir import Graph
-from ..paths import cache_dir
+from ..paths import cache_dir, write_text
 from ..plan.plan import Grid, Plan, Whole, Wire
 
 Tensor = torch.Tensor
@@ -495,16 +495,41 @@ def _accuracy(fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, batch: int =
     return correct / max(1, len(y))
 
 
-def train_digits_base(epochs: int = 25, seed: int = 0, progress: Progress | None = None,
+#: the unpartitioned digits CNN's full training budget (``--base-epochs``' default)
+BASE_EPOCHS = 25
+
+
+def _base_meta_path() -> Path:
+    return _weights_path("digits_cnn").with_suffix(".json")
+
+
+def _cached_base(p: Path) -> dict[str, Any] | None:
+    """How the cached digits CNN was trained (``{"epochs", "seed"}``), None when there is none. A checkpoint
+    from before this record was the default run (25 epochs, seed 0)."""
+    if not p.is_file():
+        return None
+    try:
+        meta = json.loads(_base_meta_path().read_text())
+        return {"epochs": int(meta["epochs"]), "seed": int(meta["seed"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"epochs": BASE_EPOCHS, "seed": 0}
+
+
+def train_digits_base(epochs: int = BASE_EPOCHS, seed: int = 0, progress: Progress | None = None,
                       force: bool = False, limit: int | None = None) -> tuple[nn.Module, float]:
     """Train (or load) the unpartitioned digits CNN; returns it and its test accuracy.
 
-    ``limit``: train on the first ``limit`` training images only (tests).
+    The cached CNN is used when it was trained with the same ``epochs`` and ``seed`` (it used to be used
+    whatever they were: ``--base-epochs`` did nothing once a base was cached, and a 1-epoch base, once
+    cached, served every later run and plan). Otherwise it is trained; the result replaces the cached one
+    unless it is a reduced run (``epochs`` below :data:`BASE_EPOCHS` over a full-budget cache, without
+    ``force``) — ``limit`` (tests: the first ``limit`` training images) is never saved over a cache.
     """
     p = _weights_path("digits_cnn")
     xtr, ytr, xte, yte = load_digits(seed)
     xtr, ytr = xtr[:limit], ytr[:limit]
-    if p.is_file() and not force:
+    cached = _cached_base(p)
+    if cached == {"epochs": epochs, "seed": seed} and not force:
         m = load_weights(DigitsCNN(), p)
         return m, _accuracy(m, xte, yte)
     torch.manual_seed(seed)
@@ -525,7 +550,11 @@ def train_digits_base(epochs: int = 25, seed: int = 0, progress: Progress | None
         if progress is not None:
             progress("base", ep + 1, epochs, {"loss": float(loss.detach())})
     m.eval()
-    save_weights(m, p)
+    limited = limit is not None and limit < len(load_digits(seed)[1])
+    reduced = cached is not None and cached["epochs"] >= BASE_EPOCHS and epochs < BASE_EPOCHS
+    if not (limited and cached is not None) and (force or not reduced):
+        save_weights(m, p)
+        write_text(_base_meta_path(), json.dumps({"epochs": epochs, "seed": seed}) + "\n")
     return m, _accuracy(m, xte, yte)
 
 
@@ -535,7 +564,7 @@ DISTILL_STEPS = 150
 
 
 def finetune_digits(grid: tuple[int, int], wire: Wire = INT4, epochs: int = DIGITS_EPOCHS,
-                    base_epochs: int = 25, lr: float = 5e-4, seed: int = 0, head: Any = "auto",
+                    base_epochs: int = BASE_EPOCHS, lr: float = 5e-4, seed: int = 0, head: Any = "auto",
                     until: str | None = None, progress: Progress | None = None,
                     save: bool = True, limit: int | None = None, force: bool = False) -> FdspReport:
     """Fine-tune the digits CNN with FDSP (and the wire's quantisation) in the loop.
@@ -547,7 +576,7 @@ def finetune_digits(grid: tuple[int, int], wire: Wire = INT4, epochs: int = DIGI
     lay = layout_for(capture(DigitsCNN().eval(), DIGITS_SHAPE, DIGITS_SPEC).graph, grid, wire, head, until)
     base, acc_plain = train_digits_base(base_epochs, seed, progress, limit=limit)
     xtr, ytr, xte, yte = load_digits(seed)
-    reduced = epochs < DIGITS_EPOCHS or (limit is not None and limit < len(ytr))
+    reduced = epochs < DIGITS_EPOCHS or base_epochs < BASE_EPOCHS or (limit is not None and limit < len(ytr))
     xtr, ytr, xte, yte = xtr[:limit], ytr[:limit], xte[:limit], yte[:limit]
     acc_plain = _accuracy(base, xte, yte)
     student = copy.deepcopy(base)
