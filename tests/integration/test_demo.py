@@ -20,7 +20,7 @@ def test_demo_classifies_the_cat_identically_and_faster(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     assert res["strategy"] == "auto" and res["identical_top5"], res
-    assert res["top5_distributed"][0][0] == "Egyptian cat"
+    assert res["top5_distributed"][0][0] == "Egyptian cat" and res["weights"] == "trained"
     assert res["rel"] <= 1e-4
     assert len(res["devices_used"]) >= 2  # it did distribute
     # the point of the demo: the weak source gets its answer faster with help (same run, a ratio)
@@ -38,5 +38,6 @@ def test_demo_with_time_dilation(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     assert set(res["cpu_modes"].values()) == {"dilate"}, res["cpu_modes"]
+    assert res["weights"] == "random (seeded)"  # its labels mean nothing: the text output says so
     assert res["identical_top5"] and res["rel"] <= 1e-4
     assert res["speedup"] > 1.0, res

@@ -105,6 +105,7 @@ def cmd(
     assert tr is not None
     diff, rel = compare(y2, y1)
     labels = zoo.imagenet_labels() if y1.shape[-1] == 1000 else None
+    random_weights = model in zoo.names() and zoo.entry(model).weights == "seed"
 
     def top5(y: torch.Tensor) -> list[tuple[str, float]]:
         p = torch.softmax(y.flatten(), 0)
@@ -123,7 +124,7 @@ def cmd(
         "identical_top5": [a for a, _ in t1] == [b for b, _ in t2], "max_abs_diff": diff, "rel": rel,
         "latency_single_ms": round(m1, 2), "latency_ms": round(m2, 2), "speedup": round(m1 / m2, 3),
         "busy_ms": summ["busy_ms"], "bytes_moved": summ["bytes_moved"], "energy_j": summ["energy_j"],
-        "backends": backends,
+        "backends": backends, "weights": "random (seeded)" if random_weights else "trained",
         "gantt": str(out / "gantt.png"), "trace": str(out / "trace.json"),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -134,9 +135,12 @@ def cmd(
         used = split.devices_used_names()
         c.print(f"[bold]{model}[/] on [bold]{image}[/]: {strategy} plan"
                 + (f" (from {base})" if strategy == "auto" and base else "")
-                + f", {len(split.stages)} stages on {', '.join(used)} of "
+                + f", {len(split.stages)} stage{'s' if len(split.stages) != 1 else ''} on {', '.join(used)} of "
                 + ", ".join(f"{d.name} ({d.cpu_share} cpu)" for d in cl.devices)
                 + f"; {cl.network.bandwidth_mbps:g} Mbit/s links; cpu limits: {sorted(set(modes.values()))}")
+        if random_weights:
+            c.print(f"  ({model} has seeded random weights in the zoo: the labels mean nothing, the comparison "
+                    f"does; efficientnet_lite0 has real ImageNet weights)")
         c.print("  top-5 on the source device alone : " + "; ".join(f"{n} {p:.1%}" for n, p in t1))
         c.print("  top-5 distributed                 : " + "; ".join(f"{n} {p:.1%}" for n, p in t2))
         c.print(f"  identical: [bold]{'yes' if result['identical_top5'] else 'NO'}[/]; "
