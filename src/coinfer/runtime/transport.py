@@ -146,6 +146,23 @@ def _sender_name(rid: bytes) -> str:
         return rid.decode("utf-8", "backslashreplace")
 
 
+def _next(inbox: queue.SimpleQueue[Any], timeout_ms: int | None) -> Any:
+    """An endpoint's next inbox item: None after ``timeout_ms`` (None: wait; ≤ 0: do not wait) or once
+    the endpoint is closed (a None in the inbox, put back for the next reader)."""
+    try:
+        if timeout_ms is None:
+            item = inbox.get()
+        elif timeout_ms <= 0:
+            item = inbox.get_nowait()
+        else:
+            item = inbox.get(timeout=timeout_ms / 1e3)
+    except queue.Empty:
+        return None
+    if item is None:
+        inbox.put(None)
+    return item
+
+
 def _nbytes(frames: Sequence[Any]) -> int:
     return sum(memoryview(f).nbytes for f in frames)
 
@@ -328,19 +345,8 @@ class ZmqEndpoint:
 
     def recv(self, timeout_ms: int | None = None) -> Message | BadMessage | None:
         """The next inbound message (None after ``timeout_ms``, or once closed)."""
-        if self._closed:
-            return None
-        try:
-            if timeout_ms is None:
-                item = self._inbox.get()
-            elif timeout_ms <= 0:
-                item = self._inbox.get_nowait()
-            else:
-                item = self._inbox.get(timeout=timeout_ms / 1e3)
-        except queue.Empty:
-            return None
-        if item is None:  # closed
-            self._inbox.put(None)
+        item = None if self._closed else _next(self._inbox, timeout_ms)
+        if item is None:
             return None
         with self._lock:
             self._inbox_n -= 1
@@ -936,19 +942,8 @@ class InProcEndpoint:
         self._inbox.put((sender, frames))
 
     def recv(self, timeout_ms: int | None = None) -> Message | BadMessage | None:
-        if self._closed:
-            return None
-        try:
-            if timeout_ms is None:
-                item = self._inbox.get()
-            elif timeout_ms <= 0:
-                item = self._inbox.get_nowait()
-            else:
-                item = self._inbox.get(timeout=timeout_ms / 1e3)
-        except queue.Empty:
-            return None
+        item = None if self._closed else _next(self._inbox, timeout_ms)
         if item is None:
-            self._inbox.put(None)
             return None
         sender, frames = item
         self.stats.received += 1
