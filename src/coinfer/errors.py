@@ -9,8 +9,27 @@
 """
 
 
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+
 class UserError(ValueError):
     pass
+
+
+def check_keys(d: Any, allowed: AbstractSet[str], where: str, required: AbstractSet[str] = frozenset(), *,
+               error: Callable[[str], Exception] = UserError) -> None:
+    """``d`` is a JSON object with only ``allowed`` keys and every ``required`` one; else ``error(line)``
+    naming ``where`` (e.g. ``stages[0]``) and the fields (the plan and profile readers' check)."""
+    if not isinstance(d, dict):
+        raise error(f"{where} must be a JSON object, got {type(d).__name__}")
+    extra = set(d) - set(allowed)
+    if extra:
+        raise error(f"unknown field(s) {sorted(extra)} in {where}; allowed: {sorted(allowed)}")
+    missing = set(required) - set(d)
+    if missing:
+        raise error(f"missing field(s) {sorted(missing)} in {where}")
 
 
 class SetupError(Exception):

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, check_keys
 from ..graph.ir import Graph
 from ..paths import write_text
 from .calibration import HostCalibration
@@ -73,14 +73,7 @@ class ProfileError(UserError):
 
 
 def _check_keys(d: Any, allowed: set[str], where: str, required: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    if not isinstance(d, dict):
-        raise ProfileError(f"{where} must be a JSON object, got {type(d).__name__}")
-    extra = set(d) - allowed
-    if extra:
-        raise ProfileError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(allowed)}")
-    missing = required - set(d)
-    if missing:
-        raise ProfileError(f"{where}: missing field(s) {sorted(missing)}")
+    check_keys(d, allowed, where, required, error=ProfileError)
 
 
 def _chain(v: Any, where: str) -> float:

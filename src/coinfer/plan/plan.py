@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import check_keys
 from ..graph.geometry import HALO_MODES, Region, feature_region, features_layer
 from ..graph.ir import OUTPUT, Graph, GraphError
 from ..paths import write_text
@@ -39,14 +40,7 @@ class PlanError(ValueError):
 
 
 def _check_keys(d: Any, allowed: set[str], where: str, required: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    if not isinstance(d, dict):
-        raise PlanError(f"{where} must be a JSON object, got {type(d).__name__}")
-    extra = set(d) - allowed
-    if extra:
-        raise PlanError(f"unknown field(s) {sorted(extra)} in {where}; allowed: {sorted(allowed)}")
-    missing = required - set(d)
-    if missing:
-        raise PlanError(f"missing field(s) {sorted(missing)} in {where}")
+    check_keys(d, allowed, where, required, error=PlanError)
 
 
 def _int_pair(v: Any, where: str) -> tuple[int, int]:
