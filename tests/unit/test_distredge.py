@@ -384,3 +384,16 @@ def test_emulated_profiles_notes_each_device_it_starts(captured, cache: Path,  #
     with pytest.raises(RuntimeError, match="profiling d"):
         T.emulated_profiles(cl, MODEL, captured(MODEL).graph, note=notes.append)
     assert notes and all(n.startswith(f"profiling {MODEL} on d") for n in notes), notes
+
+
+def test_policy_cache_keeps_its_key_for_model_names_with_dots(cache: Path) -> None:
+    """QA: the cache file was ``stem.with_suffix('.zip')``, which for ``m/big.onnx`` (stem
+    ``m_big.onnx-KEY``) or ``pkg.mod:fn`` replaced the key: one policy then served every cluster, cost
+    table and ``--train-episodes`` of that model."""
+    from coinfer.train.distredge import policy_paths
+
+    for model in ("m/big.onnx", "pkg.mod:fn", "resnet18"):
+        z, j = policy_paths(model, "abc123")
+        assert z.name.endswith("-abc123.zip") and j.name.endswith("-abc123.json"), (model, z)
+        assert z.parent == j.parent == cache / "distredge"
+    assert policy_paths("m/big.onnx", "k1")[0] != policy_paths("m/big.onnx", "k2")[0]

@@ -378,6 +378,16 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def policy_paths(model: str, key: str) -> tuple[Path, Path]:
+    """The cached policy (``.zip``) and its description (``.json``) for ``model`` and the cache ``key``
+    (cluster, costs, volumes, settings): ``<model>-<key>.zip``. (``with_suffix`` on that stem dropped the
+    key of every model name with a dot — ``m/big.onnx`` → ``m_big.zip``, ``pkg.mod:fn`` → ``pkg.zip`` —
+    so one policy served every cluster and setting.)"""
+    stem = f"{_safe(model)}-{key}"
+    base = cache_dir("distredge")
+    return base / f"{stem}.zip", base / f"{stem}.json"
+
+
 def check_policy_meta(meta: dict[str, Any], req: PlanRequest, path: str) -> None:
     """Refuse a policy trained for another cluster or model (exit 2 with the fix)."""
     retrain = f"coinfer plan -m {req.model} -c CLUSTER -s distredge --param retrain=true (or drop --param policy)"
@@ -414,9 +424,7 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
               "volumes": len(boundaries)}
     env = DistrEdgeEnv(req, costs, boundaries, tail, wire, params, shaping)
     key = _key(req, costs, boundaries, tail, settings)
-    base = cache_dir("distredge")
-    stem = base / f"{_safe(req.model)}-{key}"
-    zpath, mpath = stem.with_suffix(".zip"), stem.with_suffix(".json")
+    zpath, mpath = policy_paths(req.model, key)
     trained = False
     if policy:
         zpath = Path(policy)
