@@ -47,14 +47,19 @@ class ModelSource:
     display: str
 
 
+def is_onnx(spec: str) -> bool:
+    """An ``.onnx`` file (any case of the extension: ``Net.ONNX`` was taken for an unknown zoo name)."""
+    return spec.lower().endswith(".onnx")
+
+
 def is_import_path(spec: str) -> bool:
-    return ":" in spec and not spec.endswith(".onnx") and "/" not in spec.split(":")[0]
+    return ":" in spec and not is_onnx(spec) and "/" not in spec.split(":")[0]
 
 
 def load_module(spec: str, input_shape: Any = None, seed: int = 0) -> ModelSource:
     """Build the ``nn.Module`` for ``spec`` (eval mode) and its input shape."""
     shape = parse_shape(input_shape)
-    if spec.endswith(".onnx"):
+    if is_onnx(spec):
         from .onnx_import import load_onnx
 
         mod, onnx_shape = load_onnx(spec, shape)
@@ -140,13 +145,33 @@ def _call_factory(fn: Any, spec: str, seed: int = 0) -> Any:
         raise ModelError(f"model factory {spec} raised {_describe(e)}") from None
 
 
-_CACHE: dict[tuple[str, tuple[int, ...] | None, int], CapturedModel] = {}
+_CACHE: dict[tuple[str, tuple[int, ...] | None, int, Any], CapturedModel] = {}
+
+
+def _file_identity(spec: str) -> Any:
+    """What changes when an ``.onnx`` file (or its external data) is rewritten: a capture memoised for
+    the old file is not served for the new one (a notebook that re-exported ``model.onnx`` planned and
+    verified the old network)."""
+    if not is_onnx(spec):
+        return None
+    p = Path(spec)
+    out = []
+    sidecars = sorted(p.parent.glob(p.name + ".*")) if p.parent.is_dir() else []
+    for f in (p, *sidecars):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((f.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def capture_model(spec: str, input_shape: Any = None, seed: int = 0) -> CapturedModel:
-    """Load and capture ``spec`` (memoised per process: workers and CLI reuse it)."""
+    """Load and capture ``spec`` (memoised per process: workers and CLI reuse it; an ``.onnx`` file
+    is captured again when it changed)."""
     shape = parse_shape(input_shape)
-    key = (spec, shape, seed)
+    ident = _file_identity(spec)
+    key = (spec, shape, seed, ident)
     cm = _CACHE.get(key)
     if cm is None:
         from .graph.capture import capture
@@ -156,5 +181,5 @@ def capture_model(spec: str, input_shape: Any = None, seed: int = 0) -> Captured
         _CACHE[key] = cm
         if shape is None:  # asked for again with its own input shape (a plan's model.input_shape, as
             # re-planning after a device died does), it is the same capture
-            _CACHE[(spec, tuple(src.input_shape), seed)] = cm
+            _CACHE[(spec, tuple(src.input_shape), seed, ident)] = cm
     return cm

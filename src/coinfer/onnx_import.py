@@ -967,8 +967,9 @@ def _static_shape(
             )
         if any(d is not None and d != v for d, v in zip(dims, g)):
             raise ModelError(
-                f"--input-shape {','.join(map(str, g))} contradicts the ONNX input "
-                f"{name!r} of shape [{shown}]"
+                f"input shape {','.join(map(str, g))} (--input-shape, or the plan's model.input_shape) "
+                f"contradicts the ONNX input {name!r} of shape [{shown}] in {path!r}: give the file's "
+                f"shape, or re-plan with coinfer plan if the file changed since planning"
             )
         return g[0], g[1], g[2], g[3]
     if dims[0] is None:
@@ -980,6 +981,27 @@ def _static_shape(
             f"--input-shape N,C,H,W (e.g. {hint.replace('?', '224')})"
         )
     return dims[0], dims[1], dims[2], dims[3]  # type: ignore[return-value]
+
+
+def _load_external_data(onnx: Any, model: onnx.ModelProto, p: Path) -> None:
+    """Load the weights ``model`` keeps in external data files next to ``p`` (torch 2.13's default
+    export writes ``NAME.onnx.data``); a missing one is one line naming it and the fix."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    files = sorted({e.value for t in model.graph.initializer if uses_external_data(t)
+                    for e in t.external_data if e.key == "location"})
+    missing = [f for f in files if not (p.parent / f).is_file()]
+    if missing:
+        raise ModelError(
+            f"ONNX file {str(p)!r} keeps its weights in external data {', '.join(map(repr, missing))}, not "
+            f"found next to it ({p.parent.resolve()}): copy it beside the .onnx (on every device), or export "
+            f"with external_data=False"
+        )
+    if files:
+        try:
+            load_external_data_for_model(model, str(p.parent))
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign data file
+            raise ModelError(f"cannot read the external data of ONNX file {str(p)!r}: {_first_line(e)}") from None
 
 
 def _reachable(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -1020,14 +1042,19 @@ def load_onnx(
     from onnx import TensorProto, shape_inference
 
     p = Path(path)
+    if p.is_dir():
+        raise ModelError(f"ONNX file {path!r} is a folder; give the .onnx file")
     if not p.is_file():
-        raise ModelError(f"ONNX file {path!r} not found")
+        where = "" if p.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+        raise ModelError(f"ONNX file {path!r} not found{where}; a plan records the path it was made "
+                         f"with: run where it resolves, or plan with an absolute path")
     try:
-        model = onnx.load(str(p))
+        model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any decode failure is a bad input file
         raise ModelError(
             f"cannot read ONNX file {path!r}: {_first_line(e)} (is it an ONNX model?)"
         ) from None
+    _load_external_data(onnx, model, p)
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # noqa: BLE001
@@ -1049,15 +1076,21 @@ def load_onnx(
     opsets = {
         (i.domain if i.domain != "ai.onnx" else ""): int(i.version) for i in model.opset_import
     }
+    bad: dict[str, str] = {}  # op -> the first node using it (file order)
     for node in order:
         dom = node.domain if node.domain != "ai.onnx" else ""
         if dom or node.op_type not in SUPPORTED_OPS:
             op = f"{dom}.{node.op_type}" if dom else node.op_type
-            raise ModelError(
-                f"ONNX node {node.name or node.output[0]!r} uses op {op!r} (opset "
-                f"{opsets.get(dom, '?')}), which coinfer's importer does not support; supported: "
-                f"{', '.join(SUPPORTED_OPS)}"
-            )
+            bad.setdefault(f"{op}' (opset {opsets.get(dom, '?')}", node.name or node.output[0])
+    if bad:
+        ops = ", ".join(f"'{op})" for op in bad)
+        first = next(iter(bad.values()))
+        hint = (" (export the logits, without the final Softmax)"
+                if any(op.startswith(("Softmax'", "LogSoftmax'")) for op in bad) else "")
+        raise ModelError(
+            f"ONNX model {path!r} uses {'op' if len(bad) == 1 else 'ops'} {ops}, which coinfer's importer "
+            f"does not support (first at node {first!r}){hint}; supported: {', '.join(SUPPORTED_OPS)}"
+        )
 
     # fix the input shape, then infer every intermediate shape for the cross-check
     static = onnx.ModelProto()

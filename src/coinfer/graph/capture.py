@@ -490,6 +490,9 @@ def capture(model: nn.Module, input_shape: tuple[int, ...] | list[int], name: st
     example = torch.zeros(input_shape)
     gm = _trace(model, example, f"model {name or type(model).__name__}")
     b = _build(gm, name or type(model).__name__)
+    if len(b.nodes) < 2:  # only the input: nothing to plan (plan then failed on an empty cut-point list)
+        raise GraphError(f"model {name or type(model).__name__} computes nothing (its output is its input); "
+                         f"coinfer needs at least one operation")
     exits: dict[str, ExitBranch] = {}
     tensors, fns = dict(b.tensors), dict(b.fns)
     points: dict[str, str] = getattr(model, "exit_points", {}) or {}

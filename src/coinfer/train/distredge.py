@@ -60,6 +60,7 @@ from ..cluster import Cluster
 from ..cost.model import CostModel
 from ..cost.profile import DeviceProfile, ProfileSet
 from ..graph.ir import Graph
+from ..modelspec import is_onnx
 from ..paths import cache_dir, save_figure
 from ..plan.plan import Wire
 from ..strategies.distredge import (
@@ -275,7 +276,7 @@ def ensure_profiles(req: PlanRequest, costs: CostModel | None, mode: str,
     if mode not in ("auto", "cpu"):
         raise StrategyError(f"costs={mode!r} is unknown; use auto (--profiles DIR, else emulate local devices), "
                             f"cpu (emulated, CPU-time tables) or analytic")
-    shape = tuple(g.input_shape) if ":" in req.model or req.model.endswith(".onnx") else None
+    shape = tuple(g.input_shape) if ":" in req.model or is_onnx(req.model) else None
     pset = emulated_profiles(cl, req.model, g, shape, note=note, timing="cpu" if mode == "cpu" else "wall")
     if costs is not None:
         for d in cl.names:  # keep measured profiles the caller gave
