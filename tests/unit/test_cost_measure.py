@@ -199,3 +199,37 @@ def test_profiles_size_the_cold_cache_buffer_by_the_model(cm) -> None:  # type: 
     mb = auto_evict_mb(capture_model("mobilenet_v2").graph, 4)
     assert 50 <= mb <= 60 and auto_evict_mb(capture_model("mobilenet_v2").graph, 2) == pytest.approx(mb / 2, abs=1)
     assert auto_evict_mb(capture_model("vgg16").graph, 4) == EVICT_MB  # capped
+
+
+def test_cpu_clock_of_a_multi_thread_device_is_the_process_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: a ``threads: 2`` emulated device was profiled by its main thread's CPU time, which counted
+    OpenMP spin-waiting: 86 ms against 9 ms for a 1-thread device on a busy host (the run: 12 ms). Now
+    the process's CPU time, with the launcher's workers waiting passively (OMP_WAIT_POLICY=PASSIVE):
+    the same repro predicted 22.8 ms for a measured 22.7 ms."""
+    import time
+
+    import torch
+
+    from coinfer.cluster import resolve_cluster
+    from coinfer.cost.measure import _clock
+    from coinfer.runtime.launcher import LocalCluster
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert _clock("cpu") is time.thread_time and _clock("wall") is time.perf_counter
+        torch.set_num_threads(2)
+        assert _clock("cpu") is time.process_time
+    finally:
+        torch.set_num_threads(old)
+    seen: dict[str, dict[str, str]] = {}
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr("subprocess.Popen", lambda cmd, **kw: seen.setdefault(cmd[cmd.index("--name") + 1], kw["env"]))
+    lc = LocalCluster(resolve_cluster("demo4"), emulate_cpu=True)
+    lc.cpu_emulation = "quota"
+    lc._spawn("two", "tcp://127.0.0.1:0", 2, 0.5)
+    lc._spawn("one", "tcp://127.0.0.1:0", 1, 0.5)
+    lc._spawn("free", "tcp://127.0.0.1:0", 2, 64.0)  # as fast as the machine: not emulated
+    assert seen["two"].get("OMP_WAIT_POLICY") == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in seen["one"], seen["one"].get("OMP_WAIT_POLICY")
+    assert "OMP_WAIT_POLICY" not in seen["free"], seen["free"].get("OMP_WAIT_POLICY")
