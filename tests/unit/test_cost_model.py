@@ -167,7 +167,7 @@ def test_bad_bandwidth_trace(tmp_path: Path, body: str, msg: str) -> None:
 
 
 def test_missing_trace_file_and_device() -> None:
-    with pytest.raises(ClusterError, match="cannot read the bandwidth trace"):
+    with pytest.raises(ClusterError, match=r"bandwidth trace '/nonexistent/bw\.csv' does not exist; give a CSV"):
         CostModel(toy_graph(), cluster(trace="/nonexistent/bw.csv"), calibration=CAL)
     cm = CostModel(toy_graph(), cluster(), calibration=CAL)
     with pytest.raises(ClusterError, match="not in the cluster"):
@@ -221,6 +221,27 @@ def test_profile_calibration_is_used_unscaled() -> None:
     g = toy_graph()
     slow = HostCalibration(gemm_gflops=25.0, dwconv_gflops=5.0, pool_gops=0.02, mem_gbps=5.0, weight_gbps=2.5,
                            node_overhead_us=40.0)
-    prof = DeviceProfile("d1", g.name, g.fingerprint(), calibration=slow)
+    prof = DeviceProfile("d1", g.name, g.fingerprint(), calibration=slow,
+                         emulation={"mode": "cgroup-v1", "cpu_share": 0.5})  # wall time under d1's quota
     cm = CostModel(g, cluster(), {"d1": prof}, calibration=CAL)
     assert cm.node_ms("d1", "a") == pytest.approx(2 * WHOLE_NODE_MS)  # its own figures, not cpu_share
+
+
+def test_emulation_off_prices_local_devices_at_the_host_s_speed_and_unemulated_profiles_are_checked() -> None:
+    """QA: with ``emulation: {cpu: off}`` local devices run unthrottled, but the cost model priced them at
+    their cpu_share (25.6 ms predicted, 13.6 measured); a wall profile measured without emulation was
+    used for a device the cluster emulates (8.3 ms predicted, 29.6 measured)."""
+    from coinfer.cost.profile import ProfileError
+
+    g = toy_graph()
+    on, off = cluster(), cluster().model_copy(update={"emulation": cluster().emulation.model_copy(update={"cpu": "off"})})
+    assert CostModel(g, on, calibration=CAL).emulated_share("d1") == 0.5
+    cm = CostModel(g, off, calibration=CAL)
+    assert cm.emulated_share("d1") == 1.0 and cm.quota("d1") is None
+    assert cm.node_ms("d1", "a") == pytest.approx(CostModel(g, off, calibration=CAL).node_ms("d0", "a"))
+    assert CostModel(g, on, calibration=CAL).node_ms("d1", "a") == pytest.approx(2 * cm.node_ms("d1", "a"))
+    bare = DeviceProfile("d1", g.name, g.fingerprint(), calibration=CAL)  # wall, no emulation record
+    with pytest.raises(ProfileError, match=r"measured in wall time without CPU emulation .* emulates d1 at "
+                                           r"cpu_share 0\.5; re-profile .* or set emulation: \{cpu: off\}"):
+        CostModel(g, on, {"d1": bare}, calibration=CAL)
+    CostModel(g, off, {"d1": bare}, calibration=CAL)  # what it was measured as

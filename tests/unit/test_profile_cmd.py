@@ -79,6 +79,13 @@ def test_profile_new_fields_round_trip_and_partial_profiles(tmp_path: Path) -> N
     part.save(tmp_path / "d0.json")
     with pytest.raises(ProfileError, match="unfinished profile.*resumes"):
         ProfileSet.load_dir(tmp_path)
+    # <device>@<backend>.json too (QA: a half onnxruntime table priced the plan 106 ms for 50.5 ms)
+    p.save(tmp_path / "d0.json")
+    part.backend = "onnxruntime"
+    part.save(tmp_path / "d0@onnxruntime.json")
+    with pytest.raises(ProfileError, match=r"d0@onnxruntime\.json is an unfinished profile.*resumes"):
+        ProfileSet.load_dir(tmp_path)
+    (tmp_path / "d0@onnxruntime.json").unlink()
     bad = json.loads(p.to_json())
     bad["timing"] = "gpu"
     with pytest.raises(ProfileError, match="timing"):

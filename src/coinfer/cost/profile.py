@@ -353,6 +353,9 @@ class ProfileSet:
                                        f"{prof.device}@{prof.backend.replace('/', '-')}.json")
                 if prof.backend in alts.get(dev, {}):
                     raise ProfileError(f"{f}: a second profile of {dev!r} on {prof.backend!r}; keep one")
+                if not prof.complete:  # as <device>.json below (a half table priced 106 ms for 50.5 ms)
+                    raise ProfileError(f"{f} is an unfinished profile (coinfer profile was interrupted); finish "
+                                       f"it with the same coinfer profile command (it resumes) or delete the file")
                 alts.setdefault(dev, {})[prof.backend] = prof
                 out.setdefault(dev, prof)
                 continue
@@ -379,9 +382,11 @@ class ProfileSet:
         for dev, prof in self.profiles.items():
             prof.save(p / f"{dev}.json")
 
-    def check(self, graph: Graph, devices: list[str], shares: dict[str, float] | None = None) -> None:
+    def check(self, graph: Graph, devices: list[str], shares: dict[str, float] | None = None,
+              emulated: set[str] | None = None) -> None:
         """Refuse profiles of another model (fingerprint), of devices not in ``devices``, or — for
-        wall-clock profiles of emulated devices — measured at another ``cpu_share`` than ``shares`` gives."""
+        wall-clock profiles of emulated devices — measured at another ``cpu_share`` than ``shares`` gives,
+        or measured without emulation for a device the cluster emulates (``emulated``)."""
         fp = graph.fingerprint()
         for dev, prof in self.profiles.items():
             if prof.fingerprint != fp:
@@ -398,6 +403,12 @@ class ProfileSet:
                     f"(devices: {', '.join(devices)}); use the profiles of this cluster or remove that file"
                 )
             emu = prof.emulation or {}
+            if emulated and dev in emulated and prof.timing == "wall" and "cpu_share" not in emu:
+                raise ProfileError(
+                    f"{self.where}/{dev}.json was measured in wall time without CPU emulation (full speed), but "
+                    f"the cluster emulates {dev} at cpu_share {(shares or {}).get(dev, '?')}; re-profile this "
+                    f"cluster with coinfer profile, or set emulation: {{cpu: off}} in the cluster file"
+                )
             if shares and prof.timing == "wall" and "cpu_share" in emu and dev in shares \
                     and abs(float(emu["cpu_share"]) - shares[dev]) > 1e-9:
                 raise ProfileError(
