@@ -375,6 +375,25 @@ def test_cost_model_uses_the_chosen_backends_profile(tmp_path) -> None:  # type:
     assert whole_ms("auto") == 60.0  # fastest at fp32; bf16 tables are never picked for fp32
     assert whole_ms("openvino", "bf16") == 20.0
     assert whole_ms("auto", "bf16") == 20.0
+    # auto at fp32 never runs openvino while onnxruntime is installed: a faster openvino fp32 table is not
+    # what prices it (QA: it was); a device priced with another backend's table than it runs is noted
+    from coinfer.execute.backends.base import AUTO_FP32
+    from coinfer.cost import profile as profile_mod
+
+    assert profile_mod.AUTO_FP32 == AUTO_FP32
+    DeviceProfile("d0", g.name, g.fingerprint(), backend="openvino", whole={key: 10.0}).save(tmp_path / "d0@openvino.json")
+    pset = ProfileSet.load_dir(tmp_path)
+    assert whole_ms("auto") == 60.0 and whole_ms("openvino") == 10.0
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0", "backend": "onnxruntime", "precision": "bf16"}]}, "x")
+    notes = profile_mod.ProfileSet.mismatch_notes(pset.select(cl))
+    assert notes == [f"note: d0 runs onnxruntime/bf16 but is priced with its openvino/bf16 table in {tmp_path}: "
+                     "coinfer profile --backend onnxruntime --precision bf16"]
+    only_torch = ProfileSet({"d0": pset.alternatives["d0"]["torch"]}, "p").select(
+        parse_cluster({"source": "d0", "devices": [{"name": "d0"}]}, "x"))
+    assert only_torch.mismatch_notes() == ([
+        "note: d0 runs backend auto (onnxruntime where it is faster) but only its torch table is profiled in p: "
+        "coinfer profile --backend all prices what runs"] if HAVE_ORT else [])
+    (tmp_path / "d0@openvino.json").unlink()
     (tmp_path / "d0@torch.json").rename(tmp_path / "d0@onnxruntime-x.json")
     import pytest as _pt
 

@@ -168,6 +168,15 @@ def deadline_notes(strategy: str, deadline_ms: float | None, latency_ms: float) 
     return out
 
 
+def mismatch_notes(costs: dict[str, Any]) -> list[str]:
+    """``coinfer plan`` / ``simulate``: devices priced with another backend's profile table than the one
+    they run (``costs["backend_mismatch"]``, from ``ProfileSet.select``), one line per kind."""
+    from ..cost.profile import ProfileSet
+
+    mm = {d: (v["runs"], v["priced_with"]) for d, v in (costs.get("backend_mismatch") or {}).items()}
+    return ProfileSet(where=str(costs.get("profiles") or "profiles"), mismatched=mm).mismatch_notes() if mm else []
+
+
 def objective_notes(strategy: str, objective: str) -> list[str]:
     """What ``coinfer plan`` prints to stderr about ``--objective``: a note when it is not the default
     (latency) and ``strategy`` does not plan for an objective (``register(objective=False)``)."""

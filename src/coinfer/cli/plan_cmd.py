@@ -14,6 +14,7 @@ from .common import (
     deadline_notes,
     emit_json,
     fail,
+    mismatch_notes,
     objective_notes,
     parse_params,
     user_errors,
@@ -74,7 +75,7 @@ def cmd(
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
     alone = _alone(plan, graph, costs) if strategy != "local" else None
-    for line in [*objective_notes(strategy, objective),
+    for line in [*mismatch_notes(costs.describe()), *objective_notes(strategy, objective),
                  *deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"]),
                  *_alone_notes(strategy, objective, plan, alone)]:
         typer.echo(line, err=True)

@@ -13,6 +13,7 @@ from .common import (
     check_outputs,
     console,
     emit_json,
+    mismatch_notes,
     print_breakdown,
     stage_rows,
     user_errors,
@@ -63,6 +64,8 @@ def cmd(
     if gantt is not None:
         res.trace.gantt(gantt, f"simulated {plan.model.name} / {plan.strategy.name}: {res.latency_ms:.1f} ms")
     summary = {"plan": str(plan_path), **res.summary(), "costs": res.costs}
+    for line in mismatch_notes(res.costs):
+        typer.echo(line, err=True)
     if stages:
         summary["stages"] = stage_rows(res.trace, plan)
     if json_out:

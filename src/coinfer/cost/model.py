@@ -138,7 +138,6 @@ class CostModel:
         self.trace = bandwidth_trace
         self.trace_start_s = float(trace_start_s)
         self.prefer_probes = prefer_probes
-        self._devices: dict[str, Device] = {d.name: d for d in cluster.devices}
         self._nodes: dict[str, Node] = {n.name: n for n in graph.nodes}
         for br in graph.exits.values():
             for n in br.nodes:
@@ -526,6 +525,8 @@ class CostModel:
             "calibration": self.calibration.source,
             "profiles": self.profiles.where if len(self.profiles) else None,
             "bandwidth_trace": None if self.trace is None else self.trace.name,
+            # device -> "runs X, priced with Y's table" (ProfileSet.select; notes printed by plan / simulate)
+            "backend_mismatch": {d: {"runs": w, "priced_with": h} for d, (w, h) in self.profiles.mismatched.items()},
         }
 
 

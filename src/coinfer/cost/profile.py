@@ -304,13 +304,19 @@ class ProfileSet:
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
     where: str = "profiles"
     alternatives: dict[str, dict[str, DeviceProfile]] = field(default_factory=dict)  # device -> backend -> profile
+    # device -> what its cluster entry runs and the table that prices it instead (select(); shown by
+    # coinfer plan / simulate: the price of another backend used to go unsaid)
+    mismatched: dict[str, tuple[str, str]] = field(default_factory=dict)  # device -> (runs, priced with)
 
     def select(self, cluster: Any) -> ProfileSet:
-        """One profile per device: the cluster's ``backend``/``precision`` for it (issue 10)."""
-        if not any(len(a) > 1 for a in self.alternatives.values()):
-            return self
+        """One profile per device: the cluster's ``backend``/``precision`` for it (issue 10); ``auto``
+        the fastest profiled one that ``auto`` would run (at fp32 with onnxruntime profiled: torch or
+        onnxruntime, as :data:`coinfer.execute.backends.base.AUTO_FP32` — it priced openvino, which
+        ``auto`` never runs at fp32). A device priced with another backend's table than it runs is
+        recorded in ``mismatched``."""
         devs = {d.name: d for d in cluster.devices}
         chosen: dict[str, DeviceProfile] = {}
+        mismatched: dict[str, tuple[str, str]] = {}
         for dev, prof in self.profiles.items():
             alts = self.alternatives.get(dev) or {prof.backend: prof}
             spec = devs.get(dev)
@@ -321,8 +327,30 @@ class ProfileSet:
                 chosen[dev] = alts[want]
                 continue
             same = {k: v for k, v in alts.items() if (k.split("/", 1)[1] if "/" in k else "fp32") == prec}
+            if want is None and prec == "fp32" and "onnxruntime" in same:
+                same = {k: v for k, v in same.items() if k in AUTO_FP32}
             chosen[dev] = min((same or alts).values(), key=_profile_total_ms)
-        return ProfileSet(chosen, self.where, self.alternatives)
+            have = chosen[dev].backend
+            if want is not None or (prec != "fp32" and not same):
+                mismatched[dev] = (want or f"auto/{prec}", have)
+            elif prec == "fp32" and "onnxruntime" not in alts and _installed("onnxruntime"):
+                mismatched[dev] = ("auto", have)  # auto takes onnxruntime where it is faster
+        return ProfileSet(chosen, self.where, self.alternatives, mismatched)
+
+    def mismatch_notes(self) -> list[str]:
+        """One line per kind of :attr:`mismatched` device, for ``coinfer plan`` / ``simulate``."""
+        out = []
+        auto = sorted(d for d, (want, _) in self.mismatched.items() if want == "auto")
+        if auto:
+            out.append(f"note: {', '.join(auto)} {'runs' if len(auto) == 1 else 'run'} backend auto (onnxruntime where it is faster) but only "
+                       f"{'its' if len(auto) == 1 else 'their'} {self.mismatched[auto[0]][1]} table is profiled in "
+                       f"{self.where}: coinfer profile --backend all prices what runs")
+        for dev, (want, have) in sorted(self.mismatched.items()):
+            if want != "auto":
+                be, _, prec = want.partition("/")
+                fix = f"coinfer profile --backend {be if be != 'auto' else 'all'}" + (f" --precision {prec}" if prec else "")
+                out.append(f"note: {dev} runs {want} but is priced with its {have} table in {self.where}: {fix}")
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.profiles)
@@ -415,6 +443,17 @@ class ProfileSet:
                     f"{self.where}/{dev}.json was measured with cpu_share {emu['cpu_share']}, but the cluster gives "
                     f"{dev} cpu_share {shares[dev]}; re-profile this cluster with coinfer profile"
                 )
+
+
+#: the backends ``auto`` considers at fp32 when onnxruntime is installed (execute.backends.base.AUTO_FP32,
+#: not imported: this module stays torch-free; a test keeps the two equal)
+AUTO_FP32 = ("torch", "onnxruntime")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _profile_total_ms(prof: DeviceProfile) -> float:
