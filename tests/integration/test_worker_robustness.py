@@ -341,7 +341,7 @@ def test_real_worker_refuses_a_coordinator_without_the_right_key(tmp_path: Path)
     from coinfer.runtime.security import generate_keys
 
     keys, other = tmp_path / "keys", tmp_path / "other"
-    generate_keys(keys, ["w1"])
+    generate_keys(keys, ["w1", "w2"])
     generate_keys(other, ["w1"])  # a stranger's pairs: its coordinator key is not admitted by w1
     (other / "public" / "w1.key").write_bytes((keys / "public" / "w1.key").read_bytes())  # w1's key is public
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -365,6 +365,23 @@ def test_real_worker_refuses_a_coordinator_without_the_right_key(tmp_path: Path)
                 Session(plan, cl, addr, hello_timeout_s=2.0, **kw)
             assert time.monotonic() - t0 < 10
             assert p.poll() is None, "the worker died"
+        # another device's key is admitted for data, not for control (QA: with w2's key, shutdown stopped w1)
+        from coinfer.runtime.security import KeyStore
+
+        with zmq_endpoint("w2", "tcp://127.0.0.1:0", keys=KeyStore(keys)) as peer:
+            peer.connect("w1", addr["w1"])
+            for kind in ("shutdown", "hello", "undeploy"):
+                hdr: dict[str, Any] = {"kind": kind}
+                if kind == "hello":
+                    hdr["coord"] = peer.address
+                if kind == "undeploy":
+                    hdr["dep"] = "x"
+                peer.send("w1", hdr)
+                m = peer.recv(10_000)
+                assert isinstance(m, Message) and m.header["kind"] == "error", m
+                assert m.header["code"] == "forbidden" and "only from the coordinator's key" in m.header["msg"]
+            time.sleep(0.5)
+            assert p.poll() is None, "a device's key shut the worker down"
         _check_serves(cl, addr, "w1", keys=str(keys))
     finally:
         p.send_signal(signal.SIGTERM)

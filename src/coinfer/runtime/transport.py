@@ -662,6 +662,11 @@ class ZmqEndpoint:
                 self._inbox_n += 1
             self._inbox.put((sender, frames))
 
+    def controller(self, sender: str) -> bool:
+        """Whether ``sender`` may control this endpoint's worker (deploy, run, shut down, …): with CURVE
+        only a peer authenticated with the ``coordinator`` key; without, anyone (loopback only)."""
+        return self.keys is None or sender in self._learned
+
     def _check_identity(self, sender: str, frame: Any) -> str | None:
         """A CURVE peer must speak under its own key's name (the coordinator key: any name)."""
         try:

@@ -37,6 +37,11 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
+#: what only the coordinator (with CURVE: the ``coordinator`` key) may send a worker; peers send it
+#: data, tiles, probes and errors
+CONTROL_KINDS = frozenset({"hello", "deploy", "undeploy", "cancel", "run", "shutdown", "profile"})
+
+
 class Worker:
     def __init__(self, name: str, ep: Endpoint, *, threads: int = 1, cpu_mode: str = "none",
                  request_timeout_s: float = 300.0, max_requests: int = 8) -> None:
@@ -159,6 +164,12 @@ class Worker:
         fn = getattr(self, f"on_{kind}", None)
         if fn is None:
             self._error(m.sender, f"a worker does not accept {kind!r} messages", "bad_kind")
+            return
+        if kind in CONTROL_KINDS and not getattr(self.ep, "controller", lambda s: True)(m.sender):
+            # a device key speaks for its device only: data and tiles to its peers (QA: a device's key
+            # could shut down or re-deploy every other worker)
+            self._error(m.sender, f"{kind!r} is accepted only from the coordinator's key, not from device "
+                                  f"{m.sender!r}", "forbidden")
             return
         with dilation.section(exclusive=False):  # beside a running compute, never behind it
             fn(m)
