@@ -377,8 +377,8 @@ def test_cost_model_uses_the_chosen_backends_profile(tmp_path) -> None:  # type:
     assert whole_ms("auto", "bf16") == 20.0
     # auto at fp32 never runs openvino while onnxruntime is installed: a faster openvino fp32 table is not
     # what prices it (QA: it was); a device priced with another backend's table than it runs is noted
-    from coinfer.execute.backends.base import AUTO_FP32
     from coinfer.cost import profile as profile_mod
+    from coinfer.execute.backends.base import AUTO_FP32
 
     assert profile_mod.AUTO_FP32 == AUTO_FP32
     DeviceProfile("d0", g.name, g.fingerprint(), backend="openvino", whole={key: 10.0}).save(tmp_path / "d0@openvino.json")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,6 +43,24 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 def fail(msg: str, code: int = EXIT_BAD_INPUT) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM / SIGHUP (a script's ``kill``, a closed terminal) end the command like Ctrl-C — its
+    ``finally`` blocks run: ``up``, ``run``, ``demo`` and ``profile`` stop the workers they started and
+    sessions undeploy (a ``kill``ed ``coinfer run`` left its deployments on every worker); so does
+    SIGINT where the shell started us with it ignored (``coinfer up &`` in a script)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread (the CLI's tests call in threads)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
 
 
 def user_errors(fn: F) -> F:

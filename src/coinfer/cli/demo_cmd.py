@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from .common import CPU_EMULATION_HELP, console, emit_json, user_errors
+from .common import CPU_EMULATION_HELP, console, emit_json, stop_on_signals, user_errors
 
 
 def default_model() -> str:
@@ -78,6 +78,7 @@ def cmd(
     from ..runtime.report import summarize
 
     c = console(stderr=json_out)
+    stop_on_signals()  # a kill stops the workers started here, as Ctrl-C does
     t_start = time.perf_counter()
     model = model or default_model()
     cl = with_cpu_emulation(resolve_cluster(cluster) if cluster else demo_cluster(devices), cpu_emulation)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from .common import CheckFailed, console, emit_json, user_errors
+from .common import CheckFailed, console, emit_json, stop_on_signals, user_errors
 
 
 @user_errors
@@ -91,7 +91,8 @@ def cmd(
                                "backend each device's cluster entry names (all: every installed one)")
         backends = available_backends() if backend == "all" else [backend]
         for be in backends:  # a wrong name or precision: exit 2 naming the extra / the supported list
-            check_backend(be, precision, where="--backend")
+            check_backend(be, precision, where=f"--backend {be} --precision {precision}")
+        stop_on_signals()  # a kill stops the workers started here and restores their quotas, as Ctrl-C does
         jobs = []
         for be in backends:
             if len(backends) > 1:

@@ -21,6 +21,7 @@ from .common import (
     emit_json,
     print_breakdown,
     stage_rows,
+    stop_on_signals,
     user_errors,
 )
 
@@ -56,6 +57,7 @@ def cmd(
     from ..runtime.report import measure_energy, summarize
 
     check_outputs(trace=trace, gantt=gantt)
+    stop_on_signals()  # a kill ends the session as Ctrl-C does: it undeploys (workers keep nothing)
     plan = Plan.load(plan_path)
     cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
     missing = [d for d in plan.devices if d not in cl.names]

@@ -9,9 +9,8 @@ import time
 
 import typer
 
-from .common import CPU_EMULATION_HELP, console, user_errors
+from .common import CPU_EMULATION_HELP, STOP_SIGNALS, console, stop_on_signals, user_errors
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RESTARTS_PER_MINUTE = 3  # a worker that exits more often than this is not restarted again
 
 
@@ -24,16 +23,6 @@ def _how(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _stop(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _stop_on_signals() -> None:
-    """SIGTERM / SIGHUP (a script's ``kill``, a closed terminal) stop the workers like Ctrl-C; so
-    does SIGINT where the shell started us with it ignored (``coinfer up &`` in a script). The
-    workers run in sessions of their own: without this they outlived ``coinfer up``."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _stop)
 
 
 @user_errors
@@ -64,7 +53,7 @@ def cmd(
         raise SetupError(f"cluster {cluster} has no device with address: local; nothing to start (its "
                          f"workers are started on their devices with coinfer worker)")
     c = console()
-    _stop_on_signals()
+    stop_on_signals()
     lc = LocalCluster(cl, keys=key_dir, log_dir=log_dir)
     with c.status(f"starting {sum(d.is_local for d in cl.devices)} local workers…"):
         lc.start()

@@ -41,11 +41,19 @@ warnings.filterwarnings("ignore", message="The given buffer is not writable")
 #: data, tiles, probes and errors
 CONTROL_KINDS = frozenset({"hello", "deploy", "undeploy", "cancel", "run", "shutdown", "profile"})
 
+#: a deployment whose coordinator has sent nothing for this long is dropped (its session died without
+#: undeploying — SIGKILL, SIGTERM, a crash: each left ≈ 47 MB and 3 sockets on every worker for good);
+#: a live session pings every device each second (coordinator heartbeat)
+LEASE_S = 60.0
+
 
 class Worker:
     def __init__(self, name: str, ep: Endpoint, *, threads: int = 1, cpu_mode: str = "none",
-                 request_timeout_s: float = 300.0, max_requests: int = 8) -> None:
+                 request_timeout_s: float = 300.0, max_requests: int = 8, lease_s: float = LEASE_S) -> None:
         self.name = name
+        self.lease_s = float(lease_s)
+        self.heard: dict[str, float] = {}  # sender -> when its last message arrived (monotonic)
+        self._reaped_at = time.monotonic()
         self.ep = ep
         self.cpu_mode = cpu_mode
         self.timeout_s = request_timeout_s
@@ -100,6 +108,8 @@ class Worker:
     def serve_forever(self) -> None:
         while not self.stop.is_set():
             m = self.ep.recv(100)
+            if time.monotonic() - self._reaped_at >= 1.0:
+                self._reap()
             if m is None:
                 self._expire()
                 continue
@@ -120,6 +130,17 @@ class Worker:
         self.tile_pool.shutdown(wait=False, cancel_futures=True)
         self.build_pool.shutdown(wait=False, cancel_futures=True)
         self.ep.close()
+
+    def _reap(self) -> None:
+        """Undeploy the deployments of coordinators silent for ``lease_s`` (their sessions died)."""
+        now = self._reaped_at = time.monotonic()
+        with self.lock:
+            gone = [dep for dep, d in self.deployments.items()
+                    if now - self.heard.get(d.coord, now) > self.lease_s]
+        for dep in gone:
+            log.warning("%s: dropping deployment %s: its coordinator has been silent for %.0f s", self.name, dep,
+                        self.lease_s)
+            self._undeploy(dep)
 
     def _expire(self) -> None:
         """Idle housekeeping (no message for 100 ms): drop requests that never started; trim the heap."""
@@ -161,6 +182,10 @@ class Worker:
             return
         h = m.header
         kind = h["kind"]
+        self.heard.pop(m.sender, None)
+        self.heard[m.sender] = time.monotonic()  # at the end: the oldest sender first
+        if len(self.heard) > 4096:  # bounded: the oldest senders go first
+            self.heard.pop(next(iter(self.heard)))
         fn = getattr(self, f"on_{kind}", None)
         if fn is None:
             self._error(m.sender, f"a worker does not accept {kind!r} messages", "bad_kind")
@@ -265,12 +290,15 @@ class Worker:
         self.build_pool.submit(work)
 
     def on_undeploy(self, m: Message) -> None:
+        self._undeploy(m.header["dep"])
+
+    def _undeploy(self, dep: str) -> None:
         with self.lock:
-            d = self.deployments.pop(m.header["dep"], None)
-            if m.header["dep"] in self.queued:
-                self.dropped.add(m.header["dep"])
+            d = self.deployments.pop(dep, None)
+            if dep in self.queued:
+                self.dropped.add(dep)
             for key, st in list(self.requests.items()):
-                if key[0] == m.header["dep"]:
+                if key[0] == dep:
                     st.abort("undeployed")
             coord = d.coord if d is not None else None
             done = coord is not None and all(x.coord != coord for x in self.deployments.values())
