@@ -211,3 +211,16 @@ def test_keys_cli(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-d
     assert out["created"] == ["pi3"] and out["kept"] == ["pi1", "coordinator"]
     r = run_cli("keys", "--dir", d, "--devices", "bad name")
     assert r.returncode == 2 and r.stderr.startswith("error: device name") and "Traceback" not in r.stderr
+
+
+def test_a_corrupt_key_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    """QA: a corrupt secret was a ValueError traceback on the coordinator and 'fix the bind address' on
+    a worker; a corrupt public key made the worker print READY and refuse every client."""
+    generate_keys(tmp_path, ["a"])
+    (tmp_path / "public" / "zz.key").write_text("garbage\n")
+    with pytest.raises(SecurityError, match=r"public/zz\.key is not a CURVE key file .*remove it from"):
+        KeyStore(tmp_path)
+    (tmp_path / "public" / "zz.key").unlink()
+    (tmp_path / "coordinator.key_secret").write_text("garbage\n")
+    with pytest.raises(SecurityError, match=r"coordinator\.key_secret is not a CURVE key file"):
+        KeyStore(tmp_path).secret("coordinator")

@@ -386,13 +386,13 @@ def test_cost_model_uses_the_chosen_backends_profile(tmp_path) -> None:  # type:
     assert whole_ms("auto") == 60.0 and whole_ms("openvino") == 10.0
     cl = parse_cluster({"source": "d0", "devices": [{"name": "d0", "backend": "onnxruntime", "precision": "bf16"}]}, "x")
     notes = profile_mod.ProfileSet.mismatch_notes(pset.select(cl))
-    assert notes == [f"note: d0 runs onnxruntime/bf16 but is priced with its openvino/bf16 table in {tmp_path}: "
-                     "coinfer profile --backend onnxruntime --precision bf16"]
+    assert notes == [(f"note: d0 runs onnxruntime/bf16 but is priced with its openvino/bf16 table in {tmp_path}: "
+                     "coinfer profile --backend onnxruntime --precision bf16")]
     only_torch = ProfileSet({"d0": pset.alternatives["d0"]["torch"]}, "p").select(
         parse_cluster({"source": "d0", "devices": [{"name": "d0"}]}, "x"))
     assert only_torch.mismatch_notes() == ([
-        "note: d0 runs backend auto (onnxruntime where it is faster) but only its torch table is profiled in p: "
-        "coinfer profile --backend all prices what runs"] if HAVE_ORT else [])
+        ("note: d0 runs backend auto (onnxruntime where it is faster) but only its torch table is profiled in p: "
+        "coinfer profile --backend all prices what runs")] if HAVE_ORT else [])
     (tmp_path / "d0@openvino.json").unlink()
     (tmp_path / "d0@torch.json").rename(tmp_path / "d0@onnxruntime-x.json")
     import pytest as _pt

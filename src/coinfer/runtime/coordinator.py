@@ -166,8 +166,11 @@ class LinkSample:
 def unreachable(addresses: dict[str, str], refused: bool = False) -> DeviceUnreachable:
     """The error for devices (name -> address) that did not answer a hello."""
     why = " (connection refused: nothing listens there)" if refused else ""
+    keys = "" if refused else (" A worker started with --keys ignores a coordinator without CURVE keys or with "
+                               "another `coinfer keys` directory's (security: in the cluster file, --keys); "
+                               "something else listening on that port never answers either.")
     return DeviceUnreachable("no answer from " + ", ".join(f"{d} at {a}" for d, a in addresses.items()) + why
-                             + "; is `coinfer worker` running there (or `coinfer up`)?")
+                             + "; is `coinfer worker` running there (or `coinfer up`)?" + keys)
 
 
 def tcp_refuses(address: str, timeout_s: float = 1.0) -> bool:
@@ -344,6 +347,14 @@ class Session:
             return
         if kind in ("hello_ok", "deploy_ok"):
             key = (kind, m.sender if kind == "hello_ok" else f"{h['dep']}/{m.sender}")
+            asked = h.get("asked") if kind == "hello_ok" else None
+            if asked and asked != m.sender and asked in self.addresses:  # two addresses swapped
+                f = self.waiters.pop(("hello_ok", asked), None)
+                if f is not None:
+                    f.set_exception(DeviceUnreachable(
+                        f"the worker at {self.addresses[asked]} (cluster device {asked}) is named {m.sender!r}; fix "
+                        f"the address of {asked} in the cluster file, or start that worker with --name {asked}"))
+                return
             if kind == "hello_ok":
                 self.info[m.sender] = dict(h)
                 self._note_instance(m.sender, h.get("instance"))
@@ -455,7 +466,7 @@ class Session:
             f: Future[dict[str, Any]] = Future()
             self.waiters[("hello_ok", dev)] = f
             futs[dev] = f
-            self.ep.send(dev, {"kind": "hello", "coord": self.ep.address})
+            self.ep.send(dev, {"kind": "hello", "coord": self.ep.address, "device": dev})
         missing = []
         t_end = time.monotonic() + timeout_s  # for all of them together, not each in turn
         for dev, f in futs.items():
@@ -463,6 +474,8 @@ class Session:
                 f.result(timeout=max(0.0, t_end - time.monotonic()))
                 self.alive.add(dev)
                 self.last_seen[dev] = time.monotonic()
+            except DeviceUnreachable:
+                raise
             except Exception:  # noqa: BLE001
                 missing.append(dev)
             finally:

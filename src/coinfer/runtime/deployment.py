@@ -126,6 +126,9 @@ def build(dep: str, plan_json: str, device: str, coord: str, seed: int = 0,
     try:
         lowered = lower(plan, cm.graph)
     except (PlanError, ValueError) as e:
+        if "fingerprint" in str(e):  # the coordinator checked the plan against its own copy of the model
+            raise DeployError(f"the model {plan.model.name!r} on {device} differs from the one the plan was made "
+                              f"with ({e}); install the same version of the model on every device") from None
         raise DeployError(f"plan does not fit model {plan.model.name!r} on {device}: {e}") from None
     program = lowered.programs.get(device, [])
     cme = cm.for_exit(plan.exit)

@@ -85,6 +85,8 @@ class KeyStore:
                                 f"coinfer keys --dir {self.dir} --devices NAME,...")
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[bytes, bytes | None]] = {}
+        for n in self.names():  # one bad file made the ZAP handler admit nobody, silently (QA)
+            self.public(n)
 
     @property
     def public_dir(self) -> Path:
@@ -101,12 +103,20 @@ class KeyStore:
     def _load(self, path: Path) -> tuple[bytes, bytes | None]:
         import zmq.auth
 
-        pub, sec = zmq.auth.load_certificate(str(path))
+        try:
+            pub, sec = zmq.auth.load_certificate(str(path))
+        except (ValueError, OSError, UnicodeDecodeError) as e:  # a truncated or foreign file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise SecurityError(f"{path} is not a CURVE key file ({first}); copy it again from the keys "
+                                f"directory coinfer keys made (or remove it from {path.parent})") from None
         return pub, sec
 
     def secret(self, name: str) -> bytes:
         """The secret key (z85) of ``name``."""
         if not self.has_secret(name):
+            if name == COORDINATOR:  # a new pair would be in no worker's public/ (every hello ignored)
+                raise SecurityError(f"no CURVE secret key for 'coordinator' in {self.dir}; copy coordinator.key_secret "
+                                    f"there from the keys directory coinfer keys made for these workers")
             raise SecurityError(f"no CURVE secret key for {name!r} in {self.dir}; copy {name}.key_secret "
                                 f"there or run coinfer keys --dir {self.dir} --devices {name}")
         with self._lock:

@@ -314,12 +314,14 @@ _MS = Field("float", lo=0.0)
 
 def _initial_kinds() -> None:
     opt = {"required": False}
-    register_kind("hello", {"coord": Field("str", **opt)})  # coord: the coordinator's address (optional)
+    # coord: the coordinator's address; device: the device the coordinator expects at this address (both
+    # optional; hello_ok's asked echoes device: a cluster file with two addresses swapped is then named)
+    register_kind("hello", {"coord": Field("str", **opt), "device": Field("str", max_len=64, **opt)})
     # instance: a token the worker process draws when it starts (optional): a new one on a device's
     # pong says it restarted, and the deployments it held are gone
     register_kind("hello_ok", {"name": _NAME, "pid": Field("int", lo=0, hi=2**31 - 1), "version": "str",
                                "cpu_mode": "str", "backends": Field("list[str]", max_len=64),
-                               "instance": Field("str", max_len=32, **opt)})
+                               "instance": Field("str", max_len=32, **opt), "asked": Field("str", max_len=64, **opt)})
     register_kind("deploy", {"dep": _DEP, "plan": "bigstr", "device": _NAME, "peers": "dict[str,str]",
                              "coord": "str", "seed": "int",
                              # links: peer -> [bandwidth_mbps, latency_ms] to shape (optional)

@@ -204,9 +204,10 @@ class Worker:
         coord = m.header.get("coord")
         if coord:
             self._connect(m.sender, coord, None)
+        asked = {"asked": m.header["device"]} if m.header.get("device") else {}
         self.ep.send(m.sender, {"kind": "hello_ok", "name": self.name, "pid": os.getpid(),
                                 "version": __version__, "cpu_mode": self.cpu_mode,
-                                "backends": available_backends(), "instance": self.instance})
+                                "backends": available_backends(), "instance": self.instance, **asked})
 
     def on_ping(self, m: Message) -> None:
         self.ep.send(m.sender, {"kind": "pong", "seq": m.header["seq"], "t": m.header["t"], "name": self.name,
