@@ -152,3 +152,14 @@ def test_help_and_a_good_command_still_exit_0(run_cli) -> None:
     assert r.returncode == 0 and "Usage" in r.stdout
     r = run_cli("strategies", "--json", timeout=60)
     assert r.returncode == 0 and r.stdout.startswith(("[", "{"))
+
+
+def test_run_takes_dead_after_s() -> None:
+    """QA: the troubleshooting table's fix for false deaths (dead_after_s) was not reachable from coinfer run."""
+    import inspect
+
+    from coinfer.cli import run_cmd
+
+    p = inspect.signature(run_cmd.cmd).parameters["dead_after_s"]
+    assert p.default.default == 1.2 and "--dead-after-s" in p.default.param_decls
+    assert "dead_after_s=dead_after_s" in inspect.getsource(run_cmd.cmd)

@@ -848,7 +848,9 @@ class Session:
         t0 = time.monotonic()
         live = self._live()
         if self.plan.source not in live:
-            raise RuntimeFailure(f"the source device {self.plan.source} is dead; nothing can run")
+            raise RuntimeFailure(f"the source device {self.plan.source} stopped answering for "
+                                 f"{self.dead_after_s:g} s (dead or stalled); nothing can run without it — if it "
+                                 f"stalls, raise --dead-after-s (Session(dead_after_s=…))")
         sub = self._sub(live)
         new = self._replanned(sub)
         ready = self._take_kept(new)  # prepared for this failure (failover=True)
