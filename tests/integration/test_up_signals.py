@@ -211,3 +211,42 @@ def test_up_uses_the_cluster_s_keys_and_a_second_up_is_refused(tmp_path: Path) -
         p.send_signal(signal.SIGTERM)
         p.wait(30)
     assert upstate.read(str(spec)) is None
+
+
+def test_workers_stop_when_their_launcher_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """QA: a benchmark (or coinfer up) killed with SIGKILL or by ``timeout`` left its workers running as
+    orphans (their own sessions); a launched worker now stops when its launcher is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("from coinfer.cluster import parse_cluster\n"
+            "from coinfer.runtime.launcher import LocalCluster\n"
+            "import time\n"
+            "lc = LocalCluster(parse_cluster({'source': 'a', 'devices': [{'name': 'a'}]}, 'c'), emulate_cpu=False).start()\n"
+            "print(lc.workers['a'].proc.pid, flush=True)\n"
+            "time.sleep(600)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        pid = int(p.stdout.readline())
+        os.kill(pid, 0)  # running
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        t_end = time.monotonic() + 30
+        while time.monotonic() < t_end:
+            try:  # gone, or a zombie (its new parent, this container's init, may never reap it)
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the worker outlived its launcher by 30 s")
+    finally:
+        if p.poll() is None:
+            p.kill()

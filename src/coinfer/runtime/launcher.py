@@ -70,7 +70,7 @@ def _last_words(lines: list[str]) -> str:
 
 def _worker_cmd(name: str, bind: str, threads: int, keys: str | None, dilate: float | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "coinfer.runtime.worker_main", "--bind", bind, "--name", name,
-           "--threads", str(threads)]
+           "--threads", str(threads), "--parent-pid", str(os.getpid())]
     if dilate is not None:
         cmd += ["--dilate", repr(float(dilate))]
     cmd += ["--keys", keys] if keys else ["--insecure"]

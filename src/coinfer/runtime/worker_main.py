@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 
 def self_limit(name: str, cpu_share: float | None, dilate: float | None, threads: int = 1) -> str:
@@ -35,8 +36,30 @@ def self_limit(name: str, cpu_share: float | None, dilate: float | None, threads
     return "dilate"
 
 
+def _watch_parent(parent: int, stop: Any) -> None:
+    """Stop this worker when the process that launched it is gone (``coinfer up`` / a benchmark killed
+    with SIGKILL, or by ``timeout``: its workers, in sessions of their own, ran on as orphans)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                stop.set()
+                try:  # its pipe may have gone with it
+                    print(f"note: the process that started this worker ({parent}) is gone; stopping",
+                          file=sys.stderr, flush=True)
+                except OSError:
+                    pass
+                time.sleep(10)
+                os._exit(0)  # the serve loop did not end by itself
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
-        cpu_share: float | None = None, timeout_s: float = 300.0, dilate: float | None = None) -> int:
+        cpu_share: float | None = None, timeout_s: float = 300.0, dilate: float | None = None,
+        parent: int | None = None) -> int:
     from ..errors import UserError
     from .security import KeyStore, check_bind
     from .transport import zmq_endpoint
@@ -55,6 +78,8 @@ def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
     w = Worker(name, ep, threads=threads, cpu_mode=mode, request_timeout_s=timeout_s)
     signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
     signal.signal(signal.SIGINT, lambda *_: w.stop.set())
+    if parent is not None:
+        _watch_parent(parent, w.stop)
     print(f"READY {name} {ep.address} {os.getpid()}", flush=True)
     w.serve_forever()
     return 0
@@ -71,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=300.0)
     p.add_argument("--dilate", type=float, metavar="SHARE",
                    help="emulate a device SHARE times as fast by time dilation (coinfer.runtime.dilation)")
+    p.add_argument("--parent-pid", type=int, help="stop when this process (the launcher) is gone")
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("COINFER_LOG", "WARNING"), format="%(name)s: %(message)s")
-    return run(a.bind, a.name, a.keys, a.insecure, a.threads, a.cpu_share, a.timeout_s, a.dilate)
+    return run(a.bind, a.name, a.keys, a.insecure, a.threads, a.cpu_share, a.timeout_s, a.dilate, a.parent_pid)
 
 
 if __name__ == "__main__":
