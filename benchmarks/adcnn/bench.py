@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+#: the digits part's fine-tuning epochs per grid (the default --epochs "12,60" for --grids 2x2,4x4)
+EPOCHS_BY_GRID = {"2x2": 12, "4x4": 60}
+DEFAULT_EPOCHS = "12,60"
 RESULTS = Path(os.environ.get("ADCNN_RESULTS", HERE / "results.json"))  # parallel parts: one file each
 
 
@@ -150,9 +153,13 @@ def part_digits(args: argparse.Namespace) -> None:
     cl = resolve_cluster("het8")
     grids = args.grids.split(",")
     epochs = [int(v) for v in str(args.epochs).split(",")]
-    if len(epochs) not in (1, len(grids)):
+    if args.epochs == DEFAULT_EPOCHS:  # each grid's own budget (--grids 2x2 alone failed on "12,60")
+        epochs = [EPOCHS_BY_GRID.get(g, EPOCHS_BY_GRID["2x2"]) for g in grids]
+    elif len(epochs) == 1:
+        epochs *= len(grids)
+    elif len(epochs) != len(grids):
         raise SystemExit(f"--epochs {args.epochs}: give one value or one per grid ({len(grids)})")
-    for grid, ep in zip(grids, epochs * len(grids) if len(epochs) == 1 else epochs):
+    for grid, ep in zip(grids, epochs):
         g2 = tuple(int(v) for v in grid.split("x"))
         t0 = time.time()
         rep = fdsp.finetune_digits(g2, Wire("raw", "int4"), epochs=ep)  # type: ignore[arg-type]
@@ -383,7 +390,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--grids", default="2x2,4x4", help="digits FDSP grids")
-    ap.add_argument("--epochs", default="12,60",
+    ap.add_argument("--epochs", default=DEFAULT_EPOCHS,
                     help="digits fine-tuning epochs, one per grid (a single value: every grid)")
     ap.add_argument("--digits-runtime-images", type=int, default=40)
     ap.add_argument("--ratio-models", default="vgg16,resnet18,yolov2_tiny,efficientnet_lite0")
@@ -400,15 +407,20 @@ def main() -> None:
     ap.add_argument("--distill-eval", type=int, default=64)
     ap.add_argument("--distill-lr", type=float, default=2e-5)
     args = ap.parse_args()
+    parts = {"latency": part_latency, "digits": part_digits, "ratio": part_ratio, "int8": part_int8,
+             "int8cuts": part_int8cuts, "distill": part_distill}
+    bad = [p for p in args.parts.split(",") if p not in parts]
+    if bad:
+        ap.error(f"--parts: unknown {', '.join(bad)}; choose from {', '.join(parts)}")
+    if args.int8_images < 8:
+        ap.error("--int8-images must be >= 8 (one eighth of them are the held-out images)")
     import torch
 
     torch.set_num_threads(1)
     print(f"load average {load()}", flush=True)
     for part in args.parts.split(","):
         t0 = time.time()
-        {"latency": part_latency, "digits": part_digits, "ratio": part_ratio, "int8": part_int8,
-         "int8cuts": part_int8cuts,
-         "distill": part_distill}[part](args)
+        parts[part](args)
         print(f"[{part}: {time.time() - t0:.0f} s, load {load()}]", flush=True)
     print(f"wrote {RESULTS}")
 

@@ -46,6 +46,11 @@ def ensure_trained(model: str = MODEL) -> dict[str, float]:
         print(f"  trained in {res.train_s:.0f} s: {res.accuracy}", flush=True)
         acc = cached_accuracies(model)
     assert acc is not None
+    from coinfer.train.exits import read_metrics
+
+    if (read_metrics(model) or {}).get("reduced"):  # a smoke run's chance-level accuracies plan the configs
+        print(f"WARNING: the cached exits of {model} come from a reduced training (accuracies {acc}); the figures "
+              f"are not comparable — coinfer train exits --model {model} --force trains the full recipe", flush=True)
     return acc
 
 

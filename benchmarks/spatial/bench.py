@@ -14,7 +14,8 @@ One command (``python benchmarks/spatial/bench.py``) runs every part and writes
                links), median latency of ``--repeat`` requests after a warm-up, model energy from the
                measured trace (busy / tx / rx times x the cluster's power figures). Plans whose simulated
                latency exceeds ``--real-cap-ms`` stay simulated (marked so).
-``coedge``     CoEdge's energy reduction at close latency (vs local, vs MoDNN) and vs the latency-optimal
+``report``     the tables (``results/report.md``) from whatever the parts above saved, including the
+               CoEdge section: CoEdge's energy reduction at close latency (vs local, vs MoDNN) and vs the latency-optimal
                split at the same deadline, from the measured runs where they exist, else simulated.
 ``steal``      DeepThings work stealing vs static tiles with one device slowed to a tenth mid-run (real).
 
@@ -512,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     args.bws = [int(x) for x in args.bws.split(",") if x]
     args.real_bws = [int(x) for x in args.real_bws.split(",") if x]
     parts = set(args.parts.split(","))
+    known = {"plan_time", "sim", "real", "steal", "report"}
+    if parts - known:  # a typo ran nothing and exited 0
+        ap.error(f"--parts: unknown {', '.join(sorted(parts - known))}; choose from {', '.join(sorted(known))}")
     print(f"spatial benchmark, load {load()}, cpus {os.cpu_count()}", flush=True)
     pt = _load(args, "plan_time")
     if "plan_time" in parts:

@@ -143,7 +143,11 @@ def plan_balanced(graph: Any, cluster: Any, model: str, stage_cost: float = 0.00
 
 
 if __name__ == "__main__":  # print the plans' FLOP bounds (no workers, no timing)
-    import sys
+    import argparse
+
+    ap = argparse.ArgumentParser(description="FLOP bounds of even / balanced plans on eq4 (no workers, no timing)")
+    ap.add_argument("models", nargs="*", default=["vgg16", "resnet50"], help="zoo models (default vgg16 resnet50)")
+    models = ap.parse_args().models
 
     from coinfer.cluster import builtin_cluster
     from coinfer.modelspec import capture_model
@@ -151,7 +155,7 @@ if __name__ == "__main__":  # print the plans' FLOP bounds (no workers, no timin
     from coinfer.strategies import run
 
     cl = builtin_cluster("eq4")
-    for m in sys.argv[1:] or ["vgg16", "resnet50"]:
+    for m in models:
         cm = capture_model(m)
         g = cm.graph
         tot = sum(n.flops for n in g.nodes)

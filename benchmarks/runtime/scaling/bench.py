@@ -256,9 +256,10 @@ def measure(model: str, cl: Any, lc: Any, repeat: int, warmup: int, only: list[s
                      f"{model} · {label} on eq4 · measured {tr.meta['latency_ms']:.0f} ms "
                      f"(median {med:.0f} ms; local {t1:.0f} ms)")
             tr.save(gantt / f"{model}-{label.replace('/', '_').replace('=', '')}.json")
-    best = max((r for r in rows if r["plan"] != "local" and r["exact"]), key=lambda r: r["efficiency"])
+    best = max((r for r in rows if r["plan"] != "local" and r["exact"]), key=lambda r: r["efficiency"],
+               default=None)  # --strategies local alone: nothing split to judge
     return {"model": model, "local_ms": round(t1, 1), "local_compute_ms": round(t1_compute, 1), "rows": rows,
-            "skipped": skipped, "best": best["plan"], "best_efficiency": best["efficiency"]}
+            "skipped": skipped, "best": best and best["plan"], "best_efficiency": best and best["efficiency"]}
 
 
 def pin_workers(lc: Any) -> dict[str, int]:
@@ -296,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gantt", type=Path, default=None, help="write the median run's Gantt PNG + trace per plan")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    from coinfer import zoo
     from coinfer.runtime.launcher import LocalCluster
+
+    unknown = [m for m in a.models.split(",") if m not in zoo.names()]
+    if unknown:  # before any worker starts (it was a traceback after the workers had started)
+        ap.error(f"--models: unknown {', '.join(unknown)}; zoo models: {', '.join(zoo.names())}")
 
     cl = _cluster(a.bandwidth, a.backend)
     only = a.strategies.split(",") if a.strategies else None
@@ -324,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             lim.close()
         lc.stop()
     out["load_after"] = os.getloadavg()
-    ok = all(r["best_efficiency"] >= GOAL for r in out["models"])
+    ok = all((r["best_efficiency"] or 0.0) >= GOAL for r in out["models"])
     if a.json:
         print(json.dumps(out))
         return 0 if ok else 1
@@ -351,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                   + ("" if x["exact"] else f"   approximate plan (rel err {x['rel_err']:.2g})"))
         for k, why in r["skipped"].items():
             print(f"  ({k}: {why})")
+        if r["best"] is None:
+            print("  no split exact plan ran (--strategies): nothing to judge")
+            continue
         print(f"  best exact plan: {r['best']} efficiency {r['best_efficiency']:.3f} (goal {GOAL}: "
               f"{'meets' if r['best_efficiency'] >= GOAL else 'MISSES'})")
     return 0 if ok else 1

@@ -52,7 +52,11 @@ def timed(fs: list[Callable[[], object]], reps: int = 15) -> float:
     return statistics.median(out)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                            epilog="Takes no options; timed: run it under flock /tmp/coinfer-timing.lock.").parse_args(argv)
     torch.manual_seed(0)
     print(f"{'layer':30} {'whole ms':>9} {'4 rows':>8} {'ratio':>6} {'4 chans':>8} {'ratio':>6}")
     for name, ci, co, hw, k in CASES:

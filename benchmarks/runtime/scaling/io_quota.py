@@ -42,7 +42,12 @@ def _move(lc: Any, free: bool) -> None:
             dest.write_text(tid)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                            epilog="Takes no options; run it under the timing lock (see the module docstring)."
+                            ).parse_args(argv)  # --help prints this and exits: nothing starts
     # this directory's scaling benchmark (a script's directory is on sys.path)
     from bench import _cluster
 
