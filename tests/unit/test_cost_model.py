@@ -240,7 +240,8 @@ def test_emulation_off_prices_local_devices_at_the_host_s_speed_and_unemulated_p
     assert cm.emulated_share("d1") == 1.0 and cm.quota("d1") is None
     assert cm.node_ms("d1", "a") == pytest.approx(CostModel(g, off, calibration=CAL).node_ms("d0", "a"))
     assert CostModel(g, on, calibration=CAL).node_ms("d1", "a") == pytest.approx(2 * cm.node_ms("d1", "a"))
-    bare = DeviceProfile("d1", g.name, g.fingerprint(), calibration=CAL)  # wall, no emulation record
+    bare = DeviceProfile("d1", g.name, g.fingerprint(), calibration=CAL,  # wall, measured here, no emulation
+                         machine={"hostname": "vm", "cpus": 2})
     with pytest.raises(ProfileError, match=r"measured in wall time without CPU emulation .* emulates d1 at "
                                            r"cpu_share 0\.5; re-profile .* or set emulation: \{cpu: off\}"):
         CostModel(g, on, {"d1": bare}, calibration=CAL)

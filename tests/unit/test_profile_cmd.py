@@ -279,3 +279,14 @@ def test_model_sweep_lifts_and_restores_the_cgroup_quota(tmp_path: Path) -> None
     assert (v1.path / "cpu.cfs_quota_us").read_text() == "1500"
     assert (v2.path / "cpu.max").read_text() == "1500 10000"
     assert _Unthrottled(None).lifted == []  # workers started elsewhere (coinfer up, a testbed): left alone
+
+
+def test_a_file_where_a_profiles_directory_goes_is_named(tmp_path: Path) -> None:
+    """QA: --profiles FILE said the directory does not exist and to create it with -o FILE (overwriting
+    it); -o FILE was 'File exists'."""
+    f = tmp_path / "c2.yaml"
+    f.write_text("source: a\n")
+    with pytest.raises(ProfileError, match=r"is a file, not a directory; give the directory coinfer profile wrote"):
+        ProfileSet.load_dir(f)
+    r = runner.invoke(build_app(), ["profile", "het4", "-m", USER, *SHAPE, "-o", str(f)])
+    assert r.exit_code == 2 and "is a file; profiles go into a directory" in " ".join(r.output.split())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 COMMAND = "profile"
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -57,6 +58,10 @@ def cmd(
     cl = resolve_cluster(cluster)
     shape = parse_shape(input_shape) if input_shape else None
     out_dir = out or f"profiles/{model.replace('/', '_').replace(':', '_')}"
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        from ..errors import UserError
+
+        raise UserError(f"-o {out_dir!r} is a file; profiles go into a directory (default profiles/<model>)")
     up = upstate.read(cluster)
     addresses = cpu_modes = None
     if up:

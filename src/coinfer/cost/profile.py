@@ -367,6 +367,9 @@ class ProfileSet:
     @classmethod
     def load_dir(cls, path: str | Path) -> ProfileSet:
         p = Path(path)
+        if p.is_file():  # following "create it with -o" would have overwritten that file
+            raise ProfileError(f"--profiles {str(p)!r} is a file, not a directory; give the directory coinfer "
+                               f"profile wrote (default profiles/<model>)")
         if not p.is_dir():
             raise ProfileError(f"profiles directory {str(p)!r} does not exist; create it with "
                                f"coinfer profile CLUSTER --model MODEL -o {p}")
@@ -431,7 +434,9 @@ class ProfileSet:
                     f"(devices: {', '.join(devices)}); use the profiles of this cluster or remove that file"
                 )
             emu = prof.emulation or {}
-            if emulated and dev in emulated and prof.timing == "wall" and "cpu_share" not in emu:
+            measured_free = (prof.timing == "wall" and "cpu_share" not in emu and bool(prof.machine)
+                             and "cpu_share" not in (prof.machine.get("emulation") or {}))  # DistrEdge's record
+            if emulated and dev in emulated and measured_free:
                 raise ProfileError(
                     f"{self.where}/{dev}.json was measured in wall time without CPU emulation (full speed), but "
                     f"the cluster emulates {dev} at cpu_share {(shares or {}).get(dev, '?')}; re-profile this "
