@@ -100,6 +100,11 @@ def test_profile_dir_errors(tmp_path: Path) -> None:
     (lambda d: d["stages"][0].update(rows=[[0, 1.0]]), "rows >= 1"),
     (lambda d: d["links"]["d1"].update(bandwidth_mbps=-3), "bandwidth must be > 0"),
     (lambda d: d.pop("device"), "missing field"),
+    # QA: edited values were accepted (a 100x chain scale priced the model 6x slower)
+    (lambda d: d.update(chain_scale=100), "chain_scale must be in"),
+    (lambda d: d.update(whole_model_ms=-3), "whole_model_ms must be > 0"),
+    (lambda d: d.update(backend="tensorrt"), "backend 'tensorrt' is not one of"),
+    (lambda d: d["stages"][0].update(rows=[[5, 1.0], [1, 2.0], [5, 3.0]]), "rows must rise strictly"),
 ])
 def test_malformed_profiles(edit: object, msg: str) -> None:
     d = full_profile(graph()).to_dict()
@@ -172,3 +177,16 @@ def test_link_probe_fit_ignores_stalled_repeats() -> None:
     transfers += [(1024, 0.3 + 8.0), (1024, 0.3 + 8.0)]
     p = LinkProbe.fit([0.2], transfers)
     assert p.bandwidth_mbps == pytest.approx(5000.0, rel=1e-6)
+
+
+def test_profile_constants_match_their_sources_and_unknown_segments_are_refused() -> None:
+    from coinfer.cost import profile as P
+    from coinfer.cost.measure import CHAIN_SCALE_MAX, CHAIN_SCALE_MIN
+    from coinfer.execute.backends.base import BACKENDS
+
+    assert P.CHAIN_SCALE == (CHAIN_SCALE_MIN, CHAIN_SCALE_MAX) and set(P.KNOWN_BACKENDS) == set(BACKENDS)
+    g = graph()
+    prof = full_profile(g)
+    prof.stages[("nonexistent_node", next(iter(prof.stages))[1])] = [(1, 1.0)]
+    with pytest.raises(ProfileError, match="segment nonexistent_node→.* does not have"):
+        P.ProfileSet({prof.device: prof}).check(g, [prof.device])

@@ -46,6 +46,7 @@ one-line error naming the fix.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -215,6 +216,9 @@ class DeviceProfile:
                 pts = [(int(r), float(ms)) for r, ms in s["rows"]]
                 if not pts or any(r < 1 or not (math.isfinite(ms) and ms >= 0) for r, ms in pts):
                     raise ProfileError(f"{where}.stages[{i}]: rows must be [rows >= 1, ms >= 0] pairs")
+                if any(a[0] >= b[0] for a, b in itertools.pairwise(pts)):  # as coinfer profile writes them
+                    raise ProfileError(f"{where}.stages[{i}]: rows must rise strictly (got {[r for r, _ in pts]}); "
+                                       f"re-run coinfer profile")
                 stages[(str(s["start"]), str(s["end"]))] = pts
                 if "cols" in s:
                     c = s["cols"]
@@ -229,7 +233,10 @@ class DeviceProfile:
             whole: dict[StageKey, float] = {}
             for i, s in enumerate(d.get("whole") or []):
                 _check_keys(s, {"start", "end", "ms", "chained"}, f"{where}.whole[{i}]", {"start", "end", "ms"})
-                whole[(str(s["start"]), str(s["end"]))] = float(s["ms"])
+                ms = float(s["ms"])
+                if not (math.isfinite(ms) and ms >= 0):
+                    raise ProfileError(f"{where}.whole[{i}]: ms must be >= 0 (got {s['ms']!r}); re-run coinfer profile")
+                whole[(str(s["start"]), str(s["end"]))] = ms
                 if "chained" in s:
                     chained[(str(s["start"]), str(s["end"]))] = _chain(s["chained"], f"{where}.whole[{i}]")
             regs = {str(k): LayerRegression.from_dict(str(k), v) for k, v in (d.get("regressions") or {}).items()}
@@ -247,6 +254,17 @@ class DeviceProfile:
         timing = d.get("timing", "wall")
         if timing not in TIMINGS:
             raise ProfileError(f"{where}.timing: {timing!r} is not one of {TIMINGS}; re-run coinfer profile")
+        wm = d.get("whole_model_ms")
+        if wm is not None and not (isinstance(wm, (int, float)) and math.isfinite(wm) and wm > 0):
+            raise ProfileError(f"{where}.whole_model_ms must be > 0 (got {wm!r}); re-run coinfer profile")
+        cs = d.get("chain_scale", 1.0)
+        if not (isinstance(cs, (int, float)) and CHAIN_SCALE[0] <= cs <= CHAIN_SCALE[1]):
+            raise ProfileError(f"{where}.chain_scale must be in [{CHAIN_SCALE[0]}, {CHAIN_SCALE[1]}] (coinfer profile "
+                               f"clamps it there; got {cs!r}); re-run coinfer profile")
+        be = str(d.get("backend", "torch"))
+        if be.split("/", 1)[0] not in KNOWN_BACKENDS:
+            raise ProfileError(f"{where}.backend {be!r} is not one of {', '.join(KNOWN_BACKENDS)}; re-run coinfer "
+                               f"profile")
         emu = d.get("emulation")
         if emu is not None and not isinstance(emu, dict):
             raise ProfileError(f"{where}.emulation must be null or an object; re-run coinfer profile")
@@ -433,6 +451,12 @@ class ProfileSet:
                     f"{self.where}/{dev}.json is for device {dev!r}, which the cluster does not have "
                     f"(devices: {', '.join(devices)}); use the profiles of this cluster or remove that file"
                 )
+            names = {n.name for n in graph.nodes} | {n.name for br in graph.exits.values() for n in br.nodes} \
+                | {"output", "input"}
+            for (a, b) in [*prof.stages, *prof.whole]:
+                if a not in names or b not in names:  # an edited file: the table prices nothing it names
+                    raise ProfileError(f"{self.where}/{dev}.json has a segment {a}→{b} of nodes model {graph.name} "
+                                       f"does not have; re-run coinfer profile")
             emu = prof.emulation or {}
             measured_free = (prof.timing == "wall" and "cpu_share" not in emu and bool(prof.machine)
                              and "cpu_share" not in (prof.machine.get("emulation") or {}))  # DistrEdge's record
@@ -449,6 +473,11 @@ class ProfileSet:
                     f"{dev} cpu_share {shares[dev]}; re-profile this cluster with coinfer profile"
                 )
 
+
+#: what coinfer profile measures (execute.backends.BACKENDS; a test keeps them equal) and the chain scale's
+#: clamp (cost.measure.CHAIN_SCALE_MIN/MAX)
+KNOWN_BACKENDS = ("torch", "onnxruntime", "openvino")
+CHAIN_SCALE = (0.25, 1.5)
 
 #: the backends ``auto`` considers at fp32 when onnxruntime is installed (execute.backends.base.AUTO_FP32,
 #: not imported: this module stays torch-free; a test keeps the two equal)
