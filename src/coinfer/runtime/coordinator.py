@@ -269,6 +269,7 @@ class Session:
         self._bg_target: frozenset[str] | None = None  # the membership the latest background job plans for
         self._bg_plans: set[str] = set()  # plans (JSON) a background job is building now
         self.stop = threading.Event()
+        self._closing = False
         self._membership_changed = threading.Event()
         self._loop_beat = time.monotonic()
         self.io = threading.Thread(target=self._loop, daemon=True, name="coord-io")
@@ -398,6 +399,9 @@ class Session:
                     f = self.waiters.pop(key)
                     f.set_exception(RuntimeFailure(f"{m.sender}: {h['msg']}"))
                     return
+            if self._closing and "undeployed" in str(h["msg"]):
+                log.debug("error from %s while closing: %s", m.sender, h["msg"])
+                return
             log.warning("error from %s: %s", m.sender, h["msg"])
 
     def _note_instance(self, dev: str, inst: Any) -> None:
@@ -1018,6 +1022,7 @@ class Session:
     def close(self) -> None:
         if self.stop.is_set():
             return
+        self._closing = True  # the workers' "aborted: undeployed" replies are the close's own doing
         try:
             for b in self._bg_results():  # built in the background and not taken yet
                 if b.dep is not None:
