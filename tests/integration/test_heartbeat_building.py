@@ -118,8 +118,50 @@ def test_a_device_killed_while_building_is_declared_dead_without_the_grace() -> 
             # the session that was deploying on d1 gives up as soon, not after its deploy timeout
             t.join(10 * DEAD_AFTER_S)
             assert not t.is_alive(), "the deploying session still waits for the dead device"
-            assert not other and errors and "went away while deploying" in str(errors[0]), errors
+            # (killed while it built; or, when a's stale "building" let the kill come during the other
+            # session's hello, a hello its connection closed on: given up as soon either way)
+            assert not other and errors and ("went away while deploying" in str(errors[0])
+                                             or "its connection closed" in str(errors[0])), errors
         finally:
             t.join(120)
             for s in other:
                 s.__exit__(None, None, None)
+
+
+def test_a_device_stopped_during_the_first_deploy_is_named_within_the_build_grace() -> None:
+    """QA: a device SIGSTOPped while the session's first deployment built made the session wait its
+    whole deploy timeout (180 s): the heartbeat starts after the first deploy. The deploy now pings
+    the devices it waits for and gives up after BUILD_GRACE x dead_after_s of silence."""
+    from coinfer.runtime.coordinator import DeviceWentAway
+
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}],
+                        "network": {"shape": False}}, "c")
+    _, big = _whole("vgg16", cl, "d1")
+    with LocalCluster(cl, emulate_cpu=False) as lc:
+        pid = lc.workers["d1"].proc.pid
+        errors: list[BaseException] = []
+        t0 = [0.0]
+
+        def deploy() -> None:
+            try:
+                Session(big, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, replan=False).close()
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        th = threading.Thread(target=deploy)
+        th.start()
+        try:
+            time.sleep(1.5)  # hello done, VGG-16 building on d1 (seconds)
+            import os
+
+            os.kill(pid, signal.SIGSTOP)
+            t0[0] = time.monotonic()
+            th.join(BUILD_GRACE * DEAD_AFTER_S + 20)
+            took = time.monotonic() - t0[0]
+            assert not th.is_alive(), "the first deploy still waits for the stopped device"
+            assert errors and isinstance(errors[0], DeviceWentAway), errors
+            assert "stopped answering while deploying" in str(errors[0])
+            assert took < BUILD_GRACE * DEAD_AFTER_S + 10, took
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            th.join(200)

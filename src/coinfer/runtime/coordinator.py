@@ -471,20 +471,31 @@ class Session:
             self.waiters[("hello_ok", dev)] = f
             futs[dev] = f
             self.ep.send(dev, {"kind": "hello", "coord": self.ep.address, "device": dev})
-        missing = []
+        missing, gone = [], []
         t_end = time.monotonic() + timeout_s  # for all of them together, not each in turn
         for dev, f in futs.items():
             try:
-                f.result(timeout=max(0.0, t_end - time.monotonic()))
+                while True:  # a device whose process dies meanwhile is given up at once, not at t_end
+                    try:
+                        f.result(timeout=max(0.0, min(0.25, t_end - time.monotonic())))
+                        break
+                    except FutureTimeout:
+                        since = self.ep.link_down_since(dev)
+                        if time.monotonic() >= t_end or (since is not None
+                                                         and time.monotonic() - since > self.dead_after_s):
+                            raise
                 self.alive.add(dev)
                 self.last_seen[dev] = time.monotonic()
             except DeviceUnreachable:
                 raise
             except Exception:  # noqa: BLE001
-                missing.append(dev)
+                (gone if self.ep.link_down_since(dev) is not None else missing).append(dev)
             finally:
                 if self.waiters.get(("hello_ok", dev)) is f:  # unanswered: forget it
                     self.waiters.pop(("hello_ok", dev), None)
+        if gone:
+            raise DeviceUnreachable("no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in gone)
+                                    + ": its connection closed (the worker stopped or died); start it again")
         if missing:
             raise unreachable({d: self.addresses[d] for d in missing})
 
@@ -650,7 +661,12 @@ class Session:
 
     def _await_build(self, dev: str, f: Future[dict[str, Any]], t_end: float) -> dict[str, Any]:
         """``dev``'s deploy_ok, waiting until ``t_end`` — or less if its connection has been down for
-        ``dead_after_s`` (its process died: before the heartbeat runs, nothing else would tell)."""
+        ``dead_after_s`` (its process died: before the heartbeat runs, nothing else would tell), or if
+        it has not answered a ping for ``BUILD_GRACE`` × ``dead_after_s`` (stopped or hung: the first
+        deploy waited the whole 180 s for a SIGSTOPped device; a building worker answers pings)."""
+        pinging = getattr(self, "hb", None) is None  # before the heartbeat runs, ping from here
+        last_ping = 0.0
+        seq = itertools.count()
         while True:
             left = t_end - time.monotonic()
             try:
@@ -658,10 +674,26 @@ class Session:
             except FutureTimeout:
                 if left <= 0.25:
                     raise
+                now = time.monotonic()
                 since = self.ep.link_down_since(dev)
-                if since is not None and time.monotonic() - since > self.dead_after_s:
-                    raise DeviceWentAway(f"device {dev} went away while deploying (its connection "
-                                            f"closed {time.monotonic() - since:.1f} s ago)") from None
+                if since is not None and now - since > self.dead_after_s:
+                    raise DeviceWentAway(f"device {dev} went away while deploying (its connection closed "
+                                         f"{now - since:.1f} s ago); run again once it is back (coinfer up "
+                                         f"restarts local devices) or leave it out of the cluster") from None
+                if not pinging:
+                    continue
+                if now - last_ping >= self.heartbeat_s:
+                    last_ping = now
+                    try:
+                        self.ep.send(dev, {"kind": "ping", "seq": next(seq), "t": time.time()})
+                    except Exception:  # noqa: BLE001 - a missed ping is what this detects
+                        log.debug("ping to %s not sent", dev, exc_info=True)
+                silent = now - self.last_seen.get(dev, now)
+                starved = now - self._loop_beat > self.dead_after_s / 2  # our pongs unread: judge nobody
+                if silent > self.dead_after_s * BUILD_GRACE and not starved:
+                    raise DeviceWentAway(f"device {dev} stopped answering while deploying (nothing for "
+                                         f"{silent:.1f} s): is it stopped, hung or overloaded? (--dead-after-s "
+                                         f"{self.dead_after_s:g} × {BUILD_GRACE:g} while building)") from None
 
     def _heartbeat(self) -> None:
         seq = itertools.count()
