@@ -471,7 +471,8 @@ class Session:
             self.waiters[("hello_ok", dev)] = f
             futs[dev] = f
             self.ep.send(dev, {"kind": "hello", "coord": self.ep.address, "device": dev})
-        missing, gone = [], []
+        missing: list[str] = []
+        gone: list[str] = []
         t_end = time.monotonic() + timeout_s  # for all of them together, not each in turn
         for dev, f in futs.items():
             try:
@@ -686,7 +687,7 @@ class Session:
                     last_ping = now
                     try:
                         self.ep.send(dev, {"kind": "ping", "seq": next(seq), "t": time.time()})
-                    except Exception:  # noqa: BLE001 - a missed ping is what this detects
+                    except Exception:
                         log.debug("ping to %s not sent", dev, exc_info=True)
                 silent = now - self.last_seen.get(dev, now)
                 starved = now - self._loop_beat > self.dead_after_s / 2  # our pongs unread: judge nobody
