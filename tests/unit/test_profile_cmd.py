@@ -86,6 +86,17 @@ def test_profile_new_fields_round_trip_and_partial_profiles(tmp_path: Path) -> N
     with pytest.raises(ProfileError, match=r"d0@onnxruntime\.json is an unfinished profile.*resumes"):
         ProfileSet.load_dir(tmp_path)
     (tmp_path / "d0@onnxruntime.json").unlink()
+    # a backend profiled with --no-links borrows the device's links and message costs from its sibling
+    bare = cpu_profile(g)
+    bare.backend, bare.runtime, bare.links = "onnxruntime", None, {}
+    bare.save(tmp_path / "d0@onnxruntime.json")
+    from coinfer.cluster import parse_cluster
+
+    sel = ProfileSet.load_dir(tmp_path).select(parse_cluster(
+        {"source": "d0", "devices": [{"name": "d0", "backend": "onnxruntime"}, {"name": "d1"}]}, "x"))
+    got = sel.get("d0")
+    assert got is not None and got.backend == "onnxruntime" and got.runtime == p.runtime and got.links == p.links
+    (tmp_path / "d0@onnxruntime.json").unlink()
     bad = json.loads(p.to_json())
     bad["timing"] = "gpu"
     with pytest.raises(ProfileError, match="timing"):

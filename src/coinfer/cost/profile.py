@@ -51,7 +51,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +353,14 @@ class ProfileSet:
                 mismatched[dev] = (want or f"auto/{prec}", have)
             elif prec == "fp32" and "onnxruntime" not in alts and _installed("onnxruntime"):
                 mismatched[dev] = ("auto", have)  # auto takes onnxruntime where it is faster
+        for dev, prof in chosen.items():  # links and message costs are the device's, not a backend's: a
+            # backend profiled with --no-links borrows them from a sibling table (QA: it fell back to the
+            # built-in per-message costs, and --links probed said there was no probe)
+            others = [a for a in (self.alternatives.get(dev) or {}).values() if a is not prof]
+            rt = prof.runtime or next((a.runtime for a in others if a.runtime is not None), None)
+            links = prof.links or next((a.links for a in others if a.links), {})
+            if rt is not prof.runtime or links is not prof.links:
+                chosen[dev] = replace(prof, runtime=rt, links=dict(links))
         return ProfileSet(chosen, self.where, self.alternatives, mismatched)
 
     def mismatch_notes(self) -> list[str]:
