@@ -260,7 +260,7 @@ def train_exits(name: str, *, epochs: int | None = None, seed: int = 0, lr: floa
     if epochs < 1:
         raise ExitsError(f"--epochs must be >= 1 (got {epochs})")
     if not lr > 0:
-        raise ExitsError(f"--lr must be > 0 (got {lr})")
+        raise ExitsError(f"--lr must be > 0 (got {lr}); e.g. --lr {rec['lr']:g} (the {name} recipe's)")
     if batch_size < 1:
         raise ExitsError(f"--batch-size must be >= 1 (got {batch_size})")
     split = digits_split(zoo.entry(name).input_shape[-1])

@@ -177,7 +177,7 @@ def base_module(model: str) -> nn.Module:
     try:
         return zoo.get(model)
     except (KeyError, ValueError) as e:
-        raise FdspError(f"unknown model {model!r} for FDSP fine-tuning: {e}; use digits_cnn or a zoo model") from None
+        raise FdspError(f"FDSP fine-tuning: {str(e).strip(chr(34) + chr(39))}; or digits_cnn") from None
 
 
 def __getattr__(name: str) -> Callable[[], nn.Module]:
