@@ -163,3 +163,7 @@ def test_run_takes_dead_after_s() -> None:
     p = inspect.signature(run_cmd.cmd).parameters["dead_after_s"]
     assert p.default.default == 1.2 and "--dead-after-s" in p.default.param_decls
     assert "dead_after_s=dead_after_s" in inspect.getsource(run_cmd.cmd)
+    # QA: a blocked link between two workers held a run 300 s with no way to bound it
+    p = inspect.signature(run_cmd.cmd).parameters["request_timeout_s"]
+    assert p.default.default == 300.0 and "--request-timeout-s" in p.default.param_decls
+    assert "timeout_s=request_timeout_s" in inspect.getsource(run_cmd.cmd)

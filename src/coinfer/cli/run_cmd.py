@@ -42,6 +42,8 @@ def cmd(
     cpu_emulation: str = typer.Option(None, "--cpu-emulation", help=CPU_EMULATION_HELP),
     connect_timeout_s: float = typer.Option(30.0, "--connect-timeout-s", min=0.1,
                                             help="how long to wait for every device's worker to answer"),
+    request_timeout_s: float = typer.Option(300.0, "--request-timeout-s", min=0.1,
+                                            help="give up a request that has not finished after this long"),
     dead_after_s: float = typer.Option(1.2, "--dead-after-s", min=0.1,
                                        help="a device silent this long is declared dead (re-plan without it; the "
                                             "source: the run fails) — raise it for devices that stall"),
@@ -76,7 +78,7 @@ def cmd(
     with c.status("deploying…"):
         session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys,
                          cpu_modes=up.get("cpu_modes") if up else None, hello_timeout_s=connect_timeout_s,
-                         failover=failover, dead_after_s=dead_after_s)
+                         failover=failover, dead_after_s=dead_after_s, timeout_s=request_timeout_s)
     lat: list[float] = []
     runs: list[tuple[Any, float | None, str]] = []  # per request: its trace, measured joules, their source
     with session, c.status("warming up…") as status:

@@ -799,7 +799,12 @@ class Session:
                 raise
             except TimeoutError:
                 self._cancel(p)
-                raise RuntimeFailure(f"request {req} timed out after {self.timeout_s:.0f} s") from None
+                stuck = sorted(devs - set(p.traces))
+                raise RuntimeFailure(
+                    f"request {req} timed out after {self.timeout_s:g} s"
+                    + (f": {', '.join(stuck)} did not finish while every device answered heartbeats — a link "
+                       f"between devices may be blocked (each device must reach the others' worker ports, not "
+                       f"only the coordinator); --request-timeout-s bounds the wait" if stuck else "")) from None
             except RuntimeFailure:
                 self._cancel(p)
                 if self._membership_changed.is_set() or (devs & self.dead) or self._lost(self.current):
