@@ -61,8 +61,8 @@ def test_plan_warns_when_a_strategy_exceeds_memory(tmp_path) -> None:  # type: i
     r = CliRunner().invoke(build_app(), ["plan", "-m", MODEL, "-c", str(spec), "-s", "even", "-o",
                                          str(tmp_path / "p.json")])
     assert r.exit_code == 0, r.output
-    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:") and "memory_mb" in ln]
     assert len(warn) == 1 and "d1" in warn[0] and "memory_mb 1" in warn[0] and "even does not plan" in warn[0], warn
     r = CliRunner().invoke(build_app(), ["plan", "-m", MODEL, "-c", str(spec), "-s", "auto", "-o",
                                          str(tmp_path / "a.json")])
-    assert r.exit_code == 0 and "warning:" not in r.stderr, r.output
+    assert r.exit_code == 0 and "warning:" not in r.stderr, r.output  # d0 alone is faster, but 4 MB do not hold it

@@ -74,7 +74,7 @@ def cmd(
     sim = simulate(lowered, costs)
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
-    alone = _alone(plan, graph, costs) if strategy != "local" else None
+    alone = _alone(plan, graph, costs, cl) if strategy != "local" else None
     for line in [*mismatch_notes(costs.describe()), *objective_notes(strategy, objective),
                  *deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"]),
                  *_alone_notes(strategy, objective, plan, alone)]:
@@ -116,26 +116,29 @@ def cmd(
         (console(stderr=True) if json_out else console()).print(lowered.text(), markup=False)
 
 
-def _alone(plan: Any, graph: Any, costs: Any) -> dict[str, Any]:
+def _alone(plan: Any, graph: Any, costs: Any, cluster: Any) -> dict[str, Any]:
     """The prediction for the plain model on the plan's source alone (what the user has without coinfer),
-    with the same cost model: ``{"device", "latency_ms", "energy_j"}``."""
+    with the same cost model: ``{"device", "latency_ms", "energy_j", "fits"}`` (``fits``: its weights
+    within the source's ``memory_mb``)."""
     from dataclasses import replace
 
     from ..graph.ir import OUTPUT
     from ..plan.lower import lower
     from ..plan.plan import Stage, Whole
     from ..sim import simulate
+    from ..strategies.common import memory_overflows
 
     one = replace(plan, stages=[Stage(OUTPUT, Whole(plan.source))], exit=None, predicted=None)
     r = simulate(lower(one, graph), costs)
-    return {"device": plan.source, "latency_ms": round(r.latency_ms, 3), "energy_j": round(r.energy_j, 6)}
+    return {"device": plan.source, "latency_ms": round(r.latency_ms, 3), "energy_j": round(r.energy_j, 6),
+            "fits": not memory_overflows(one, graph, cluster)}
 
 
 def _alone_notes(strategy: str, objective: str, plan: Any, alone: dict[str, Any] | None) -> list[str]:
     """A warning when the plan is predicted worse, on its objective, than the plain model on its source
     alone (e.g. ``adcnn`` tiling a single device, ``modnn`` over slow links): the strategy's choice, but
     the user should know before deploying it."""
-    if alone is None:
+    if alone is None or not alone["fits"]:  # the model does not fit there: no alternative to compare
         return []
     key, unit = ("energy_j", "J") if objective == "energy" else ("latency_ms", "ms")
     mine, theirs = plan.predicted[key], alone[key]
