@@ -33,7 +33,11 @@ EXTRA: dict[str, dict[str, Any]] = {"edgent": {"deadline_ms": 1000}, "coedge": {
 @pytest.fixture(scope="module")
 def workers():
     cl = builtin_cluster("het4")
-    cl = cl.model_copy(update={"network": cl.network.model_copy(update={"shape": False})})
+    # torch parts: what is checked here is each strategy's plan on real workers; every backend's exactness
+    # has its own tests (tests/property/test_backends_exact.py, test_backends_runtime.py), and `auto`
+    # built and timed both backends of AlexNet's 244 MB of parts for each of the 26 plans (72 s)
+    cl = cl.model_copy(update={"network": cl.network.model_copy(update={"shape": False}),
+                               "devices": [d.model_copy(update={"backend": "torch"}) for d in cl.devices]})
     with LocalCluster(cl, emulate_cpu=False) as lc:
         yield cl, lc
 

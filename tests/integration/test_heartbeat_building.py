@@ -144,7 +144,7 @@ def test_a_device_stopped_during_the_first_deploy_is_named_within_the_build_grac
 
         def deploy() -> None:
             try:
-                Session(big, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, replan=False).close()
+                Session(big, cl, lc.addresses, dead_after_s=DEAD_AFTER_S / 2, replan=False).close()
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
 
@@ -156,12 +156,12 @@ def test_a_device_stopped_during_the_first_deploy_is_named_within_the_build_grac
 
             os.kill(pid, signal.SIGSTOP)
             t0[0] = time.monotonic()
-            th.join(BUILD_GRACE * DEAD_AFTER_S + 20)
+            th.join(BUILD_GRACE * DEAD_AFTER_S / 2 + 20)
             took = time.monotonic() - t0[0]
             assert not th.is_alive(), "the first deploy still waits for the stopped device"
             assert errors and isinstance(errors[0], DeviceWentAway), errors
             assert "stopped answering while deploying" in str(errors[0])
-            assert took < BUILD_GRACE * DEAD_AFTER_S + 10, took
+            assert took < BUILD_GRACE * DEAD_AFTER_S / 2 + 10, took
         finally:
             os.kill(pid, signal.SIGCONT)
             th.join(200)
