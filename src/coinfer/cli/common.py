@@ -191,10 +191,10 @@ def deadline_notes(strategy: str, deadline_ms: float | None, latency_ms: float) 
 def mismatch_notes(costs: dict[str, Any]) -> list[str]:
     """``coinfer plan`` / ``simulate``: devices priced with another backend's profile table than the one
     they run (``costs["backend_mismatch"]``, from ``ProfileSet.select``), one line per kind."""
-    from ..cost.profile import ProfileSet
+    from ..cost.profile import mismatch_notes as notes
 
     mm = {d: (v["runs"], v["priced_with"]) for d, v in (costs.get("backend_mismatch") or {}).items()}
-    return ProfileSet(where=str(costs.get("profiles") or "profiles"), mismatched=mm).mismatch_notes() if mm else []
+    return notes(mm, str(costs.get("profiles") or "profiles"))
 
 
 def objective_notes(strategy: str, objective: str) -> list[str]:

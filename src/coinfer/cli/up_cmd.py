@@ -23,8 +23,6 @@ def _how(code: int | None) -> str:
     return f"exit code {code}"
 
 
-
-
 @user_errors
 def cmd(
     cluster: str = typer.Argument(..., help="cluster YAML or built-in name"),

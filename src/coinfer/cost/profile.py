@@ -365,18 +365,7 @@ class ProfileSet:
 
     def mismatch_notes(self) -> list[str]:
         """One line per kind of :attr:`mismatched` device, for ``coinfer plan`` / ``simulate``."""
-        out = []
-        auto = sorted(d for d, (want, _) in self.mismatched.items() if want == "auto")
-        if auto:
-            out.append(f"note: {', '.join(auto)} {'runs' if len(auto) == 1 else 'run'} backend auto (onnxruntime where it is faster) but only "
-                       f"{'its' if len(auto) == 1 else 'their'} {self.mismatched[auto[0]][1]} table is profiled in "
-                       f"{self.where}: coinfer profile --backend all prices what runs")
-        for dev, (want, have) in sorted(self.mismatched.items()):
-            if want != "auto":
-                be, _, prec = want.partition("/")
-                fix = f"coinfer profile --backend {be if be != 'auto' else 'all'}" + (f" --precision {prec}" if prec else "")
-                out.append(f"note: {dev} runs {want} but is priced with its {have} table in {self.where}: {fix}")
-        return out
+        return mismatch_notes(self.mismatched, self.where)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.profiles)
@@ -403,6 +392,9 @@ class ProfileSet:
         alts: dict[str, dict[str, DeviceProfile]] = {}
         for f in sorted(p.glob("*.json")):
             prof = DeviceProfile.load(f)
+            if not prof.complete:  # <device>.json and <device>@<backend>.json alike
+                raise ProfileError(f"{f} is an unfinished profile (coinfer profile was interrupted); finish it "
+                                   f"with the same coinfer profile command (it resumes) or delete the file")
             if "@" in f.stem:  # <device>@<backend>.json: one of several backends of a device
                 dev, tag = f.stem.split("@", 1)
                 if dev != prof.device or tag != prof.backend.replace("/", "-"):
@@ -410,17 +402,11 @@ class ProfileSet:
                                        f"{prof.device}@{prof.backend.replace('/', '-')}.json")
                 if prof.backend in alts.get(dev, {}):
                     raise ProfileError(f"{f}: a second profile of {dev!r} on {prof.backend!r}; keep one")
-                if not prof.complete:  # as <device>.json below (a half table priced 106 ms for 50.5 ms)
-                    raise ProfileError(f"{f} is an unfinished profile (coinfer profile was interrupted); finish "
-                                       f"it with the same coinfer profile command (it resumes) or delete the file")
                 alts.setdefault(dev, {})[prof.backend] = prof
                 out.setdefault(dev, prof)
                 continue
             if prof.device in out:
                 raise ProfileError(f"{f}: a second profile for device {prof.device!r}; keep one file per device")
-            if not prof.complete:
-                raise ProfileError(f"{f} is an unfinished profile (coinfer profile was interrupted); finish it "
-                                   f"with the same coinfer profile command (it resumes) or delete the file")
             if f.stem != prof.device:
                 raise ProfileError(f"{f} holds the profile of device {prof.device!r}; name it "
                                    f"{prof.device}.json (one file per device)")
@@ -480,6 +466,23 @@ class ProfileSet:
                     f"{self.where}/{dev}.json was measured with cpu_share {emu['cpu_share']}, but the cluster gives "
                     f"{dev} cpu_share {shares[dev]}; re-profile this cluster with coinfer profile"
                 )
+
+
+def mismatch_notes(mismatched: dict[str, tuple[str, str]], where: str) -> list[str]:
+    """One line per kind of device priced with another backend's table than it runs (``mismatched``:
+    device -> (runs, priced with), :meth:`ProfileSet.select`); ``where``: the profiles directory."""
+    out = []
+    auto = sorted(d for d, (want, _) in mismatched.items() if want == "auto")
+    if auto:
+        out.append(f"note: {', '.join(auto)} {'runs' if len(auto) == 1 else 'run'} backend auto (onnxruntime where "
+                   f"it is faster) but only {'its' if len(auto) == 1 else 'their'} {mismatched[auto[0]][1]} table "
+                   f"is profiled in {where}: coinfer profile --backend all prices what runs")
+    for dev, (want, have) in sorted(mismatched.items()):
+        if want != "auto":
+            be, _, prec = want.partition("/")
+            fix = f"coinfer profile --backend {be if be != 'auto' else 'all'}" + (f" --precision {prec}" if prec else "")
+            out.append(f"note: {dev} runs {want} but is priced with its {have} table in {where}: {fix}")
+    return out
 
 
 #: what coinfer profile measures (execute.backends.BACKENDS; a test keeps them equal) and the chain scale's

@@ -685,16 +685,19 @@ class Session:
                     continue
                 if now - last_ping >= self.heartbeat_s:
                     last_ping = now
-                    try:
-                        self.ep.send(dev, {"kind": "ping", "seq": next(seq), "t": time.time()})
-                    except Exception:
-                        log.debug("ping to %s not sent", dev, exc_info=True)
+                    self._ping(dev, next(seq))
                 silent = now - self.last_seen.get(dev, now)
                 starved = now - self._loop_beat > self.dead_after_s / 2  # our pongs unread: judge nobody
                 if silent > self.dead_after_s * BUILD_GRACE and not starved:
                     raise DeviceWentAway(f"device {dev} stopped answering while deploying (nothing for "
                                          f"{silent:.1f} s): is it stopped, hung or overloaded? (--dead-after-s "
                                          f"{self.dead_after_s:g} × {BUILD_GRACE:g} while building)") from None
+
+    def _ping(self, dev: str, seq: int) -> None:
+        try:
+            self.ep.send(dev, {"kind": "ping", "seq": seq, "t": time.time()})
+        except Exception:  # a missed ping is what the heartbeat (and a first deploy's wait) detects
+            log.debug("ping to %s not sent", dev, exc_info=True)
 
     def _heartbeat(self) -> None:
         seq = itertools.count()
@@ -706,10 +709,7 @@ class Session:
             last = now
             known = set(self.addresses) & ({d for d in self.plan.devices} | self.alive | self.dead)
             for dev in known:
-                try:
-                    self.ep.send(dev, {"kind": "ping", "seq": next(seq), "t": time.time()})
-                except Exception:  # a missed ping is what the heartbeat detects
-                    log.debug("ping to %s not sent", dev, exc_info=True)
+                self._ping(dev, next(seq))
             if starved:
                 continue
             # a device building a deployment may answer pings late (capture and backend builds

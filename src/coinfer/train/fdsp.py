@@ -527,6 +527,7 @@ def train_digits_base(epochs: int = BASE_EPOCHS, seed: int = 0, progress: Progre
     """
     p = _weights_path("digits_cnn")
     xtr, ytr, xte, yte = load_digits(seed)
+    limited = limit is not None and limit < len(ytr)
     xtr, ytr = xtr[:limit], ytr[:limit]
     cached = _cached_base(p)
     if cached == {"epochs": epochs, "seed": seed} and not force:
@@ -550,7 +551,6 @@ def train_digits_base(epochs: int = BASE_EPOCHS, seed: int = 0, progress: Progre
         if progress is not None:
             progress("base", ep + 1, epochs, {"loss": float(loss.detach())})
     m.eval()
-    limited = limit is not None and limit < len(load_digits(seed)[1])
     reduced = cached is not None and cached["epochs"] >= BASE_EPOCHS and epochs < BASE_EPOCHS
     if not (limited and cached is not None) and (force or not reduced):
         save_weights(m, p)
