@@ -165,3 +165,49 @@ def test_a_device_stopped_during_the_first_deploy_is_named_within_the_build_grac
         finally:
             os.kill(pid, signal.SIGCONT)
             th.join(200)
+
+
+def test_a_device_killed_during_the_first_deploy_is_planned_around() -> None:
+    """QA (stop 25): a device that died while the session's *first* plan built ended the run, though
+    one dying during a request is re-planned around. Now the first deploy re-plans over the live
+    devices too: the session starts on the plan without it, answers exactly, and records the
+    recovery."""
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}, {"name": "d2"}],
+                        "network": {"shape": False}}, "c")
+    cm, watch = _whole("resnet18_digits", cl, "d2")
+    from coinfer.api import plan as make_plan
+
+    big = make_plan("vgg16", cl, "even")
+    assert big.devices_used_names() == ["d0", "d1", "d2"]
+    vgg = capture_model("vgg16")
+    x = random_input(tuple(vgg.graph.input_shape), 5)
+    with LocalCluster(cl, emulate_cpu=False) as lc, \
+            Session(watch, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, replan=False) as a:
+        out: list[Session] = []
+        errors: list[BaseException] = []
+
+        def deploy() -> None:
+            try:
+                out.append(Session(big, cl, lc.addresses, dead_after_s=DEAD_AFTER_S).__enter__())
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        t_end = time.monotonic() + 30
+        while a.peer_building.get("d2", True) and time.monotonic() < t_end:  # a's own build's pongs said so
+            time.sleep(0.01)
+        th = threading.Thread(target=deploy)
+        th.start()
+        try:
+            _wait_until_building(a, "d2")  # b's hello is done: d2 builds its VGG-16 rows
+            lc.kill("d2")
+            th.join(120)
+            assert not th.is_alive() and not errors, errors
+            b = out[0]
+            assert "d2" in b.dead
+            assert b.plan.devices_used_names() == ["d0", "d1"], b.plan.devices_used_names()
+            assert [(r.dead, r.devices) for r in b.recoveries] == [(["d2"], ["d0", "d1"])], b.recoveries
+            assert compare(b(x), reference_output(vgg, x))[1] <= TOLERANCE
+        finally:
+            th.join(120)
+            for s in out:
+                s.__exit__(None, None, None)

@@ -80,7 +80,9 @@ def cmd(
                          cpu_modes=up.get("cpu_modes") if up else None, hello_timeout_s=connect_timeout_s,
                          failover=failover, dead_after_s=dead_after_s, timeout_s=request_timeout_s)
     lat: list[float] = []
-    runs: list[tuple[Any, float | None, str]] = []  # per request: its trace, measured joules, their source
+    # per request: its trace, measured joules, their source, and the plan it ran on (a device that died
+    # during the run, or while the first plan built, leaves the rest on a re-plan without it)
+    runs: list[tuple[Any, float | None, str, Plan]] = []
     with session, c.status("warming up…") as status:
         for _ in range(warmup):
             session(x)
@@ -89,18 +91,18 @@ def cmd(
             t0 = time.perf_counter()
             y, joules, esrc = measure_energy(lambda: session(x))  # real power readers (RAPL/INA3221) if present
             lat.append((time.perf_counter() - t0) * 1e3)
-            runs.append((session.last_trace, joules, esrc))
+            runs.append((session.last_trace, joules, esrc, session.plan))
     # the request of the median latency (the lower one of an even count) stands for the run
-    tr, joules, esrc = runs[sorted(range(len(lat)), key=lat.__getitem__)[(len(lat) - 1) // 2]]
+    tr, joules, esrc, ran = runs[sorted(range(len(lat)), key=lat.__getitem__)[(len(lat) - 1) // 2]]
     assert tr is not None
     s = summarize(tr, cl, measured_energy_j=joules, energy_source=esrc)
     s.update(latency_ms=round(statistics.median(lat), 3), latencies_ms=[round(v, 3) for v in lat],
              plan_path=plan_path, strategy=plan.strategy.name, cpu_modes=session.cpu_modes,
-             backends=session.backends,
+             backends=session.backends, dead=sorted(session.dead),
              recoveries=[dataclasses.asdict(r) for r in session.recoveries],
-             predicted=plan.predicted)
+             predicted=ran.predicted if ran is plan else None)
     if stages:
-        s["stages"] = stage_rows(tr, plan)
+        s["stages"] = stage_rows(tr, ran)
     if trace:
         tr.save(trace)
     if gantt:
@@ -109,8 +111,8 @@ def cmd(
     if verify:
         diff, rel = compare(y, reference_output(cm, x, plan.exit))
         # a device computing at bf16 / fp16 (cluster file `precision`) makes the run approximate too
-        reduced = any(cl.device(d).precision != "fp32" for d in plan.devices_used_names())
-        exact = plan.is_exact and not reduced
+        reduced = any(cl.device(d).precision != "fp32" for d in ran.devices_used_names())
+        exact = ran.is_exact and not reduced
         s.update(max_abs_diff=diff, rel=rel, exact_plan=exact)
         ok = rel <= TOLERANCE or not exact
     if json_out:
@@ -118,7 +120,8 @@ def cmd(
     else:
         c.print(f"{plan.model.name} · {plan.strategy.name}: median {s['latency_ms']:.1f} ms over {repeat} run(s); "
                 f"{s['bytes_moved'] / 1e6:.2f} MB moved; energy {s['energy_j']:.3f} J")
-        c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" for d, v in s["busy_ms"].items()))
+        c.print("  busy ms: " + ", ".join(f"{d} {v:.1f}" + (" (dead)" if d in session.dead else "")
+                                          for d, v in s["busy_ms"].items()))
         print_breakdown(c, "median run", float(tr.meta.get("latency_ms") or tr.span_ms), s["critical_compute_ms"],
                         s.get("stages"), indent="  ")
         c.print("  backends: " + ", ".join(f"{d} {'+'.join(b) or '-'}" for d, b in s["backends"].items()))

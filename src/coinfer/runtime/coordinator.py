@@ -67,6 +67,18 @@ class DeviceWentAway(DeviceUnreachable):
 
     bad_input = False
 
+    def __init__(self, message: str, device: str | None = None) -> None:
+        super().__init__(message)
+        self.device = device  # the device that went away, when one is known
+
+
+class _BuildFailed(Exception):
+    """A device's deployment failed: its worker's error, or the deploy's timeout."""
+
+    def __init__(self, device: str, error: BaseException) -> None:
+        super().__init__(device)
+        self.device, self.error = device, error
+
 
 @dataclass
 class _Pending:
@@ -301,7 +313,7 @@ class Session:
                 # the bandwidth trace starts when the session is ready, not before the builds
                 # (the main deploy below re-shapes every worker's links with the new t0)
                 self.link_trace = self._load_link_trace()
-            self._deploy(self.plan)
+            self._deploy_first()
         except BaseException:
             self.close()
             raise
@@ -578,23 +590,52 @@ class Session:
             self.ep.send(dev, {"kind": "deploy", "dep": dep, "plan": text, "device": dev, "peers": peers,
                                "coord": self.ep.address, "seed": self.seed, "links": self._links(dev, devs), "link_trace": self.link_trace,
                                "backend": choice[dev][0], "precision": choice[dev][1]})
-        built: dict[str, dict[str, Any]] = {}
         t_end = time.monotonic() + timeout_s
-        for dev, f in futs.items():
-            try:
-                built[dev] = self._await_build(dev, f, t_end)
-            except DeviceUnreachable:
-                self._abandon(dep)
-                raise
-            except RuntimeFailure as e:
-                self._abandon(dep)
-                raise RuntimeFailure(f"deploying on {dev} failed: {e}") from None
-            except Exception:  # noqa: BLE001
-                self._abandon(dep)
-                raise DeviceUnreachable(f"deploying on {dev} timed out after {timeout_s:.0f} s") from None
+        try:
+            built = self._await_builds(futs, t_end)
+        except DeviceUnreachable:
+            self._abandon(dep)
+            raise
+        except _BuildFailed as e:
+            self._abandon(dep)
+            if isinstance(e.error, RuntimeFailure):
+                raise RuntimeFailure(f"deploying on {e.device} failed: {e.error}") from None
+            raise DeviceUnreachable(f"deploying on {e.device} timed out after {timeout_s:.0f} s") from None
         # device -> backends computing its parts, and its memory after the build (deploy_ok)
         return _Deployment(plan, dep, devs, {d: list(built[d].get("backends") or []) for d in devs},
                            {d: dict(built[d].get("memory") or {}) for d in devs}, t_sent)
+
+    def _deploy_first(self) -> None:
+        """Build the first plan. A device other than the source that dies or stops answering while it
+        builds is declared dead and the plan re-planned without it (as after a death during a request;
+        it ended the run before), unless re-planning is off."""
+        t_fail: float | None = None
+        while True:
+            try:
+                kept = self._take_kept(self.plan) if t_fail is not None else None  # failover: prepared
+                if kept is not None:
+                    self._activate(kept)
+                else:
+                    self._deploy(self.plan)
+            except DeviceWentAway as e:
+                dev = e.device
+                if not self.replan_enabled or dev is None or dev == self.plan.source:
+                    raise
+                t_fail = time.monotonic() if t_fail is None else t_fail
+                with self.lock:
+                    self.alive.discard(dev)
+                    self.dead.add(dev)
+                    self.dead_at[dev] = time.monotonic()
+                log.warning("%s; re-planning without it", e)
+                self._plan = self._replanned(self._sub(self._live()))
+                self._greet(self.plan.devices_used_names())
+                continue
+            if t_fail is not None:
+                self._membership_changed.clear()
+                self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead),
+                                                     (time.monotonic() - t_fail) * 1e3, 0.0,
+                                                     self.plan.devices_used_names(), "rebuilt"))
+            return
 
     def _activate(self, d: _Deployment, *, keep_old: bool = False) -> None:
         """Make ``d`` the deployment requests run on; the one it replaces is kept built
@@ -660,38 +701,54 @@ class Session:
             self.waiters.pop(key, None)
         self._undeploy(dep)
 
-    def _await_build(self, dev: str, f: Future[dict[str, Any]], t_end: float) -> dict[str, Any]:
-        """``dev``'s deploy_ok, waiting until ``t_end`` — or less if its connection has been down for
-        ``dead_after_s`` (its process died: before the heartbeat runs, nothing else would tell), or if
-        it has not answered a ping for ``BUILD_GRACE`` × ``dead_after_s`` (stopped or hung: the first
-        deploy waited the whole 180 s for a SIGSTOPped device; a building worker answers pings)."""
+    def _await_builds(self, futs: dict[str, Future[dict[str, Any]]], t_end: float) -> dict[str, dict[str, Any]]:
+        """Every device's deploy_ok, waiting until ``t_end`` — or less for a device whose connection has
+        been down for ``dead_after_s`` (its process died: before the heartbeat runs, nothing else would
+        tell), or that has not answered a ping for ``BUILD_GRACE`` × ``dead_after_s`` (stopped or hung:
+        the first deploy waited the whole 180 s for a SIGSTOPped device; a building worker answers
+        pings). All devices are watched at once (one waited for in turn hid another's death behind its
+        build). A failed device raises DeviceWentAway, a worker's error or the timeout ``_BuildFailed``."""
         pinging = getattr(self, "hb", None) is None  # before the heartbeat runs, ping from here
         last_ping = 0.0
         seq = itertools.count()
-        while True:
+        built: dict[str, dict[str, Any]] = {}
+        while len(built) < len(futs):
             left = t_end - time.monotonic()
+            for dev, f in futs.items():
+                if dev not in built and f.done():
+                    try:
+                        built[dev] = f.result()
+                    except DeviceUnreachable:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - the worker's error
+                        raise _BuildFailed(dev, e) from None
+            waiting = [d for d in futs if d not in built]
+            if not waiting:
+                break
+            if left <= 0:
+                raise _BuildFailed(waiting[0], TimeoutError())
             try:
-                return f.result(timeout=max(0.0, min(left, 0.25)))
-            except FutureTimeout:
-                if left <= 0.25:
-                    raise
-                now = time.monotonic()
+                futs[waiting[0]].result(timeout=max(0.0, min(left, 0.25)))
+            except Exception:  # noqa: BLE001 - read above, with the others
+                pass
+            now = time.monotonic()
+            if pinging and now - last_ping >= self.heartbeat_s:
+                last_ping = now
+                for dev in waiting:
+                    self._ping(dev, next(seq))
+            starved = now - self._loop_beat > self.dead_after_s / 2  # our pongs unread: judge nobody
+            for dev in waiting:
                 since = self.ep.link_down_since(dev)
                 if since is not None and now - since > self.dead_after_s:
                     raise DeviceWentAway(f"device {dev} went away while deploying (its connection closed "
                                          f"{now - since:.1f} s ago); run again once it is back (coinfer up "
-                                         f"restarts local devices) or leave it out of the cluster") from None
-                if not pinging:
-                    continue
-                if now - last_ping >= self.heartbeat_s:
-                    last_ping = now
-                    self._ping(dev, next(seq))
+                                         f"restarts local devices) or leave it out of the cluster", dev)
                 silent = now - self.last_seen.get(dev, now)
-                starved = now - self._loop_beat > self.dead_after_s / 2  # our pongs unread: judge nobody
-                if silent > self.dead_after_s * BUILD_GRACE and not starved:
+                if pinging and silent > self.dead_after_s * BUILD_GRACE and not starved:
                     raise DeviceWentAway(f"device {dev} stopped answering while deploying (nothing for "
                                          f"{silent:.1f} s): is it stopped, hung or overloaded? (--dead-after-s "
-                                         f"{self.dead_after_s:g} × {BUILD_GRACE:g} while building)") from None
+                                         f"{self.dead_after_s:g} × {BUILD_GRACE:g} while building)", dev)
+        return built
 
     def _ping(self, dev: str, seq: int) -> None:
         try:
