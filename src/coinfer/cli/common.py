@@ -197,6 +197,24 @@ def mismatch_notes(costs: dict[str, Any]) -> list[str]:
     return notes(mm, str(costs.get("profiles") or "profiles"))
 
 
+def backend_notes(cluster: Any, devices: list[str]) -> list[str]:
+    """``coinfer plan`` / ``simulate``: a warning per device whose ``backend`` / ``precision`` (cluster
+    file) this machine cannot run — they price any combination, while ``coinfer run`` refuses one the
+    device does not have (exit 2). Judged by this machine: a remote device may have what it lacks."""
+    from ..execute.backends import BackendError, check_backend
+
+    out = []
+    for dev in devices:
+        spec = cluster.device(dev) if dev in cluster.names else None
+        if spec is None:
+            continue
+        try:
+            check_backend(spec.backend, spec.precision, where=f"device {dev}")
+        except BackendError as e:
+            out.append(f"warning: {e} — priced anyway; coinfer run refuses it unless that device has it")
+    return out
+
+
 def objective_notes(strategy: str, objective: str) -> list[str]:
     """What ``coinfer plan`` prints to stderr about ``--objective``: a note when it is not the default
     (latency) and ``strategy`` does not plan for an objective (``register(objective=False)``)."""

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from .common import (
+    backend_notes,
     console,
     deadline_notes,
     emit_json,
@@ -75,7 +76,8 @@ def cmd(
     plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
     plan.save(out)
     alone = _alone(plan, graph, costs, cl) if strategy != "local" else None
-    for line in [*mismatch_notes(costs.describe()), *objective_notes(strategy, objective),
+    for line in [*mismatch_notes(costs.describe()), *backend_notes(cl, plan.devices_used_names()),
+                 *objective_notes(strategy, objective),
                  *deadline_notes(strategy, deadline_ms, plan.predicted["latency_ms"]),
                  *_alone_notes(strategy, objective, plan, alone)]:
         typer.echo(line, err=True)

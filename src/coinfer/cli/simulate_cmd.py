@@ -10,6 +10,7 @@ import typer
 
 from .common import (
     STAGES_HELP,
+    backend_notes,
     check_outputs,
     console,
     emit_json,
@@ -64,7 +65,7 @@ def cmd(
     if gantt is not None:
         res.trace.gantt(gantt, f"simulated {plan.model.name} / {plan.strategy.name}: {res.latency_ms:.1f} ms")
     summary = {"plan": str(plan_path), **res.summary(), "costs": res.costs}
-    for line in mismatch_notes(res.costs):
+    for line in [*mismatch_notes(res.costs), *backend_notes(cl, plan.devices_used_names())]:
         typer.echo(line, err=True)
     if stages:
         summary["stages"] = stage_rows(res.trace, plan)
