@@ -213,3 +213,51 @@ def test_plan_across_namespaces_with_tbf(netns_cluster) -> None:
     # per byte, the 20 Mbit/s link is clearly slower than the 200 Mbit/s one (ideal ratio 10)
     per_byte = (got_s / nbytes) / (fast_s / fast[0].args["bytes"])
     assert per_byte > 2.0, per_byte
+
+
+def test_a_link_blocked_between_two_workers_is_planned_around(netns_cluster) -> None:
+    """QA (stop 25): a route between two workers blocked while the coordinator still reached both held
+    the run for the whole request timeout (300 s), then failed: heartbeats kept both "alive". The
+    sender's connection now gives up on unacknowledged data (TCP_MAXRT), the worker reports the link
+    down in its pongs, and the session leaves one end out and re-plans — the request that was running
+    is answered, exactly; when the route is back the device is used again."""
+    from coinfer.cluster import parse_cluster
+    from coinfer.execute.local import TOLERANCE, compare, reference_output
+    from coinfer.inputs import random_input
+    from coinfer.modelspec import capture_model
+    from coinfer.plan.plan import Stage, Whole
+    from coinfer.runtime.coordinator import Session
+    from coinfer.strategies import PlanRequest
+
+    net, keys, addresses = netns_cluster
+    cl = parse_cluster({"source": "n0",
+                        "devices": [{"name": n, "address": a} for n, a in addresses.items()],
+                        "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False},
+                        "security": {"auth": "curve", "keys": str(keys)}})
+    cm = capture_model(MODEL)
+    plan = PlanRequest(cm.graph, cl, MODEL).make_plan(
+        [Stage(CUT, Whole("n1")), Stage("output", Whole("n2"))], "netns-test")
+    x = random_input(tuple(cm.graph.input_shape), 12)
+    ref = reference_output(cm, x)
+    route = ["ip", "netns", "exec", net.ns["n1"], "ip", "route", "add", "blackhole", f"{net.ip['n2']}/32"]
+    with Session(plan, cl, addresses, keys=str(keys), dead_after_s=2.0, timeout_s=120.0) as s:
+        assert compare(s(x), ref)[1] <= TOLERANCE
+        _sh(*route)
+        try:
+            t0 = time.monotonic()
+            y = s(x)  # n1's output to n2 cannot arrive
+            took = time.monotonic() - t0
+            assert compare(y, ref)[1] <= TOLERANCE
+            print(f"\nn1 -> n2 blocked: answered after {took:.1f} s over {s.deployed_on}; "
+                  f"{[r.describe() for r in s.recoveries]}")
+            assert "n2" in s.cut and "n2" not in s.deployed_on, (s.cut, s.deployed_on)
+            assert took < 40, f"took {took:.0f} s: the blocked link was not detected"
+            assert s.recoveries and s.recoveries[-1].cut == ["n2"]
+            assert "n2 cut off" in s.recoveries[-1].describe()
+        finally:
+            _sh(*route[:6], "del", *route[7:], check=False)
+        t_end = time.monotonic() + 60
+        while "n2" in s.cut and time.monotonic() < t_end:  # n1's connection to n2 comes back
+            time.sleep(0.2)
+        assert "n2" not in s.cut, "n2 stays cut off after the route came back"
+        assert compare(s(x), ref)[1] <= TOLERANCE

@@ -131,6 +131,7 @@ class RecoveryEvent:
     devices: list[str]  # the devices the new plan uses
     how: str = "rebuilt"  # "rebuilt" (after a failure) | "prepared" (failover) | "background" (no request waited)
     restarted: list[str] = field(default_factory=list)  # devices whose worker restarted (parts lost, not dead)
+    cut: list[str] = field(default_factory=list)  # alive devices left out: a link to them is blocked
 
     def describe(self) -> str:
         """One line: when, who was dead, the devices used now, how and how long."""
@@ -138,7 +139,9 @@ class RecoveryEvent:
         how = {"rebuilt": "planned and built while a request waited", "prepared": "switched to a prepared plan",
                "background": "planned and built in the background"}.get(self.how, self.how)
         waited = f"; the failed request took {self.recovery_ms:.0f} ms" if self.recovery_ms else ""
-        gone = [f"{', '.join(self.dead)} dead"] if self.dead else []
+        dead = [d for d in self.dead if d not in self.cut]
+        gone = [f"{', '.join(dead)} dead"] if dead else []
+        gone += [f"{', '.join(self.cut)} cut off (a blocked link)"] if self.cut else []
         gone += [f"{', '.join(self.restarted)} restarted"] if self.restarted else []
         dead = "; ".join(gone) or "all devices alive"
         return f"{when} {dead} -> over {', '.join(self.devices)} ({how}, {self.replan_ms:.0f} ms{waited})"
@@ -264,6 +267,11 @@ class Session:
         self.dead: set[str] = set()
         self.dead_at: dict[str, float] = {}  # device -> time.monotonic() it was declared dead
         self.peer_building: dict[str, bool] = {}  # device -> its last pong said it builds a deployment
+        # device -> {peer: seconds its connection to the peer has been down} (its last pong), and the
+        # devices left out because a link to them is blocked: device -> (reporter, peer) of that link;
+        # it counts as dead (its pongs do not revive it) until the reporter reaches the peer again
+        self.links_down: dict[str, dict[str, float]] = {}
+        self.cut: dict[str, tuple[str, str]] = {}
         self.info: dict[str, dict[str, Any]] = {}
         # device -> its worker process's instance token (hello_ok, pong), and when a new one was seen:
         # a worker restarted in less than dead_after_s is never silent, yet its deployments are gone
@@ -352,7 +360,16 @@ class Session:
         if kind == "pong":
             self.peer_building[m.sender] = int(h.get("building", 0)) > 0
             self._note_instance(m.sender, h.get("instance"))
+            down = {str(p): float(a) for p, a in (h.get("down") or {}).items()
+                    if p in self.addresses and isinstance(a, (int, float)) and not isinstance(a, bool)}
             with self.lock:
+                self.links_down[m.sender] = down
+                for c, (w, p) in list(self.cut.items()):  # the reporter reaches the peer again
+                    if w == m.sender and p not in down:
+                        del self.cut[c]
+                        log.warning("%s reaches %s again: %s can be used again", w, p, c)
+                if m.sender in self.cut:
+                    return
                 if m.sender in self.dead:
                     self.dead.discard(m.sender)
                     self._membership_changed.set()
@@ -788,6 +805,33 @@ class Session:
                         log.warning("device %s declared dead (no heartbeat for %.1f s)", dev,
                                     now - self.last_seen.get(dev, now))
                         self._fail_over(dev, "died")
+                self._check_links(now)
+
+    def _check_links(self, now: float) -> None:
+        """A link of the active deployment that one device reports down for 2 × ``dead_after_s`` while
+        both ends answer heartbeats is blocked (a firewall or a route between the devices, not a death):
+        its requests would wait for the request timeout. One end — not the source — is left out as if
+        dead and the session re-plans without it; it is used again when the link is back. Under
+        ``self.lock``."""
+        if self.current is None:
+            return
+        used = set(self.current.devices)
+        for w, down in list(self.links_down.items()):
+            for p, age in down.items():
+                if w not in self.alive or p not in self.alive or not {w, p} <= used or age < 2 * self.dead_after_s:
+                    continue
+                if now - self.last_seen.get(p, 0.0) > self.dead_after_s:
+                    continue  # the peer is silent too: a death, judged by the heartbeat
+                drop = p if p != self.plan.source else w
+                other = w if drop == p else p
+                self.cut[drop] = (w, p)
+                self.alive.discard(drop)
+                self.dead.add(drop)
+                self.dead_at[drop] = now
+                log.warning("the link between %s and %s is blocked (%s has not reached %s for %.1f s while "
+                            "both answer): leaving %s out (each device must reach the others' worker ports)",
+                            w, p, w, p, age, drop)
+                self._fail_over(drop, f"cannot reach {other} (a blocked link)")
 
     # -- requests ---------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, *, attempts: int = 4) -> torch.Tensor:
@@ -971,7 +1015,8 @@ class Session:
             self._greet(new.devices_used_names())
             self._deploy(new)
         self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
-                                             0.0, new.devices_used_names(), how, sorted(restarted)))
+                                             0.0, new.devices_used_names(), how, sorted(restarted),
+                                             sorted(self.cut)))
         prep = self._adopt(new)
         log.warning("re-planned over %s in %.0f ms", new.devices_used_names(), (time.monotonic() - t0) * 1e3)
         if later:  # with the restarted device again, built in the background
@@ -1108,7 +1153,8 @@ class Session:
                 self._activate(d)
             ms = (time.monotonic() - b.t0) * 1e3
             self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), ms, 0.0,
-                                                 self.plan.devices_used_names(), "background"))
+                                                 self.plan.devices_used_names(), "background",
+                                                 cut=sorted(self.cut)))
             prep = self._adopt(self.plan)
             if prep:  # the failover plans come from the job that built this one
                 self._start_background(self._live(), replan=False, prepare=prep, fallbacks=False)

@@ -81,6 +81,12 @@ MAX_QUEUE_BYTES = 4 * 2**30
 #: Inbound messages the I/O thread buffers before it stops reading (backpressure).
 MAX_INBOX = 10_000
 HWM = 10_000
+#: a connection whose sent data stays unacknowledged this long is closed (TCP_MAXRT): a link that
+#: became blocked (firewall, route) while data waited on it is then seen as down, not silent forever;
+#: a slow link that still acknowledges is not affected
+MAX_RETRANSMIT_MS = 5000
+#: a connection attempt that gets no answer is retried after this long (the kernel waits ~2 min)
+CONNECT_TIMEOUT_MS = 3000
 _SEEN = 4096
 #: A shaped message is handed to the socket this much before its delivery time per byte
 #: (the real loopback copy, ≈ 2 GB/s), so that its last byte lands when the link says.
@@ -126,6 +132,8 @@ class Endpoint(Protocol):
     def disconnect(self, peer: str) -> None: ...
 
     def link_down_since(self, peer: str) -> float | None: ...
+
+    def unreachable_since(self, peer: str) -> float | None: ...
 
     def close(self) -> None: ...
 
@@ -281,6 +289,8 @@ class ZmqEndpoint:
         self._lock = threading.Lock()
         self._peers: dict[str, _Peer] = {}
         self._link_down: dict[str, float] = {}  # peer -> when its connection dropped (monitor events)
+        self._retrying: dict[str, float] = {}  # peer never connected -> when its first attempt failed
+        self._connected: set[str] = set()  # peers whose connection was up at least once
         self._replies: deque[tuple[bytes, _Out]] = deque()
         self._seen: OrderedDict[str, bytes] = OrderedDict()  # inbound sender -> routing id
         self._key_names: dict[bytes, str | None] = {}  # client public key (z85) -> key name
@@ -473,6 +483,8 @@ class ZmqEndpoint:
         s = self.ctx.socket(zmq.DEALER)
         try:
             self._sockopts(s)
+            s.setsockopt(zmq.TCP_MAXRT, MAX_RETRANSMIT_MS)
+            s.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             s.setsockopt(zmq.IDENTITY, self._ident)
             if self.keys is not None:
                 assert self.key_name is not None and server_key is not None
@@ -487,7 +499,7 @@ class ZmqEndpoint:
         p = _Peer(peer, address, shaper)
         p.sock = s
         try:
-            p.mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            p.mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
         except zmq.ZMQError:  # monitoring is a help, not a need
             p.mon = None
         with self._lock:
@@ -512,6 +524,8 @@ class ZmqEndpoint:
         self._close_monitor(p)
         with self._lock:
             self._link_down.pop(peer, None)
+            self._retrying.pop(peer, None)
+            self._connected.discard(peer)
         if p.sock is not None:
             self._poller.unregister(p.sock)
             self._sock_peer.pop(p.sock, None)
@@ -545,6 +559,10 @@ class ZmqEndpoint:
                     self._link_down.setdefault(peer, time.monotonic())
                 elif ev["event"] == zmq.EVENT_CONNECTED:
                     self._link_down.pop(peer, None)
+                    self._retrying.pop(peer, None)
+                    self._connected.add(peer)
+                elif ev["event"] == zmq.EVENT_CONNECT_RETRIED and peer not in self._connected:
+                    self._retrying.setdefault(peer, time.monotonic())
 
     def link_down_since(self, peer: str) -> float | None:
         """``time.monotonic()`` when the connection to ``peer`` was lost, or None while it is up
@@ -552,6 +570,14 @@ class ZmqEndpoint:
         power or network does not, so this is a quick hint, never the only sign of death."""
         with self._lock:
             return self._link_down.get(peer)
+
+    def unreachable_since(self, peer: str) -> float | None:
+        """``time.monotonic()`` since when ``peer`` cannot be reached: its connection dropped
+        (:meth:`link_down_since`) or, never connected, the first attempt failed (refused or
+        unanswered for ``CONNECT_TIMEOUT_MS``); None while connected or still trying the first time."""
+        with self._lock:
+            t = [v for v in (self._link_down.get(peer), self._retrying.get(peer)) if v is not None]
+        return min(t) if t else None
 
     def _run(self) -> None:
         zmq = self._zmq
@@ -885,6 +911,10 @@ class InProcEndpoint:
 
     def link_down_since(self, peer: str) -> float | None:
         """In process there are no connections to lose: always None (see ZmqEndpoint)."""
+        return None
+
+    def unreachable_since(self, peer: str) -> float | None:
+        """In process every peer is reachable: always None (see ZmqEndpoint)."""
         return None
 
     def connect(self, peer: str, address: str, *, shaper: LinkShaper | None = None) -> None:

@@ -351,7 +351,8 @@ def _initial_kinds() -> None:
     # answers may lag meanwhile, so coordinators give it the build grace (optional)
     register_kind("pong", {"seq": Field("int", lo=0), "t": "float", "name": _NAME,
                            "building": Field("int", lo=0, hi=2**31 - 1, required=False),
-                           "instance": Field("str", max_len=32, required=False)})
+                           "instance": Field("str", max_len=32, required=False),
+                           "down": Field("dict", required=False)})
     # a dynamic stage's tile: tensor = its input (stage - 1; -1 the model input); tile_out: its output (stage)
     register_kind("tile", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX}, "tensor")
     register_kind("tile_out", {"dep": _DEP, "req": _REQ, "tensor": _TENSOR, "stage": _IDX, "part": _IDX,

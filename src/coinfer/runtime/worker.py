@@ -211,7 +211,21 @@ class Worker:
 
     def on_ping(self, m: Message) -> None:
         self.ep.send(m.sender, {"kind": "pong", "seq": m.header["seq"], "t": m.header["t"], "name": self.name,
-                                "building": self.building, "instance": self.instance})
+                                "building": self.building, "instance": self.instance, "down": self.links_down()})
+
+    def links_down(self) -> dict[str, float]:
+        """peer -> seconds its connection has been down (or never came up): a coordinator that still
+        hears from that peer knows the link between the two is blocked (pong ``down``)."""
+        since = getattr(self.ep, "unreachable_since", None)
+        if since is None:
+            return {}
+        now = time.monotonic()
+        out = {}
+        for peer in list(self.peers):
+            t = since(peer)
+            if t is not None:
+                out[peer] = round(now - t, 2)
+        return out
 
     def on_shutdown(self, m: Message) -> None:
         self.stop.set()
