@@ -174,7 +174,7 @@ def test_a_device_killed_during_the_first_deploy_is_planned_around() -> None:
     recovery."""
     cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}, {"name": "d2"}],
                         "network": {"shape": False}}, "c")
-    cm, watch = _whole("resnet18_digits", cl, "d2")
+    _, watch = _whole("resnet18_digits", cl, "d2")
     from coinfer.api import plan as make_plan
 
     big = make_plan("vgg16", cl, "even")

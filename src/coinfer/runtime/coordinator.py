@@ -33,8 +33,9 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -139,8 +140,8 @@ class RecoveryEvent:
         how = {"rebuilt": "planned and built while a request waited", "prepared": "switched to a prepared plan",
                "background": "planned and built in the background"}.get(self.how, self.how)
         waited = f"; the failed request took {self.recovery_ms:.0f} ms" if self.recovery_ms else ""
-        dead = [d for d in self.dead if d not in self.cut]
-        gone = [f"{', '.join(dead)} dead"] if dead else []
+        died = [d for d in self.dead if d not in self.cut]
+        gone = [f"{', '.join(died)} dead"] if died else []
         gone += [f"{', '.join(self.cut)} cut off (a blocked link)"] if self.cut else []
         gone += [f"{', '.join(self.restarted)} restarted"] if self.restarted else []
         dead = "; ".join(gone) or "all devices alive"
@@ -364,10 +365,10 @@ class Session:
                     if p in self.addresses and isinstance(a, (int, float)) and not isinstance(a, bool)}
             with self.lock:
                 self.links_down[m.sender] = down
-                for c, (w, p) in list(self.cut.items()):  # the reporter reaches the peer again
-                    if w == m.sender and p not in down:
+                for c, (rep, peer) in list(self.cut.items()):  # the reporter reaches the peer again
+                    if rep == m.sender and peer not in down:
                         del self.cut[c]
-                        log.warning("%s reaches %s again: %s can be used again", w, p, c)
+                        log.warning("%s reaches %s again: %s can be used again", rep, peer, c)
                 if m.sender in self.cut:
                     return
                 if m.sender in self.dead:
@@ -744,10 +745,7 @@ class Session:
                 break
             if left <= 0:
                 raise _BuildFailed(waiting[0], TimeoutError())
-            try:
-                futs[waiting[0]].result(timeout=max(0.0, min(left, 0.25)))
-            except Exception:  # noqa: BLE001 - read above, with the others
-                pass
+            wait_futures([futs[d] for d in waiting], timeout=max(0.0, min(left, 0.25)), return_when=FIRST_COMPLETED)
             now = time.monotonic()
             if pinging and now - last_ping >= self.heartbeat_s:
                 last_ping = now
