@@ -10,6 +10,12 @@ without torch. The Python API::
     err = coinfer.verify(plan, model, x)            # max abs diff vs the plain model
     with coinfer.deploy(plan, "demo4") as session:  # real worker processes
         y = session(x)
+
+Every error coinfer raises on purpose derives from ``coinfer.CoinferError``;
+``coinfer.RuntimeFailure`` (a request failed after its re-plans) and
+``coinfer.DeviceUnreachable`` (a device does not answer) come from sessions.
+Warnings (a device declared dead, a re-plan) go to the ``coinfer`` logger:
+``logging.getLogger("coinfer").setLevel(logging.ERROR)`` silences them.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from . import zoo
+from .errors import CoinferError
 from .plan.plan import Plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph.capture import CapturedModel
 
-__all__ = ["Plan", "__version__", "capture", "deploy", "plan", "simulate", "verify", "zoo"]
+__all__ = ["CoinferError", "DeviceUnreachable", "Plan", "RuntimeFailure", "Session", "__version__", "capture",
+           "deploy", "plan", "simulate", "verify", "zoo"]
 
 
 def capture(model: Any, input_shape: Any, name: str | None = None) -> CapturedModel:
@@ -39,4 +47,12 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "api":
+        from . import api as mod
+
+        return mod
+    if name in ("RuntimeFailure", "DeviceUnreachable", "Session"):  # imports torch: on first use
+        from .runtime import coordinator
+
+        return getattr(coordinator, name)
     raise AttributeError(f"module 'coinfer' has no attribute {name!r}")

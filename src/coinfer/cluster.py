@@ -26,6 +26,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import CoinferError
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ADDR_RE = re.compile(r"^tcp://[^:/\s]+:\d{1,5}$")
 
@@ -40,7 +42,7 @@ def tcp_address_problem(address: str, *, bind: bool = False) -> str | None:
     return None
 
 
-class ClusterError(ValueError):
+class ClusterError(CoinferError, ValueError):
     """A cluster file that cannot be used; one line, naming the field and the fix."""
 
 

@@ -1,5 +1,7 @@
 """Error bases the CLI turns into one line on stderr (no traceback) and an exit code.
 
+Every one derives from :class:`CoinferError` (exported as ``coinfer.CoinferError``).
+
 * :class:`UserError` — bad input (a file, an option, a value): exit 2.
 * :class:`SetupError` — the set-up named cannot work as it is (a device that does not answer, a
   worker that does not start, an emulation this machine lacks): exit 2. A mixin, so runtime
@@ -14,7 +16,12 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 
-class UserError(ValueError):
+class CoinferError(Exception):
+    """The base of every error coinfer raises on purpose (``except coinfer.CoinferError``); the
+    classes below and each module's own errors (PlanError, ClusterError, RuntimeFailure, …) derive from it."""
+
+
+class UserError(CoinferError, ValueError):
     pass
 
 
@@ -32,9 +39,9 @@ def check_keys(d: Any, allowed: AbstractSet[str], where: str, required: Abstract
         raise error(f"missing field(s) {sorted(missing)} in {where}")
 
 
-class SetupError(Exception):
+class SetupError(CoinferError):
     pass
 
 
-class RunFailed(Exception):
+class RunFailed(CoinferError):
     pass

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import CoinferError
+
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "cat")
 
 
-class InputError(ValueError):
+class InputError(CoinferError, ValueError):
     pass
 
 

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import CoinferError
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from .graph.capture import CapturedModel
 
 
-class ModelError(ValueError):
+class ModelError(CoinferError, ValueError):
     """The MODEL argument cannot be resolved (exit 2)."""
 
 

@@ -56,20 +56,16 @@ def cmd(
     from ..execute.local import TOLERANCE, compare, reference_output
     from ..inputs import make_input
     from ..modelspec import capture_model
-    from ..plan.plan import Plan, PlanError
+    from ..plan.plan import Plan
     from ..runtime import upstate
-    from ..runtime.coordinator import deploy
+    from ..runtime.coordinator import check_plan_cluster, deploy
     from ..runtime.report import measure_energy, summarize
 
     check_outputs(trace=trace, gantt=gantt)
     stop_on_signals()  # a kill ends the session as Ctrl-C does: it undeploys (workers keep nothing)
     plan = Plan.load(plan_path)
     cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
-    missing = [d for d in plan.devices if d not in cl.names]
-    if missing:
-        raise PlanError(f"plan devices {missing} are not in the cluster {cl.names}; re-plan for this cluster")
-    if plan.source != cl.source:
-        raise PlanError(f"plan source {plan.source!r} differs from the cluster source {cl.source!r}")
+    check_plan_cluster(plan, cl)
     cm = capture_model(plan.model.name, plan.model.input_shape)
     plan.validate(cm.graph)
     x = make_input(input, tuple(plan.model.input_shape))

@@ -61,6 +61,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..errors import CoinferError
+
 Buffer = Union[bytes, bytearray, memoryview]  # noqa: UP007 - a runtime alias (py3.10)
 
 DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -130,7 +132,7 @@ def cpu_us(codec: str, quant: str | None, nbytes: float, *, dense: bool = False)
     return call + qe * kb + ce * ckb, call + qd * kb + cd * ckb
 
 
-class CodecError(ValueError):
+class CodecError(CoinferError, ValueError):
     """A tensor that cannot be encoded, or meta/bytes that do not decode."""
 
 

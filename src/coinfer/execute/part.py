@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import CoinferError
 from ..graph.capture import CapturedModel
 from ..graph.geometry import PartGeom, Region, region_shape
 from .backends import CompiledPart, PartCache, build_part
@@ -24,7 +25,7 @@ from .backends import CompiledPart, PartCache, build_part
 Tensor = torch.Tensor
 
 
-class PartInputError(ValueError):
+class PartInputError(CoinferError, ValueError):
     pass
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import CoinferError
+
 # Op kinds. "Spatial" ops compute an output region from a local input window,
 # so they can be split by rows / tiles; the rest only run as whole stages.
 GEOMETRY_OPS = frozenset({"conv", "maxpool", "avgpool", "pad"})
@@ -30,7 +32,7 @@ OPS = frozenset({"input"}) | GEOMETRY_OPS | POINTWISE_OPS | GLOBAL_OPS
 OUTPUT = "output"  # alias accepted for the graph's final node in plans
 
 
-class GraphError(ValueError):
+class GraphError(CoinferError, ValueError):
     """A graph-level error with a message that names what is wrong and the fix."""
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import check_keys
+from ..errors import CoinferError, check_keys
 from ..graph.geometry import HALO_MODES, Region, feature_region, features_layer
 from ..graph.ir import OUTPUT, Graph, GraphError
 from ..paths import write_text
@@ -35,7 +35,7 @@ QUANTS = (None, "int8", "int8c", "int4")
 INPUT_TENSOR = -1
 
 
-class PlanError(ValueError):
+class PlanError(CoinferError, ValueError):
     """A plan that cannot run; the message names what is wrong and the fix."""
 
 

@@ -22,6 +22,8 @@ build.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -279,7 +281,8 @@ class Session:
         self.instance: dict[str, str] = {}
         self.restarted_at: dict[str, float] = {}
         self.req_ids = itertools.count(1)
-        self.last_trace: Trace | None = None
+        self._last_trace: Trace | None = None  # the latest request's, whichever thread made it
+        self._tl = threading.local()  # .trace: the calling thread's latest request's (last_trace)
         self.recoveries: list[RecoveryEvent] = []
         # a membership change that leaves the active deployment whole (a device came back, or one
         # it does not use died) is re-planned and built in the background while requests go on
@@ -333,6 +336,13 @@ class Session:
             self.last_seen[dev] = max(self.last_seen.get(dev, now), now)
         self.hb = threading.Thread(target=self._heartbeat, daemon=True, name="coord-hb")
         self.hb.start()
+        # a session never closed (dropped in a notebook, a script that forgot) is closed at exit, before
+        # the local workers stop (atexit runs last-registered first): no "declared dead" lines then
+        atexit.register(self._close_at_exit)
+
+    def _close_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     # -- plumbing -----------------------------------------------------------------
     def _connect(self, dev: str) -> None:
@@ -761,8 +771,9 @@ class Session:
                 silent = now - self.last_seen.get(dev, now)
                 if pinging and silent > self.dead_after_s * BUILD_GRACE and not starved:
                     raise DeviceWentAway(f"device {dev} stopped answering while deploying (nothing for "
-                                         f"{silent:.1f} s): is it stopped, hung or overloaded? (--dead-after-s "
-                                         f"{self.dead_after_s:g} × {BUILD_GRACE:g} while building)", dev)
+                                         f"{silent:.1f} s): is it stopped, hung or overloaded? (--dead-after-s / "
+                                         f"Session(dead_after_s=…) {self.dead_after_s:g} × {BUILD_GRACE:g} while "
+                                         f"building)", dev)
         return built
 
     def _ping(self, dev: str, seq: int) -> None:
@@ -832,7 +843,36 @@ class Session:
                 self._fail_over(drop, f"cannot reach {other} (a blocked link)")
 
     # -- requests ---------------------------------------------------------------------
+    @property
+    def last_trace(self) -> Trace | None:
+        """The timeline of the calling thread's latest request (of any thread's, in a thread that
+        made none): threads calling one session at once each get their own request's."""
+        mine: Trace | None = getattr(self._tl, "trace", None)
+        return mine if mine is not None else self._last_trace
+
+    @last_trace.setter
+    def last_trace(self, tr: Trace | None) -> None:
+        self._tl.trace = tr
+        self._last_trace = tr
+
+    @property
+    def closed(self) -> bool:
+        """close() was called (requests are refused)."""
+        return self.stop.is_set() or self._closing
+
     def __call__(self, x: torch.Tensor, *, attempts: int = 4) -> torch.Tensor:
+        """One inference of ``x`` (a tensor or array of the plan's input shape; cast to float32)
+        over the workers; re-planned and retried up to ``attempts`` times when devices fail."""
+        if self.closed:
+            raise RuntimeFailure("this session is closed; deploy the plan again (coinfer.deploy)")
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1 (got {attempts})")
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(np.asarray(x))
+            except Exception as e:  # noqa: BLE001 - say what was given
+                raise TypeError(f"input must be a tensor or an array of shape {list(self.plan.model.input_shape)} "
+                                f"(got {type(x).__name__}: {e})") from None
         x = x.detach().to(torch.float32).contiguous()
         if tuple(x.shape) != tuple(self.plan.model.input_shape):
             raise ValueError(f"input shape {list(x.shape)} != plan input {list(self.plan.model.input_shape)}")
@@ -903,7 +943,7 @@ class Session:
                     f"request {req} timed out after {self.timeout_s:g} s"
                     + (f": {', '.join(stuck)} did not finish while every device answered heartbeats — a link "
                        f"between devices may be blocked (each device must reach the others' worker ports, not "
-                       f"only the coordinator); --request-timeout-s bounds the wait" if stuck else "")) from None
+                       f"only the coordinator); coinfer run --request-timeout-s (Session(timeout_s=…)) bounds the wait" if stuck else "")) from None
             except RuntimeFailure:
                 self._cancel(p)
                 if self._membership_changed.is_set() or (devs & self.dead) or self._lost(self.current):
@@ -1159,8 +1199,10 @@ class Session:
             log.warning("re-planned over %s in the background (%.0f ms)", self.plan.devices_used_names(), ms)
 
     def close(self) -> None:
+        """Undeploy everywhere and stop the local workers this session started; calls refuse after."""
         if self.stop.is_set():
             return
+        atexit.unregister(self._close_at_exit)
         self._closing = True  # the workers' "aborted: undeployed" replies are the close's own doing
         try:
             for b in self._bg_results():  # built in the background and not taken yet
@@ -1183,6 +1225,8 @@ class Session:
                 self.local.stop()
 
     def __enter__(self) -> Session:
+        if self.closed:
+            raise RuntimeFailure("this session is closed; deploy the plan again (coinfer.deploy)")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1206,11 +1250,41 @@ def default_replan(plan: Plan, cluster: Cluster) -> Plan:
         return run("proportional", PlanRequest(cm.graph, cluster, plan.model.name)).plan
 
 
+def check_plan_cluster(plan: Plan, cluster: Cluster) -> None:
+    """PlanError unless every device of ``plan`` is in ``cluster`` and both have the same source."""
+    from ..plan.plan import PlanError
+
+    missing = [d for d in plan.devices if d not in cluster.names]
+    if missing:
+        raise PlanError(f"plan devices {missing} are not in the cluster {cluster.names}; re-plan for this cluster")
+    if plan.source != cluster.source:
+        raise PlanError(f"plan source {plan.source!r} differs from the cluster source {cluster.source!r}; "
+                        f"re-plan for this cluster")
+
+
+def _check_deploy(plan: Plan, cluster: Cluster, kw: dict[str, Any]) -> None:
+    """What can be told before any worker starts (QA: each mistake cost ~5 s of starting workers, then
+    a misleading hint): Session's options, the plan against the cluster, a model no worker can import."""
+    import inspect
+
+    bad = sorted(set(kw) - set(inspect.signature(Session.__init__).parameters) - {"cpu_modes"})
+    if bad:
+        raise TypeError(f"deploy() got unknown option(s) {bad}; Session takes "
+                        f"{sorted(set(inspect.signature(Session.__init__).parameters) - {'self', 'plan', 'cluster'})}")
+    check_plan_cluster(plan, cluster)
+    if plan.model.name.startswith("__main__:"):
+        from ..modelspec import ModelError
+
+        raise ModelError(f"model {plan.model.name!r} is defined in the calling script: no worker can import it; "
+                         f"move it to a module and plan 'module:{plan.model.name.split(':', 1)[1]}'")
+
+
 def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = None,
            keys: str | None = None, start_local: bool = True, **kw: Any) -> Session:
     """Deploy ``plan`` on ``cluster``. Local devices are started as worker processes unless
     ``addresses`` gives where they already run (``coinfer up``). ``keys``: the CURVE key
     directory; by default the cluster's ``security.keys`` when ``security.auth`` is ``curve``."""
+    _check_deploy(plan, cluster, kw)
     keys = cluster_keys(cluster, keys)
     local = None
     if addresses is None:

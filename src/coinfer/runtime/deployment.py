@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import CoinferError
 from ..execute.backends import PartCache
 from ..execute.part import PartRunner
 from ..graph.capture import CapturedModel
@@ -31,7 +32,7 @@ from ..plan.lower import Instr, Lowered, lower, weight_shares
 from ..plan.plan import Plan, PlanError
 
 
-class DeployError(ValueError):
+class DeployError(CoinferError, ValueError):
     pass
 
 

@@ -13,6 +13,7 @@ and interpreter exit) terminates every process it started.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -30,6 +31,19 @@ from ..errors import SetupError
 from .emulation import CpuLimiter, cpu_mode_available, limit_cpu, needs_limit
 
 log = logging.getLogger("coinfer.launcher")
+
+
+def _user_paths() -> list[str]:
+    """The folders on this process's ``sys.path`` that a new interpreter would not have by itself
+    (added by the caller: its script's folder, the working directory, ``sys.path.insert``)."""
+    base = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    out = []
+    for entry in sys.path:
+        d = os.path.realpath(entry or os.curdir)
+        if not os.path.isdir(d) or any(d == b or d.startswith(b + os.sep) for b in base):
+            continue
+        out.append(d)
+    return list(dict.fromkeys(out))
 
 
 class LaunchError(RuntimeError, SetupError):
@@ -164,6 +178,11 @@ class LocalCluster:
             # (and made its CPU-time profile 2-10x too slow); onnxruntime's do not spin either
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["PYTHONUNBUFFERED"] = "1"
+        # the caller's own import paths (sys.path.insert, a script's folder): a model given as an import
+        # path that plans here must build on the local devices too (they got only os.environ)
+        mine = [e for e in _user_paths() if e not in env.get("PYTHONPATH", "").split(os.pathsep)]
+        if mine:
+            env["PYTHONPATH"] = os.pathsep.join([*mine, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
         return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys, self._dilate(share)), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
@@ -206,6 +225,8 @@ class LocalCluster:
             finally:
                 if f:
                     f.close()
+                with contextlib.suppress(Exception):  # at EOF: the worker ended (no unclosed pipe left)
+                    stream.close()
 
         threading.Thread(target=pump, daemon=True, name=f"log-{w.name}").start()
 

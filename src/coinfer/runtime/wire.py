@@ -32,6 +32,7 @@ import msgpack
 import numpy as np
 
 from ..compress import codecs
+from ..errors import CoinferError
 
 PROTOCOL_VERSION = 2  # v2 (6 Dec 2026): tile and tile_out carry the tensor id
 DEFAULT_MAX_FRAME = 512 * 2**20
@@ -52,7 +53,7 @@ TENSOR_FIELDS: tuple[str, ...] = codecs.META_FIELDS
 Frame = Union[bytes, bytearray, memoryview, np.ndarray, Any]  # noqa: UP007 - Any: zmq.Frame
 
 
-class WireError(ValueError):
+class WireError(CoinferError, ValueError):
     """A message that does not follow the wire format (one line: what and where)."""
 
 

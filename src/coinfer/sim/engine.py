@@ -71,6 +71,7 @@ from ..compress.codecs import cpu_us
 from ..cost.bandwidth import BandwidthTrace
 from ..cost.model import CostModel
 from ..cost.runtime import CpuBucket, RuntimeCosts
+from ..errors import CoinferError
 from ..graph.geometry import PartGeom, Region, part_geometry
 from ..plan.lower import INPUT, Lowered
 from ..trace import Trace
@@ -79,7 +80,7 @@ from .result import SimResult
 NIC_MODES = ("per_link", "shared")
 
 
-class SimulationError(RuntimeError):
+class SimulationError(RuntimeError, CoinferError):
     """The programs cannot complete (a lowering bug: a recv without its send, a deadlock)."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..cluster import Cluster
+from ..errors import CoinferError
 from ..graph.ir import Graph
 from ..plan.plan import ModelRef, Plan, Stage, StrategyRef, Wire
 
@@ -23,11 +24,11 @@ OBJECTIVES = ("latency", "energy")
 FC_SPLIT = "fc_split"  # a parameter every strategy takes: split the FC tail by features (features.py)
 
 
-class StrategyError(ValueError):
+class StrategyError(CoinferError, ValueError):
     """Bad strategy input (exit 2): unknown name, bad parameter..."""
 
 
-class Infeasible(Exception):
+class Infeasible(CoinferError):
     """No configuration meets the constraint (exit 1); carries the best effort."""
 
     def __init__(self, message: str, best: PlanResult | None = None) -> None:

@@ -25,6 +25,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ..errors import CoinferError
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     import torch
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-class MissingExtraError(RuntimeError):
+class MissingExtraError(RuntimeError, CoinferError):
     """A zoo model needs an optional dependency (a pip extra) that is not installed."""
 
 
