@@ -142,6 +142,7 @@ def test_a_script_that_never_closes_its_session_exits_quietly_and_its_sys_path_m
         print("OK" if ok else "MISMATCH")
         # no s.close(): closed at exit
     """))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       check=False)
     assert r.returncode == 0 and r.stdout.strip() == "OK", (r.stdout, r.stderr[-2000:])
     assert "declared dead" not in r.stderr, r.stderr[-2000:]
