@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,20 +169,24 @@ def _file_identity(spec: str) -> Any:
     return tuple(out)
 
 
+_CAPTURE_LOCK = threading.RLock()
+
+
 def capture_model(spec: str, input_shape: Any = None, seed: int = 0) -> CapturedModel:
     """Load and capture ``spec`` (memoised per process: workers and CLI reuse it; an ``.onnx`` file
     is captured again when it changed)."""
     shape = parse_shape(input_shape)
     ident = _file_identity(spec)
     key = (spec, shape, seed, ident)
-    cm = _CACHE.get(key)
-    if cm is None:
-        from .graph.capture import capture
+    with _CAPTURE_LOCK:  # torch.fx tracing patches torch globally: one capture at a time per process
+        cm = _CACHE.get(key)
+        if cm is None:
+            from .graph.capture import capture
 
-        src = load_module(spec, shape, seed)
-        cm = capture(src.module, src.input_shape, spec)
-        _CACHE[key] = cm
-        if shape is None:  # asked for again with its own input shape (a plan's model.input_shape, as
-            # re-planning after a device died does), it is the same capture
-            _CACHE[(spec, tuple(src.input_shape), seed, ident)] = cm
+            src = load_module(spec, shape, seed)
+            cm = capture(src.module, src.input_shape, spec)
+            _CACHE[key] = cm
+            if shape is None:  # asked for again with its own input shape (a plan's model.input_shape, as
+                # re-planning after a device died does), it is the same capture
+                _CACHE[(spec, tuple(src.input_shape), seed, ident)] = cm
     return cm

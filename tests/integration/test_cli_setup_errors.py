@@ -144,3 +144,42 @@ def test_a_worker_that_dies_at_start_is_reported_by_its_exception_message() -> N
     assert _last_words(["OSError: [Errno 98] Address already in use"]) == "[Errno 98] Address already in use (OSError)"
     assert _last_words(["killed", "", "by the OOM killer"]) == "killed | by the OOM killer"
     assert _last_words([]) == "no output"
+
+
+def test_run_names_a_device_that_is_not_there_before_it_captures_the_model(tmp_path: Path) -> None:
+    """QA (stop 25): `coinfer run` captured the model (≈ 9 s of ResNet-18) before it looked at the
+    devices and keys. The model here is an import path that leaves a mark when it is built: a device
+    that refuses connections is named with no mark left, i.e. before any capture."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import coinfer_cmd
+
+    mark = tmp_path / "built"
+    (tmp_path / "marknet.py").write_text(textwrap.dedent(f"""
+        import torch
+        from torch import nn
+
+        def make():
+            open({str(mark)!r}, "w").close()
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval()
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        port = _free_port()
+        cl = {"source": "a", "devices": [{"name": "a"}, {"name": "b", "address": f"tcp://127.0.0.1:{port}"}],
+              "network": {"shape": False}}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cl))
+        plan_result("marknet:make", parse_cluster(cl, "c"), "even", input_shape=(1, 3, 16, 16)).plan.save(
+            tmp_path / "p.json")
+    finally:
+        sys.path.remove(str(tmp_path))
+    mark.unlink()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([*coinfer_cmd(), "run", str(tmp_path / "p.json"), "-c", str(tmp_path / "c.yaml")],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert r.returncode == 2 and f"127.0.0.1:{port}" in r.stderr and "b" in r.stderr, r.stderr
+    assert not mark.exists(), "the model was captured before the missing device was named"

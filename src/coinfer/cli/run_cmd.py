@@ -58,18 +58,19 @@ def cmd(
     from ..modelspec import capture_model
     from ..plan.plan import Plan
     from ..runtime import upstate
-    from ..runtime.coordinator import check_plan_cluster, deploy
+    from ..runtime.coordinator import deploy, preflight
     from ..runtime.report import measure_energy, summarize
 
     check_outputs(trace=trace, gantt=gantt)
     stop_on_signals()  # a kill ends the session as Ctrl-C does: it undeploys (workers keep nothing)
     plan = Plan.load(plan_path)
     cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
-    check_plan_cluster(plan, cl)
+    up = upstate.read(cluster)
+    # devices, keys and options first: the capture below took ≈ 9 s of ResNet-18 before they were looked at
+    preflight(plan, cl, addresses=up["addresses"] if up else None, keys=keys)
     cm = capture_model(plan.model.name, plan.model.input_shape)
     plan.validate(cm.graph)
     x = make_input(input, tuple(plan.model.input_shape))
-    up = upstate.read(cluster)
     c = console(stderr=json_out)
     with c.status("deploying…"):
         session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys,

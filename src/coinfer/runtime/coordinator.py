@@ -1279,23 +1279,40 @@ def _check_deploy(plan: Plan, cluster: Cluster, kw: dict[str, Any]) -> None:
                          f"move it to a module and plan 'module:{plan.model.name.split(':', 1)[1]}'")
 
 
+def preflight(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = None, keys: str | None = None,
+              start_local: bool = True, **kw: Any) -> tuple[str | None, Cluster | None]:
+    """What :func:`deploy` can check before it starts a worker (``coinfer run`` calls it before it
+    captures the model): the options, the plan against the cluster, the CURVE keys (the coordinator's
+    and those of the local devices to start), and that something listens at each remote device's
+    address. Returns the key directory and the local devices to start (None: none)."""
+    _check_deploy(plan, cluster, kw)
+    keys = cluster_keys(cluster, keys)
+    if keys is not None:
+        KeyStore(keys).secret("coordinator")
+    sub = None
+    if addresses is None and any(d.is_local for d in cluster.devices):
+        if not start_local:
+            raise DeviceUnreachable("the cluster has local devices; start them with coinfer up")
+        used = set(plan.devices)
+        sub = cluster.without(*[d.name for d in cluster.devices if d.name not in used and d.name != cluster.source])
+        check_local_keys(sub, keys)
+    remote = addresses if addresses is not None else {d.name: d.address for d in cluster.devices if not d.is_local}
+    refused = {d: a for d, a in remote.items() if d in plan.devices_used_names() and tcp_refuses(a)}
+    if refused:
+        raise unreachable(refused, refused=True)
+    return keys, sub
+
+
 def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = None,
            keys: str | None = None, start_local: bool = True, **kw: Any) -> Session:
     """Deploy ``plan`` on ``cluster``. Local devices are started as worker processes unless
     ``addresses`` gives where they already run (``coinfer up``). ``keys``: the CURVE key
     directory; by default the cluster's ``security.keys`` when ``security.auth`` is ``curve``."""
-    _check_deploy(plan, cluster, kw)
-    keys = cluster_keys(cluster, keys)
+    keys, sub = preflight(plan, cluster, addresses=addresses, keys=keys, start_local=start_local, **kw)
     local = None
     if addresses is None:
         addresses = {d.name: d.address for d in cluster.devices if not d.is_local}
-        if any(d.is_local for d in cluster.devices):
-            if not start_local:
-                raise DeviceUnreachable("the cluster has local devices; start them with coinfer up")
-            used = set(plan.devices)
-            sub = cluster.without(*[d.name for d in cluster.devices if d.name not in used
-                                    and d.name != cluster.source])
-            check_local_keys(sub, keys)
+        if sub is not None:
             local = LocalCluster(sub, keys=keys).start()
             addresses.update(local.addresses)
     try:
