@@ -305,3 +305,29 @@ def test_an_adaptive_session_takes_a_returning_device_in_the_background(env):
         assert len(reasons) == 2 and f"left ['{victim}']" in reasons[0] and f"joined ['{victim}']" in reasons[1], \
             reasons
         assert "background" in reasons[1]
+
+
+def test_failover_plans_follow_a_switch(env):
+    """The plans prepared for the next death were made for the plan the session started with; after
+    ``switch()`` (an adapter's, or the caller's) a death then planned and built while a request waited.
+    Now a switch prepares the new plan's failover plans in the background."""
+    from coinfer.runtime.coordinator import default_replan
+
+    cl, lc = env
+    plan, xs, refs = _even(5, 5000)
+    cm = capture_model(MODEL)
+    other = run("proportional", PlanRequest(cm.graph, cl, MODEL)).plan
+    assert other.to_json() != plan.to_json() and set(other.devices_used_names()) == set(cl.names)
+    with Session(plan, cl, lc.addresses, failover=True, keep_deployments=8) as s:
+        s.switch(other)
+        want = {default_replan(other, cl.without(d)).to_json() for d in ("d1", "d2", "d3")}
+        t_end = time.monotonic() + 120
+        while not want <= set(s.kept) and time.monotonic() < t_end:
+            assert compare(s(xs[0]), refs[0])[1] <= TOLERANCE
+            time.sleep(0.1)
+        assert want <= set(s.kept), "the switched-to plan's failover plans were not prepared"
+        lc.kill("d2")
+        for x, ref in zip(xs[1:], refs[1:]):
+            assert compare(s(x), ref)[1] <= TOLERANCE
+        assert s.recoveries and s.recoveries[-1].how == "prepared", [r.describe() for r in s.recoveries]
+        assert s.plan.strategy.name == "proportional" and "d2" not in s.deployed_on

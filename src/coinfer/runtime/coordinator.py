@@ -1013,6 +1013,8 @@ class Session:
             self._deploy(plan, keep_old=True)
         label = str(plan.strategy.params.get("config", plan.strategy.name))
         self.switches.append((time.time(), label))
+        if self.failover:  # the plans prepared for the next death were the old plan's (stop 23)
+            self._start_background(self._live(), replan=False)
 
     # -- re-planning ---------------------------------------------------------------------
     def _replanned(self, sub: Cluster) -> Plan:
@@ -1147,6 +1149,8 @@ class Session:
                         if d == source or self.stop.is_set() or self._bg_target != live:
                             continue
                         fb = self._replanned(sub.without(d))
+                        if fb.to_json() in self.kept:  # built already (an adapter switched back)
+                            continue
                         self._greet(fb.devices_used_names())
                         self._bg_done.put(_Built("fallback", live, t0, base, self._build(fb)))
             except BaseException as e:  # noqa: BLE001 - reported to the request thread
