@@ -69,7 +69,14 @@ def plan_result(model: str, cluster: Cluster | str | dict[str, Any], strategy: s
     cm = capture_model(model, input_shape)
     costs = load_cost_model(cm.graph, cl, profiles)
     req = PlanRequest(cm.graph, cl, model, costs, objective, deadline_ms, params, note=note)
-    return run(strategy, req)
+    res = run(strategy, req)
+    # the plan's prediction with the same cost model (coinfer plan wrote it; plans made here had none)
+    from .plan.lower import lower
+    from .sim import simulate as _simulate
+    from .sim.run import predicted
+
+    res.plan.predicted = {**(res.plan.predicted or {}), **predicted(_simulate(lower(res.plan, cm.graph), costs))}
+    return res
 
 
 def plan(model: str, cluster: Cluster | str | dict[str, Any], strategy: str = "proportional", **kw: Any) -> Plan:

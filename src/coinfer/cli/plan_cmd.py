@@ -49,8 +49,6 @@ def cmd(
     from ..cost.model import load_cost_model
     from ..modelspec import capture_model
     from ..plan.lower import lower
-    from ..sim import simulate
-    from ..sim.run import predicted
 
     params = parse_params(param)
     if calibrate:
@@ -72,9 +70,8 @@ def cmd(
     lowered = lower(plan, graph)
     cl = _cluster(cluster)
     costs = load_cost_model(graph, cl, profiles)
-    sim = simulate(lowered, costs)
-    plan.predicted = {**(plan.predicted or {}), **predicted(sim)}
-    plan.save(out)
+    plan.save(out)  # with its prediction (plan_result)
+    assert plan.predicted is not None
     alone = _alone(plan, graph, costs, cl) if strategy != "local" else None
     for line in [*mismatch_notes(costs.describe()), *backend_notes(cl, plan.devices_used_names()),
                  *objective_notes(strategy, objective),

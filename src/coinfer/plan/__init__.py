@@ -1,9 +1,13 @@
 """Plans (``coinfer.plan/1``) and their lowering to per-device programs. Torch-free.
 
 The package is also callable, so the documented API ``coinfer.plan(model,
-cluster, strategy=...)`` works even though ``coinfer.plan`` is this package.
+cluster, strategy=...)`` works even though ``coinfer.plan`` is this package:
+``coinfer.plan(model, cluster, strategy="proportional", *, objective="latency",
+deadline_ms=None, profiles=None, input_shape=None, note=None, **params) -> Plan``
+(:func:`coinfer.api.plan_result`'s arguments; ``help(coinfer.api.plan_result)``).
 """
 
+import inspect
 import sys
 import types
 from typing import Any
@@ -34,6 +38,13 @@ class _CallablePlanModule(types.ModuleType):
         from ..api import plan as _plan
 
         return _plan(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """``inspect.signature(coinfer.plan)``: the planning function's, not ``(*args, **kwargs)``."""
+        from ..api import plan_result
+
+        return inspect.signature(plan_result).replace(return_annotation="Plan")
 
 
 sys.modules[__name__].__class__ = _CallablePlanModule
