@@ -205,7 +205,7 @@ class CpuBucket:
                 return t + c
             return self._fill(t, c)  # the host's cores may be shared
         P, q = self.period, self.quota
-        k = math.floor((t - self.phase) / P)
+        k, _ = self._period(t)
         spent = self.spent.get(k)
         if spent is not None and spent <= t:
             t = self.phase + (k + 1) * P  # throttled now: the next period, first in line
@@ -218,6 +218,19 @@ class CpuBucket:
             self.debt += c
         return t + c
 
+    def _period(self, t: float) -> tuple[int, float]:
+        """The index of the quota period ``t`` falls in, and that period's end. A time set to a period's
+        end is in the next period: ``floor((end - phase) / P)`` can round back into the period just
+        ended (periods like 33.334 ms for a 0.03 share), and a throttled job then waited at that
+        boundary forever (QA stop 26: `coinfer plan` never returned for such a device)."""
+        P = self.period
+        k = math.floor((t - self.phase) / P)
+        if self.phase + (k + 1) * P <= t:
+            k += 1
+        elif self.phase + k * P > t:
+            k -= 1
+        return k, self.phase + (k + 1) * P
+
     def _fill(self, t: float, c: float) -> float:
         if c <= 0:
             return t
@@ -226,15 +239,14 @@ class CpuBucket:
             if self.runs is not None:
                 self.runs.append((t, t + c))
             return t + c
-        P, q, used, runs = self.period, self.quota, self.used, self.runs
+        q, used, runs = self.quota, self.used, self.runs
         limited = self.limited
         sp = self.sp
         nb = len(bp)
         i = bisect.bisect_right(bp, t) - 1 if nb else -1
         while c > 1e-12:
             if limited:
-                k = math.floor((t - self.phase) / P)
-                end = self.phase + (k + 1) * P
+                k, end = self._period(t)
                 avail = q - used.get(k, 0.0)
                 if avail <= 1e-12:
                     t = end
