@@ -211,3 +211,28 @@ def test_a_device_killed_during_the_first_deploy_is_planned_around() -> None:
             th.join(120)
             for s in out:
                 s.__exit__(None, None, None)
+
+
+def test_a_device_that_built_early_keeps_its_deployment_while_the_others_build(monkeypatch) -> None:
+    """QA (stop 26): on a slow start a device that finished building early heard nothing from the
+    coordinator until the last device was built (the first deploy pinged only the device it waited for),
+    so its worker's lease dropped the fresh deployment and the first request found it "restarted".
+    Here the lease is 1.5 s and d1 builds ResNet-18 on a quarter of a core (several seconds) while d0
+    has one layer: d0 keeps its deployment and the session answers without a re-plan."""
+    monkeypatch.setenv("COINFER_WORKER_LEASE_S", "1.5")
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1", "cpu_share": 0.25}],
+                        "network": {"shape": False}}, "c")
+    cm = capture_model("resnet18")
+    first = cm.graph.nodes[1].name
+    plan = PlanRequest(cm.graph, cl, "resnet18").make_plan(
+        [Stage(first, Whole("d0")), Stage("output", Whole("d1"))], "lease")
+    x = random_input(tuple(cm.graph.input_shape), 9)
+    with LocalCluster(cl, emulate_cpu=True) as lc:
+        t0 = time.monotonic()
+        with Session(plan, cl, lc.addresses, dead_after_s=DEAD_AFTER_S * 5, replan=False) as s:
+            built_s = time.monotonic() - t0
+            y = s(x)
+            assert not s.recoveries and not s.restarted_at, s.restarted_at
+        print(f"\nd1 built in {built_s:.1f} s against a 1.5 s lease; d0 kept its deployment")
+        assert built_s > 1.5 + 1.0, f"the build took {built_s:.1f} s: too quick to test the lease"
+        assert compare(y, reference_output(cm, x))[1] <= TOLERANCE

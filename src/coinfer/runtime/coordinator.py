@@ -759,7 +759,10 @@ class Session:
             now = time.monotonic()
             if pinging and now - last_ping >= self.heartbeat_s:
                 last_ping = now
-                for dev in waiting:
+                # every device, not only those still building: one that finished early heard nothing
+                # until the last one was built, and its worker's lease (60 s) then dropped the fresh
+                # deployment on a slow 8-device start (QA stop 26: a healthy device "restarted")
+                for dev in sorted(set(futs) | self.alive):
                     self._ping(dev, next(seq))
             starved = now - self._loop_beat > self.dead_after_s / 2  # our pongs unread: judge nobody
             for dev in waiting:

@@ -46,6 +46,16 @@ def _user_paths() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def child_pythonpath(current: str) -> str:
+    """A local worker's PYTHONPATH: this process's own import paths (``sys.path.insert``, a script's
+    folder — a model given as an import path that plans here must build on the local devices too; they
+    got only ``os.environ``), in this process's order with PYTHONPATH's own entries among them (a
+    package on PYTHONPATH keeps winning over the same package installed elsewhere, as it does here)."""
+    mine = _user_paths()
+    rest = [e for e in current.split(os.pathsep) if e and os.path.realpath(e) not in mine]
+    return os.pathsep.join([*mine, *rest])
+
+
 class LaunchError(RuntimeError, SetupError):
     """A local worker process did not start."""
 
@@ -178,11 +188,7 @@ class LocalCluster:
             # (and made its CPU-time profile 2-10x too slow); onnxruntime's do not spin either
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["PYTHONUNBUFFERED"] = "1"
-        # the caller's own import paths (sys.path.insert, a script's folder): a model given as an import
-        # path that plans here must build on the local devices too (they got only os.environ)
-        mine = [e for e in _user_paths() if e not in env.get("PYTHONPATH", "").split(os.pathsep)]
-        if mine:
-            env["PYTHONPATH"] = os.pathsep.join([*mine, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+        env["PYTHONPATH"] = child_pythonpath(env.get("PYTHONPATH", ""))
         return subprocess.Popen(_worker_cmd(name, bind, threads, self.keys, self._dilate(share)), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)

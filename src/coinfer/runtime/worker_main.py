@@ -57,6 +57,24 @@ def _watch_parent(parent: int, stop: Any) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+def _lease_s() -> float:
+    """``COINFER_WORKER_LEASE_S``: how long a deployment outlives a silent coordinator (default
+    ``worker.LEASE_S``, 60 s)."""
+    from ..errors import UserError
+    from .worker import LEASE_S
+
+    raw = os.environ.get("COINFER_WORKER_LEASE_S")
+    if raw is None:
+        return LEASE_S
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not (0 < v < float("inf")):
+        raise UserError(f"COINFER_WORKER_LEASE_S={raw!r}: give a positive number of seconds (default {LEASE_S:g})")
+    return v
+
+
 def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
         cpu_share: float | None = None, timeout_s: float = 300.0, dilate: float | None = None,
         parent: int | None = None) -> int:
@@ -75,7 +93,7 @@ def run(bind: str, name: str, keys: str | None, insecure: bool, threads: int,
         raise
     except ValueError as e:  # the address is taken or not this machine's
         raise UserError(f"{e}; bind an address of this machine (0.0.0.0: all) and a free port (0: any)") from None
-    w = Worker(name, ep, threads=threads, cpu_mode=mode, request_timeout_s=timeout_s)
+    w = Worker(name, ep, threads=threads, cpu_mode=mode, request_timeout_s=timeout_s, lease_s=_lease_s())
     signal.signal(signal.SIGTERM, lambda *_: w.stop.set())
     signal.signal(signal.SIGINT, lambda *_: w.stop.set())
     if parent is not None:
