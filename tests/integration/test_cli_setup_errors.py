@@ -183,3 +183,37 @@ def test_run_names_a_device_that_is_not_there_before_it_captures_the_model(tmp_p
                        capture_output=True, text=True, env=env, timeout=120, check=False)
     assert r.returncode == 2 and f"127.0.0.1:{port}" in r.stderr and "b" in r.stderr, r.stderr
     assert not mark.exists(), "the model was captured before the missing device was named"
+
+
+def test_a_worker_that_refuses_our_keys_is_not_called_dead(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """QA (stop 26): with CURVE, keys from another `coinfer keys` run (or a cluster file without
+    `security:`) read "its connection closed (the worker stopped or died); start it again" while the
+    worker ran. Now the message says a worker listens there and names the keys (or swapped addresses)."""
+    import subprocess
+    import sys
+
+    mine, other = tmp_path / "keys", tmp_path / "other"
+    assert run_cli("keys", "--dir", mine, "--devices", "a,b").returncode == 0
+    assert run_cli("keys", "--dir", other, "--devices", "a,b").returncode == 0
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    w = subprocess.Popen([sys.executable, "-m", "coinfer.runtime.worker_main", "--bind", addr, "--name", "b",
+                          "--keys", str(mine)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert w.stdout is not None and w.stdout.readline().startswith(b"READY")
+        ppath, cpath = _plan_for(tmp_path, addr)
+        base = yaml.safe_load(cpath.read_text())
+        for security, words in [({"auth": "curve", "keys": str(other)}, "CURVE keys do not match"),
+                                (None, "a worker started with --keys")]:
+            cl = {**base, "devices": [{"name": "a"}, {"name": "b", "address": addr}]}
+            if security:
+                cl["security"] = security
+            cpath.write_text(yaml.safe_dump(cl))
+            r = run_cli("run", ppath, "--cluster", cpath, "--connect-timeout-s", "10")
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            (line,) = _error_lines(r)
+            assert words in line and "stopped or died" not in line, line
+        assert w.poll() is None  # the worker was alive all along
+    finally:
+        w.terminate()
+        w.wait(10)

@@ -535,8 +535,23 @@ class Session:
                 if self.waiters.get(("hello_ok", dev)) is f:  # unanswered: forget it
                     self.waiters.pop(("hello_ok", dev), None)
         if gone:
+            # something still listens where the connection closed: not a worker that died, but one that
+            # hung up on us — a CURVE handshake it refused (keys), or another device's worker (QA: wrong
+            # keys and swapped addresses were told "the worker stopped or died; start it again")
+            listening = [d for d in gone if not tcp_refuses(self.addresses[d])]
+            if listening:
+                where = ", ".join(f"{d} at {self.addresses[d]}" for d in listening)
+                if self.keys is not None:
+                    raise DeviceUnreachable(
+                        f"no answer from {where}: a worker listens there but closed the connection — the CURVE keys "
+                        f"do not match (the worker's public/ lacks this coordinator.key, or its keys come from another "
+                        f"coinfer keys run), or the address is another device's (swapped in the cluster file)")
+                raise DeviceUnreachable(
+                    f"no answer from {where}: something listens there but closed the connection — a worker started "
+                    f"with --keys (give the cluster file security: {{auth: curve, keys: DIR}}), or another program")
             raise DeviceUnreachable("no answer from " + ", ".join(f"{d} at {self.addresses[d]}" for d in gone)
-                                    + ": its connection closed (the worker stopped or died); start it again")
+                                    + (": its connection closed" if len(gone) == 1 else ": their connections closed")
+                                    + " (the worker stopped or died); start it again")
         if missing:
             raise unreachable({d: self.addresses[d] for d in missing})
 
