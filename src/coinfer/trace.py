@@ -159,6 +159,8 @@ class Trace:
         except json.JSONDecodeError as e:
             raise TraceFileError(f"trace file {str(p)!r} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
         try:
+            if not isinstance(d.get("traceEvents"), list):  # a plan or any other JSON object: no events
+                raise TypeError("no traceEvents")
             return cls.from_chrome(d)
         except (AttributeError, KeyError, TypeError, ValueError):
             raise TraceFileError(f"trace file {str(p)!r} is not a coinfer trace (Chrome trace events with a device "

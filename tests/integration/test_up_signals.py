@@ -94,11 +94,13 @@ def test_run_reports_the_cpu_modes_of_up_s_workers(tmp_path: Path) -> None:
         for line in p.stdout:
             if line.startswith("up:"):
                 break
-        r = subprocess.run([str(exe), "run", str(plan), "-c", str(spec), "--verify", "--json"],
+        r = subprocess.run([str(exe), "run", str(plan), "-c", str(spec), "--verify", "--json", "-n", "4"],
                            capture_output=True, text=True, env=env, timeout=300, check=False)
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads(r.stdout)
         assert res["cpu_modes"] == {"a": "dilate", "b": "dilate"}, res
+        # the headline is the latency of the request that stands for the run (the lower middle one)
+        assert res["latency_ms"] == sorted(res["latencies_ms"])[1], res["latencies_ms"]
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(30)

@@ -107,3 +107,14 @@ def test_every_reader_names_a_folder_or_a_missing_file_in_one_line(tmp_path: Pat
             load(folder)
         with pytest.raises(error, match=rf"^{what} '.*nope' does not exist; \w"):
             load(tmp_path / "nope")
+
+
+def test_a_json_file_that_is_not_a_trace_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """QA (stop 26): `python -m coinfer.sim.compare plan.json sim.json` took a plan for an empty trace
+    and exited 0; a JSON object without trace events is now 'not a coinfer trace'."""
+    from coinfer.trace import Trace, TraceFileError
+
+    p = tmp_path / "plan.json"
+    p.write_text('{"format": "coinfer.plan/1", "stages": []}')
+    with pytest.raises(TraceFileError, match="is not a coinfer trace"):
+        Trace.load(p)
