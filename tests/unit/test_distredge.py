@@ -397,3 +397,17 @@ def test_policy_cache_keeps_its_key_for_model_names_with_dots(cache: Path) -> No
         assert z.name.endswith("-abc123.zip") and j.name.endswith("-abc123.json"), (model, z)
         assert z.parent == j.parent == cache / "distredge"
     assert policy_paths("m/big.onnx", "k1")[0] != policy_paths("m/big.onnx", "k2")[0]
+
+
+def test_a_policy_file_is_checked_before_the_devices_are_profiled(captured, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                  monkeypatch) -> None:
+    """QA (stop 26): `-p policy=cat.zip` was refused only after minutes of profiling every device."""
+    import coinfer.train.distredge as T
+
+    def profiled(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise AssertionError("the devices were profiled before the policy file was looked at")
+
+    monkeypatch.setattr(T, "ensure_profiles", profiled)
+    (tmp_path / "cat.zip").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(StrategyError, match=r"need the \.zip and its \.json next to it"):
+        run("distredge", _req(captured, train_episodes=20, policy=str(tmp_path / "cat.zip")))

@@ -406,6 +406,35 @@ def check_policy_meta(meta: dict[str, Any], req: PlanRequest, path: str) -> None
                             f"retrain with {retrain}")
 
 
+def _given_policy(policy: str, req: PlanRequest, algo: str) -> tuple[Path, Path, dict[str, Any], Any, str]:
+    """The policy file named by ``-p policy=FILE``, checked and loaded before any profiling (QA: a bad
+    file was told only after minutes of profiling the devices): its path, description path,
+    description, agent and algorithm."""
+    zpath = Path(policy)
+    mpath = zpath.with_suffix(".json")
+    if not zpath.is_file() or not mpath.is_file():
+        raise StrategyError(f"policy {policy}: need the .zip and its .json next to it; train one with "
+                            f"coinfer train distredge --model {req.model} --cluster CLUSTER")
+    fix = f"give the .zip that coinfer train distredge --model {req.model} wrote (its .json beside it)"
+    from ..paths import read_user_text
+
+    text = read_user_text(mpath, what=f"policy {policy}: description", kind="JSON", fix=fix, error=StrategyError)
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StrategyError(f"policy {policy}: {mpath} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise StrategyError(f"policy {policy}: {mpath} is not a policy's description; {fix}")
+    check_policy_meta(meta, req, policy)
+    algo = meta.get("algo", algo)
+    try:
+        agent = load_agent(algo, zpath)
+    except Exception as e:  # noqa: BLE001 - a file the user named: stable-baselines3 raises many kinds
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise StrategyError(f"policy {policy} cannot be loaded ({type(e).__name__}: {first}); {fix}") from None
+    return zpath, mpath, meta, agent, algo
+
+
 def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float, n_random: int, seed: int,
                      max_volumes: int | None, wire: Wire, policy: str | None, retrain: bool, profiles: str,
                      progress: Progress | None = None, note: Callable[[str], None] | None = None,
@@ -416,6 +445,7 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
     our addition) one of the anchor splits of :func:`anchor_splits` — whichever simulates fastest."""
     from .distredge_env import DistrEdgeEnv
 
+    given = _given_policy(policy, req, algo) if policy else None
     costs, cost_src = ensure_profiles(req, req.costs, profiles, note)
     boundaries, pinfo = partition_volumes(req, costs, alpha, n_random, seed, max_volumes)
     tail = choose_tail(req.graph, costs, boundaries[-1], req.devices, req.source)
@@ -427,29 +457,8 @@ def plan_with_policy(req: PlanRequest, *, algo: str, episodes: int, alpha: float
     key = _key(req, costs, boundaries, tail, settings)
     zpath, mpath = policy_paths(req.model, key)
     trained = False
-    if policy:
-        zpath = Path(policy)
-        mpath = zpath.with_suffix(".json")
-        if not zpath.is_file() or not mpath.is_file():
-            raise StrategyError(f"policy {policy}: need the .zip and its .json next to it; train one with "
-                                f"coinfer train distredge --model {req.model} --cluster CLUSTER")
-        fix = f"give the .zip that coinfer train distredge --model {req.model} wrote (its .json beside it)"
-        from ..paths import read_user_text
-
-        text = read_user_text(mpath, what=f"policy {policy}: description", kind="JSON", fix=fix, error=StrategyError)
-        try:
-            meta = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise StrategyError(f"policy {policy}: {mpath} is not valid JSON ({e.msg}, line {e.lineno}); {fix}") from None
-        if not isinstance(meta, dict):
-            raise StrategyError(f"policy {policy}: {mpath} is not a policy's description; {fix}")
-        check_policy_meta(meta, req, policy)
-        algo = meta.get("algo", algo)
-        try:
-            agent = load_agent(algo, zpath)
-        except Exception as e:  # noqa: BLE001 - a file the user named: stable-baselines3 raises many kinds
-            first = (str(e).strip().splitlines() or [""])[0]
-            raise StrategyError(f"policy {policy} cannot be loaded ({type(e).__name__}: {first}); {fix}") from None
+    if given is not None:
+        zpath, mpath, meta, agent, algo = given
     elif zpath.is_file() and mpath.is_file() and not retrain:
         meta = json.loads(mpath.read_text())
         agent = load_agent(algo, zpath)
