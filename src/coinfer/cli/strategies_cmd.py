@@ -17,7 +17,9 @@ def cmd(json_out: bool = typer.Option(False, "--json", help="one JSON object on 
     rows = [registry.info(n) for n in registry.names()]
     if json_out:
         emit_json({"strategies": [{"name": r.name, "summary": r.summary, "paper": r.paper, "exact": r.exact,
-                                   "deadline": r.deadline, "objective": r.objective, "params": list(r.params)} for r in rows]})
+                                   "deadline": r.deadline, "objective": r.objective,
+                                   "objectives": list(r.objectives) if r.objective else ["latency"],
+                                   "params": list(r.params)} for r in rows]})
         return
     from rich.table import Table
 
@@ -26,6 +28,6 @@ def cmd(json_out: bool = typer.Option(False, "--json", help="one JSON object on 
         t.add_column(c)
     for r in rows:
         t.add_row(r.name, "yes" if r.exact else "approx", "yes" if r.deadline else "-",
-                  "yes" if r.objective else "-", r.summary,
+                  ("latency only" if r.objectives == ("latency",) else "yes") if r.objective else "-", r.summary,
                   ", ".join(r.params), r.paper)
     console().print(t)

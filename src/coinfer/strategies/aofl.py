@@ -63,7 +63,7 @@ from .spatial import (
 
 @register("aofl", summary="AOFL: fused-layer blocks chosen by dynamic programming, rows split for equal "
           "finish over heterogeneous devices and links", paper="Zhou et al., SEC 2019", exact=True, needs_costs=True,
-          params=("max_block", "exchange", "devices"), deadline=True, objective=True)
+          params=("max_block", "exchange", "devices"), deadline=True, objective=True, objectives=("latency",))
 def plan_aofl(req: PlanRequest) -> PlanResult:
     t0 = time.perf_counter()
     if req.objective != "latency":

@@ -116,6 +116,7 @@ class StrategyInfo:
     outputs: tuple[str, ...] = ()  # keys its plans carry in strategy.params that are not parameters
     deadline: bool = False  # it plans for ``PlanRequest.deadline_ms`` (--deadline-ms); else that is ignored
     objective: bool = False  # it plans for ``PlanRequest.objective`` (--objective); else that is ignored
+    objectives: tuple[str, ...] = ("latency", "energy")  # the objectives it accepts (aofl: latency only)
 
 
 _REGISTRY: dict[str, StrategyInfo] = {}
@@ -127,7 +128,8 @@ PLAN_KEYS = ("objective", "deadline_ms", "scheduler", "scheduler_params", "tile_
 
 def register(name: str, *, summary: str, params: tuple[str, ...], outputs: tuple[str, ...] = (),
              paper: str = "", exact: bool = True, needs_costs: bool = False,
-             deadline: bool = False, objective: bool = False) -> Callable[[StrategyFn], StrategyFn]:
+             deadline: bool = False, objective: bool = False,
+             objectives: tuple[str, ...] = ("latency", "energy")) -> Callable[[StrategyFn], StrategyFn]:
     """Register planner ``name``.
 
     ``params``: every parameter it reads, directly or through a helper (``devices`` via
@@ -137,7 +139,8 @@ def register(name: str, *, summary: str, params: tuple[str, ...], outputs: tuple
     back when a plan's own parameters re-plan it (:data:`PLAN_KEYS` are accepted for every strategy).
     ``deadline``: it plans for the request's ``deadline_ms`` (``coinfer plan`` notes that a strategy
     without it ignores ``--deadline-ms``). ``objective``: likewise for the request's ``objective``
-    (``--objective``; a strategy that only minimises latency and refuses ``energy`` declares it too).
+    (``--objective``; a strategy that only minimises latency and refuses ``energy`` declares it too,
+    with ``objectives=("latency",)``: ``coinfer strategies`` shows "latency only").
     """
     declared = tuple(dict.fromkeys([*params, FC_SPLIT]))
 
@@ -145,7 +148,7 @@ def register(name: str, *, summary: str, params: tuple[str, ...], outputs: tuple
         if name in _REGISTRY:
             raise RuntimeError(f"strategy {name!r} registered twice")
         _REGISTRY[name] = StrategyInfo(name, fn, summary, paper, exact, needs_costs, declared, tuple(outputs),
-                                       deadline, objective)
+                                       deadline, objective, tuple(objectives))
         return fn
     return deco
 

@@ -1,0 +1,22 @@
+"""`coinfer strategies` said aofl plans for an objective ("yes"), yet `aofl --objective energy` is
+refused (QA stop 26): the listing now names the objectives each strategy accepts."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from coinfer.cli.main import build_app
+
+
+def test_aofl_is_listed_as_latency_only_and_coedge_as_both() -> None:
+    r = CliRunner().invoke(build_app(), ["strategies", "--json"])
+    assert r.exit_code == 0, r.output
+    s = {x["name"]: x for x in json.loads(r.stdout)["strategies"]}
+    assert s["aofl"]["objectives"] == ["latency"] and s["coedge"]["objectives"] == ["latency", "energy"]
+    r = CliRunner().invoke(build_app(), ["strategies"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0 and "latency only" in r.stdout
+    r = CliRunner().invoke(build_app(), ["plan", "-m", "resnet18_digits", "-c", "demo4", "-s", "aofl",
+                                         "--objective", "energy", "-o", "/dev/null"])
+    assert r.exit_code == 2 and "minimises latency" in r.output
