@@ -100,7 +100,7 @@ def cmd(
     else:
         c = console()
         p = plan.predicted
-        c.print(f"wrote [bold]{out}[/]: {strategy}, {len(plan.stages)} stages over "
+        c.print(f"wrote [bold]{out}[/]: {strategy}, {len(plan.stages)} stage{'s' if len(plan.stages) != 1 else ''} over "
                 f"{', '.join(summary['devices'])}; {p['raw_bytes'] / 1e6:.2f} MB moved per inference")
         c.print(f"predicted: latency {p['latency_ms']:.2f} ms, energy {p['energy_j']:.3f} J "
                 f"(dynamic {p['dynamic_energy_j']:.3f} J), {p['bytes_moved'] / 1e6:.2f} MB on the wire "

@@ -30,7 +30,7 @@ from .common import (
 def cmd(
     plan_path: str = typer.Argument(..., metavar="PLAN", help="plan JSON file"),
     cluster: str = typer.Option(..., "--cluster", "-c", help="cluster YAML or built-in name"),
-    input: str = typer.Option(None, "--input", help="image file, chelsea|coffee|astronaut, or random (default)"),
+    input: str = typer.Option(None, "--input", help="image file, chelsea|coffee|astronaut|rocket|cat, or random (default)"),
     repeat: int = typer.Option(1, "--repeat", "-n", min=1, help="run the request N times"),
     warmup: int = typer.Option(1, "--warmup", min=0, help="untimed runs first"),
     verify: bool = typer.Option(False, "--verify", help="compare with the unpartitioned model here"),

@@ -12,7 +12,7 @@ from .common import APPROXIMATE_NOTE, CheckFailed, emit_json, user_errors
 @user_errors
 def cmd(
     plan_path: str = typer.Argument(..., metavar="PLAN", help="plan JSON file"),
-    input: str = typer.Option(None, "--input", help="image file, chelsea|coffee|astronaut, or random (default)"),
+    input: str = typer.Option(None, "--input", help="image file, chelsea|coffee|astronaut|rocket|cat, or random (default)"),
     seed: int = typer.Option(0, "--seed", help="seed of the random input"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
     backend: str = typer.Option("torch", "--backend", help="auto | torch | onnxruntime | openvino (all parts)"),

@@ -48,7 +48,7 @@ def simulate_lowered(plan: Plan, graph: Graph, costs: CostModel, *,
     return simulate(lower(plan, graph, geoms), costs, bandwidth_trace=bandwidth_trace, nic=nic, overheads=overheads)
 
 
-def simulate_plan(plan: Plan, cluster: Cluster, profiles_dir: str | None = None, *,
+def simulate_plan(plan: Plan, cluster: Cluster | str, profiles_dir: str | None = None, *,
                   calibration: HostCalibration | None = None,
                   bandwidth_trace: str | BandwidthTrace | None = None, nic: str = "per_link",
                   overheads: bool = True, probed_links: bool = False) -> SimResult:
@@ -59,6 +59,10 @@ def simulate_plan(plan: Plan, cluster: Cluster, profiles_dir: str | None = None,
     """
     from ..modelspec import capture_model
 
+    if isinstance(cluster, str):  # a built-in name or a YAML path, as coinfer.simulate takes
+        from ..cluster import resolve_cluster
+
+        cluster = resolve_cluster(cluster)
     check_devices(plan, cluster)
     cm = capture_model(plan.model.name, plan.model.input_shape)
     costs = load_cost_model(cm.graph, cluster, profiles_dir, calibration=calibration,

@@ -165,7 +165,9 @@ def names() -> list[str]:
 def info(name: str) -> StrategyInfo:
     _load_all()
     if name not in _REGISTRY:
-        raise StrategyError(f"unknown strategy {name!r}; known: {', '.join(_REGISTRY)} (coinfer strategies)")
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise StrategyError(f"unknown strategy {name!r}{hint}; known: {', '.join(_REGISTRY)} (coinfer strategies)")
     return _REGISTRY[name]
 
 
