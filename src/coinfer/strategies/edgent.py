@@ -230,6 +230,10 @@ def plan_static(req: PlanRequest, costs: CostModel) -> PlanResult:
         if overall is None or best.latency_ms < overall.latency_ms:
             overall = best
         if best.latency_ms <= budget:
+            if acc is None and best.exit_name not in (None, "final") and req.note is not None:
+                # QA (stop 26): on a fresh clone the chosen exit's head has seeded random weights
+                req.note(f"exit {best.exit_name}'s head is not trained (coinfer train exits --model {req.model}): "
+                         f"its outputs are a random head's until then")
             info = {**_describe(best, acc), **_won(best, configs, verifier, costs), "exits_tried": tried,
                     "deadline_ms": req.deadline_ms, "budget_ms": round(budget, 3),
                     "accuracy_source": _acc_source(req, acc)}
