@@ -164,18 +164,16 @@ def netns_cluster(tmp_path_factory: pytest.TempPathFactory):
         net.close()
 
 
-def test_plan_across_namespaces_with_tbf(netns_cluster) -> None:
+def _cut_plan(keys: Path, addresses: dict[str, str], seed: int):  # type: ignore[no-untyped-def]
+    """The namespaces' cluster (CURVE, unshaped links), ResNet-18 with ``maxpool`` on n1 and the rest on
+    n2, an input and the plain model's output for it."""
     from coinfer.cluster import parse_cluster
-    from coinfer.execute.local import TOLERANCE, compare, reference_output
+    from coinfer.execute.local import reference_output
     from coinfer.inputs import random_input
     from coinfer.modelspec import capture_model
     from coinfer.plan.plan import Stage, Whole
-    from coinfer.runtime.coordinator import Session
     from coinfer.strategies import PlanRequest
 
-    net, keys, addresses = netns_cluster
-    for n, a in addresses.items():
-        assert a.startswith(f"tcp://{net.ip[n]}:"), (n, a)
     cl = parse_cluster({"source": "n0",
                         "devices": [{"name": n, "address": a} for n, a in addresses.items()],
                         "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False},
@@ -183,8 +181,18 @@ def test_plan_across_namespaces_with_tbf(netns_cluster) -> None:
     cm = capture_model(MODEL)
     plan = PlanRequest(cm.graph, cl, MODEL).make_plan(
         [Stage(CUT, Whole("n1")), Stage("output", Whole("n2"))], "netns-test")
-    x = random_input(tuple(cm.graph.input_shape), 11)
-    ref = reference_output(cm, x)
+    x = random_input(tuple(cm.graph.input_shape), seed)
+    return cl, plan, x, reference_output(cm, x)
+
+
+def test_plan_across_namespaces_with_tbf(netns_cluster) -> None:
+    from coinfer.execute.local import TOLERANCE, compare
+    from coinfer.runtime.coordinator import Session
+
+    net, keys, addresses = netns_cluster
+    for n, a in addresses.items():
+        assert a.startswith(f"tcp://{net.ip[n]}:"), (n, a)
+    cl, plan, x, ref = _cut_plan(keys, addresses, 11)
     slow, fast = [], []
     # (failure handling is tested elsewhere: no false "dead" on a loaded machine here)
     with Session(plan, cl, addresses, keys=str(keys), dead_after_s=10.0) as s:
@@ -221,24 +229,11 @@ def test_a_link_blocked_between_two_workers_is_planned_around(netns_cluster) -> 
     sender's connection now gives up on unacknowledged data (TCP_MAXRT), the worker reports the link
     down in its pongs, and the session leaves one end out and re-plans — the request that was running
     is answered, exactly; when the route is back the device is used again."""
-    from coinfer.cluster import parse_cluster
-    from coinfer.execute.local import TOLERANCE, compare, reference_output
-    from coinfer.inputs import random_input
-    from coinfer.modelspec import capture_model
-    from coinfer.plan.plan import Stage, Whole
+    from coinfer.execute.local import TOLERANCE, compare
     from coinfer.runtime.coordinator import Session
-    from coinfer.strategies import PlanRequest
 
     net, keys, addresses = netns_cluster
-    cl = parse_cluster({"source": "n0",
-                        "devices": [{"name": n, "address": a} for n, a in addresses.items()],
-                        "network": {"bandwidth_mbps": 1000, "latency_ms": 0, "shape": False},
-                        "security": {"auth": "curve", "keys": str(keys)}})
-    cm = capture_model(MODEL)
-    plan = PlanRequest(cm.graph, cl, MODEL).make_plan(
-        [Stage(CUT, Whole("n1")), Stage("output", Whole("n2"))], "netns-test")
-    x = random_input(tuple(cm.graph.input_shape), 12)
-    ref = reference_output(cm, x)
+    cl, plan, x, ref = _cut_plan(keys, addresses, 12)
     route = ["ip", "netns", "exec", net.ns["n1"], "ip", "route", "add", "blackhole", f"{net.ip['n2']}/32"]
     with Session(plan, cl, addresses, keys=str(keys), dead_after_s=2.0, timeout_s=120.0) as s:
         assert compare(s(x), ref)[1] <= TOLERANCE
