@@ -43,16 +43,14 @@ def capture(model: Any, input_shape: Any, name: str | None = None) -> CapturedMo
 
 
 def __getattr__(name: str) -> Any:
+    # importlib, not "from . import api": that statement looks the attribute up first, which calls this
+    # function again (RecursionError in a fresh interpreter — found by QA in this stop's first version)
+    import importlib
+
     if name in ("plan", "verify", "simulate", "deploy"):
-        from . import api
-
-        return getattr(api, name)
+        return getattr(importlib.import_module(f"{__name__}.api"), name)
     if name == "api":
-        from . import api as mod
-
-        return mod
+        return importlib.import_module(f"{__name__}.api")
     if name in ("RuntimeFailure", "DeviceUnreachable", "Session"):  # imports torch: on first use
-        from .runtime import coordinator
-
-        return getattr(coordinator, name)
+        return getattr(importlib.import_module(f"{__name__}.runtime.coordinator"), name)
     raise AttributeError(f"module 'coinfer' has no attribute {name!r}")

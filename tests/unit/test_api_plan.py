@@ -28,3 +28,15 @@ def test_the_plan_function_shows_its_own_signature() -> None:
     params = inspect.signature(coinfer.plan).parameters
     assert list(params)[:3] == ["model", "cluster", "strategy"]
     assert {"objective", "deadline_ms", "input_shape", "profiles"} <= set(params)
+
+
+def test_the_lazy_names_resolve_in_a_fresh_interpreter() -> None:
+    """QA (stop 26): `import coinfer; coinfer.deploy` was a RecursionError in a fresh interpreter (the
+    module's __getattr__ ran `from . import api`, which looks the attribute up again)."""
+    import subprocess
+    import sys
+
+    for name in ("deploy", "verify", "simulate", "api", "RuntimeFailure", "DeviceUnreachable", "CoinferError"):
+        r = subprocess.run([sys.executable, "-c", f"import coinfer; print(coinfer.{name})"], capture_output=True,
+                           text=True, timeout=120, check=False)
+        assert r.returncode == 0, (name, r.stderr[-500:])
