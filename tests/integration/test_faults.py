@@ -331,3 +331,48 @@ def test_failover_plans_follow_a_switch(env):
             assert compare(s(x), ref)[1] <= TOLERANCE
         assert s.recoveries and s.recoveries[-1].how == "prepared", [r.describe() for r in s.recoveries]
         assert s.plan.strategy.name == "proportional" and "d2" not in s.deployed_on
+
+
+def test_threads_calling_one_session_all_get_results_while_it_re_plans_slowly(env):
+    """QA (stop 26): with 8 devices a re-plan takes 5-8 s; callers in other threads spent their 4 attempts
+    on the plan being replaced ("devices ['d3'] are dead") and failed. Now they wait for the re-plan.
+    A re-planner that takes 8 s stands for the slow re-plan here."""
+    from coinfer.runtime.coordinator import default_replan
+
+    cl, lc = env
+    plan, xs, refs = _even(12, 6000)
+
+    def slow(sub):  # type: ignore[no-untyped-def]
+        time.sleep(8.0)
+        return default_replan(plan, sub)
+
+    errors: list[BaseException] = []
+    wrong: list[int] = []
+    with Session(plan, cl, lc.addresses, replan_fn=slow) as s:
+        stop = threading.Event()
+
+        def caller(k: int) -> None:
+            i = k
+            while not stop.is_set():
+                try:
+                    if compare(s(xs[i % len(xs)]), refs[i % len(xs)])[1] > TOLERANCE:
+                        wrong.append(i)
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+                i += 3
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        lc.kill("d2")
+        t_end = time.monotonic() + 60
+        while not s.recoveries and time.monotonic() < t_end:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert s.recoveries and "d2" in s.recoveries[0].dead
+    assert not errors, errors[:3]
+    assert not wrong

@@ -263,6 +263,7 @@ class Session:
         bind = f"tcp://{host}:0"
         self.ep = zmq_endpoint(self.name, bind, keys=self.keys, insecure=self.keys is None)
         self.lock = threading.RLock()
+        self._replan_lock = threading.RLock()  # the requests' re-planning and plan switches, one at a time
         self.pending: dict[tuple[str, int], _Pending] = {}
         self.waiters: dict[tuple[str, str], Future[dict[str, Any]]] = {}
         self.last_seen: dict[str, float] = {}
@@ -898,19 +899,23 @@ class Session:
         failure: BaseException | None = None
         for attempt in range(attempts):
             try:
-                self._collect_background()
-                if self._membership_changed.is_set() and self.replan_enabled:
-                    if failure is None and self._active_whole():
-                        self._replan_in_background()
-                    else:
-                        self._replan(t_first if failure else None)
-                if self.adapter is not None and failure is None:
-                    new = self.adapter.before_request(self)
-                    gone = set(new.devices_used_names()) & self.dead if new is not None else set()
-                    if gone:  # an adapter that did not follow a re-plan: keep the running plan
-                        log.warning("the adapter's plan uses dead devices %s; not switched", sorted(gone))
-                    elif new is not None and new.to_dict() != self.plan.to_dict():
-                        self.switch(new)
+                # one thread re-plans at a time, and the others wait for it here instead of spending
+                # their attempts on the plan being replaced (QA: with 8 devices a re-plan takes 5-8 s,
+                # and concurrent callers failed "after 4 attempts: devices ['d3'] are dead")
+                with self._replan_lock:
+                    self._collect_background()
+                    if self._membership_changed.is_set() and self.replan_enabled:
+                        if failure is None and self._active_whole():
+                            self._replan_in_background()
+                        else:
+                            self._replan(t_first if failure else None)
+                    if self.adapter is not None and failure is None:
+                        new = self.adapter.before_request(self)
+                        gone = set(new.devices_used_names()) & self.dead if new is not None else set()
+                        if gone:  # an adapter that did not follow a re-plan: keep the running plan
+                            log.warning("the adapter's plan uses dead devices %s; not switched", sorted(gone))
+                        elif new is not None and new.to_dict() != self.plan.to_dict():
+                            self.switch(new)
                 y = self._attempt(x)
                 if self.adapter is not None and self.last_trace is not None:
                     self.adapter.after_request(self, self.last_trace)
