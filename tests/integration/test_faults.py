@@ -182,6 +182,8 @@ def test_a_device_that_comes_back_is_built_in_the_background(env):
             assert compare(y, refs[i % 8])[1] <= TOLERANCE
             i += 1
         assert victim in s.deployed_on and set(s.deployed_on) == {"d0", "d1", "d2", "d3"}
+        # the peers' connections to the restarted worker came back: no "blocked link" (QA stop 26)
+        assert not s.cut and not any(r.cut for r in s.recoveries), [r.describe() for r in s.recoveries]
         back = s.recoveries[-1]
         assert victim in back.devices and not back.dead and back.how == "background"
         assert s.recoveries[0].how == "rebuilt"

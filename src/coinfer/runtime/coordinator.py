@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import itertools
 import logging
+import math
 import os
 import queue
 import secrets
@@ -220,7 +221,12 @@ def _advertise_host(addresses: list[str]) -> str:
         s.close()
 
 
-BUILD_GRACE = 8.0  # a device building a deployment may miss heartbeats this many times longer
+# a device building a deployment may miss heartbeats this many times longer (16: at 8 devices × 0.2 of a
+# core, building workers were silent for 9.8 s — probably a part's onnxruntime session built holding the GIL —
+# and the first deploy gave up on one; 8 before 7 Dec)
+BUILD_GRACE = 16.0
+#: a link reported down this long (and at least 2 × dead_after_s) while both ends answer is blocked
+LINK_BLOCKED_S = 6.0
 
 
 class Session:
@@ -844,12 +850,21 @@ class Session:
         if self.current is None:
             return
         used = set(self.current.devices)
+        limit = max(2 * self.dead_after_s, LINK_BLOCKED_S)
         for w, down in list(self.links_down.items()):
             for p, age in down.items():
-                if w not in self.alive or p not in self.alive or not {w, p} <= used or age < 2 * self.dead_after_s:
+                if w not in self.alive or p not in self.alive or not {w, p} <= used or age < limit:
                     continue
                 if now - self.last_seen.get(p, 0.0) > self.dead_after_s:
                     continue  # the peer is silent too: a death, judged by the heartbeat
+                since = now - age
+                if any(t >= since - self.dead_after_s for t in (self.dead_at.get(p, -math.inf),
+                                                                self.restarted_at.get(p, -math.inf),
+                                                                self.dead_at.get(w, -math.inf),
+                                                                self.restarted_at.get(w, -math.inf))):
+                    # an end died or restarted since (coinfer up restarts a killed worker on its address):
+                    # the connection is coming back, not blocked (QA: restarts were called blocked links)
+                    continue
                 drop = p if p != self.plan.source else w
                 other = w if drop == p else p
                 self.cut[drop] = (w, p)
