@@ -236,3 +236,45 @@ def test_a_device_that_built_early_keeps_its_deployment_while_the_others_build(m
         print(f"\nd1 built in {built_s:.1f} s against a 1.5 s lease; d0 kept its deployment")
         assert built_s > 1.5 + 1.0, f"the build took {built_s:.1f} s: too quick to test the lease"
         assert compare(y, reference_output(cm, x))[1] <= TOLERANCE
+
+
+def test_a_device_killed_while_the_failover_plans_build_is_planned_around() -> None:
+    """QA (stop 26): `coinfer run --failover` builds the plans without each device before the main plan,
+    and a device lost during those builds ended the run (only the main plan's build re-planned)."""
+    cl = parse_cluster({"source": "d0", "devices": [{"name": "d0"}, {"name": "d1"}, {"name": "d2"}],
+                        "network": {"shape": False}}, "c")
+    _, watch = _whole("resnet18_digits", cl, "d2")
+    from coinfer.api import plan as make_plan
+
+    big = make_plan("vgg16", cl, "even")
+    vgg = capture_model("vgg16")
+    x = random_input(tuple(vgg.graph.input_shape), 6)
+    with LocalCluster(cl, emulate_cpu=False) as lc, \
+            Session(watch, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, replan=False) as a:
+        out: list[Session] = []
+        errors: list[BaseException] = []
+
+        def deploy() -> None:
+            try:
+                out.append(Session(big, cl, lc.addresses, dead_after_s=DEAD_AFTER_S, failover=True).__enter__())
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        t_end = time.monotonic() + 30
+        while a.peer_building.get("d2", True) and time.monotonic() < t_end:
+            time.sleep(0.01)
+        th = threading.Thread(target=deploy)
+        th.start()
+        try:
+            _wait_until_building(a, "d2")  # the first prepared plan (without d1) builds on d2
+            lc.kill("d2")
+            th.join(180)
+            assert not th.is_alive() and not errors, errors
+            b = out[0]
+            assert "d2" in b.dead and "d2" not in b.plan.devices_used_names(), b.plan.devices_used_names()
+            assert b.recoveries and b.recoveries[-1].dead == ["d2"]
+            assert compare(b(x), reference_output(vgg, x))[1] <= TOLERANCE
+        finally:
+            th.join(180)
+            for s in out:
+                s.__exit__(None, None, None)

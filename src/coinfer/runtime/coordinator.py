@@ -326,7 +326,12 @@ class Session:
             if prepared:
                 t0 = time.monotonic()
                 for p in prepared:
-                    self._deploy(p, activate=False)
+                    if set(p.devices_used_names()) & self.dead:
+                        continue  # without a device that went away while an earlier one was built
+                    try:
+                        self._deploy(p, activate=False)
+                    except DeviceWentAway as e:  # as in the first deploy: left out, not the end of the run
+                        self._went_away(e)
                 self.prepare_s = time.monotonic() - t0
                 log.info("prepared %d plans in %.1f s", len(prepared), self.prepare_s)
                 # the bandwidth trace starts when the session is ready, not before the builds
@@ -659,26 +664,21 @@ class Session:
         """Build the first plan. A device other than the source that dies or stops answering while it
         builds is declared dead and the plan re-planned without it (as after a death during a request;
         it ended the run before), unless re-planning is off."""
-        t_fail: float | None = None
+        t_fail: float | None = time.monotonic() if self.dead else None  # one went away in the prepared builds
         while True:
             try:
+                if set(self.plan.devices_used_names()) & self.dead:
+                    self._plan = self._replanned(self._sub(self._live()))
+                    self._greet(self.plan.devices_used_names())
+                    continue
                 kept = self._take_kept(self.plan) if t_fail is not None else None  # failover: prepared
                 if kept is not None:
                     self._activate(kept)
                 else:
                     self._deploy(self.plan)
             except DeviceWentAway as e:
-                dev = e.device
-                if not self.replan_enabled or dev is None or dev == self.plan.source:
-                    raise
+                self._went_away(e)
                 t_fail = time.monotonic() if t_fail is None else t_fail
-                with self.lock:
-                    self.alive.discard(dev)
-                    self.dead.add(dev)
-                    self.dead_at[dev] = time.monotonic()
-                log.warning("%s; re-planning without it", e)
-                self._plan = self._replanned(self._sub(self._live()))
-                self._greet(self.plan.devices_used_names())
                 continue
             if t_fail is not None:
                 self._membership_changed.clear()
@@ -686,6 +686,18 @@ class Session:
                                                      (time.monotonic() - t_fail) * 1e3, 0.0,
                                                      self.plan.devices_used_names(), "rebuilt"))
             return
+
+    def _went_away(self, e: DeviceWentAway) -> None:
+        """A device went away while the session started: declared dead (the plans are made without it),
+        unless re-planning is off or it is the source (then ``e`` is raised)."""
+        dev = e.device
+        if not self.replan_enabled or dev is None or dev == self.plan.source:
+            raise e
+        with self.lock:
+            self.alive.discard(dev)
+            self.dead.add(dev)
+            self.dead_at[dev] = time.monotonic()
+        log.warning("%s; re-planning without it", e)
 
     def _activate(self, d: _Deployment, *, keep_old: bool = False) -> None:
         """Make ``d`` the deployment requests run on; the one it replaces is kept built
