@@ -127,9 +127,18 @@ def deploy(plan: Plan | str, cluster: Cluster | str | dict[str, Any], **kw: Any)
     The workers build the model named by the plan (``plan.model.name``: zoo weights, seeded weights, or
     what an import path's factory loads on each device) — not a module object of the caller's. Keyword
     options are :class:`~coinfer.runtime.coordinator.Session`'s (``timeout_s``, ``dead_after_s``,
-    ``failover``, ``replan``, ``keys``, ``addresses`` …; see :func:`coinfer.runtime.coordinator.deploy`)."""
+    ``failover``, ``replan``, ``keys``, ``addresses`` …; see :func:`coinfer.runtime.coordinator.deploy`).
+    A cluster given by name or file whose devices ``coinfer up`` runs uses those workers."""
     from .runtime.coordinator import deploy as _deploy
 
+    if "addresses" not in kw and isinstance(cluster, (str, os.PathLike)):
+        # the workers `coinfer up` started for this cluster, as coinfer run uses them (QA: the API
+        # started a second set of local workers beside them)
+        from .runtime import upstate
+
+        up = upstate.read(os.fspath(cluster))
+        if up:
+            kw = {**kw, "addresses": up["addresses"], "cpu_modes": up.get("cpu_modes")}
     return _deploy(_plan(plan), _cluster(cluster), **kw)
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +102,16 @@ def test_run_reports_the_cpu_modes_of_up_s_workers(tmp_path: Path) -> None:
         assert res["cpu_modes"] == {"a": "dilate", "b": "dilate"}, res
         # the headline is the latency of the request that stands for the run (the lower middle one)
         assert res["latency_ms"] == sorted(res["latencies_ms"])[1], res["latencies_ms"]
+        # the Python API uses up's workers too (QA stop 26: it started a second set beside them)
+        import coinfer
+        from coinfer.runtime import upstate
+
+        up = upstate.read(str(spec))
+        assert up is not None
+        with coinfer.deploy(str(plan), str(spec)) as s:
+            assert s.local is None and s.addresses == up["addresses"]
+            assert s.cpu_modes == {"a": "dilate", "b": "dilate"}
+            s(torch.zeros(*s.plan.model.input_shape))
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(30)

@@ -451,8 +451,11 @@ class Session:
                     f = self.waiters.pop(key)
                     f.set_exception(RuntimeFailure(f"{m.sender}: {h['msg']}"))
                     return
-            if self._closing and "undeployed" in str(h["msg"]):
-                log.debug("error from %s while closing: %s", m.sender, h["msg"])
+            if (self._closing or h.get("code") in ("aborted", "no_deployment")) and (
+                    "undeployed" in str(h["msg"]) or "unknown deployment" in str(h["msg"])):
+                # a request of a deployment the session dropped (closing, or a re-plan replaced it):
+                # expected, not worth a line (QA: "error from dX … undeployed" during every recovery)
+                log.debug("error from %s about a dropped deployment: %s", m.sender, h["msg"])
                 return
             log.warning("error from %s: %s", m.sender, h["msg"])
 
