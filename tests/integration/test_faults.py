@@ -378,3 +378,22 @@ def test_threads_calling_one_session_all_get_results_while_it_re_plans_slowly(en
     assert s.recoveries and "d2" in s.recoveries[0].dead
     assert not errors, errors[:3]
     assert not wrong
+
+
+def test_a_source_that_comes_back_at_once_is_waited_for(env):
+    """QA (stop 26): `coinfer up` started a killed source again within a second, yet the run failed
+    ("the source device d0 stopped answering"): nothing runs without the source, and the session gave
+    up at once. It now waits a few seconds for the source to answer again, then re-plans."""
+    cl, lc = env
+    plan, xs, refs = _even(3, 7000)
+    with Session(plan, cl, lc.addresses, dead_after_s=1.0) as s:
+        assert compare(s(xs[0]), refs[0])[1] <= TOLERANCE
+        lc.kill("d0")
+        t_end = time.monotonic() + 20
+        while "d0" not in s.dead and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert "d0" in s.dead
+        lc.restart("d0")
+        for x, ref in zip(xs[1:], refs[1:]):
+            assert compare(s(x), ref)[1] <= TOLERANCE
+        assert "d0" in s.deployed_on

@@ -1083,10 +1083,19 @@ class Session:
         self._membership_changed.clear()
         t0 = time.monotonic()
         live = self._live()
+        wait_s = max(5.0, 4 * self.dead_after_s)
+        if self.plan.source not in live:
+            # nothing runs without the source; coinfer up starts a killed worker again within seconds
+            # (QA: the run failed although the source was back 0.2 s later) — wait a little for it
+            t_end = time.monotonic() + wait_s
+            while self.plan.source not in self._live() and time.monotonic() < t_end and not self.stop.is_set():
+                time.sleep(0.05)
+            live = self._live()
         if self.plan.source not in live:
             raise RuntimeFailure(f"the source device {self.plan.source} stopped answering for "
-                                 f"{self.dead_after_s:g} s (dead or stalled); nothing can run without it — if it "
-                                 f"stalls, raise --dead-after-s (Session(dead_after_s=…))")
+                                 f"{self.dead_after_s:g} s and did not come back within {wait_s:g} s (dead or "
+                                 f"stalled); nothing can run without it — if it stalls, raise --dead-after-s "
+                                 f"(Session(dead_after_s=…))")
         sub = self._sub(live)
         new = self._replanned(sub)
         ready = self._take_kept(new)  # prepared for this failure (failover=True)
