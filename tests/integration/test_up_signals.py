@@ -263,3 +263,40 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path) -> None:  # type: 
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_a_crash_looping_worker_is_given_up_and_the_others_keep_serving(tmp_path: Path) -> None:
+    """QA (stop 26): a device killed 4 times in a minute made `coinfer up` stop every worker — and the
+    sessions running on them. Now only that device is given up; the others keep serving and `run`
+    still finds them (and is told that device does not answer)."""
+    from coinfer.runtime import upstate
+
+    spec = tmp_path / "two.yaml"
+    spec.write_text(CLUSTER)
+    p, pids = _start_up(spec)
+    try:
+        assert p.stdout is not None
+        b = pids["b"]
+        lines = []
+        for _ in range(4):
+            os.kill(b, signal.SIGKILL)
+            line = next(ln for ln in p.stdout if ln.strip()).strip()
+            lines.append(line)
+            if "not starting it again" in line:
+                break
+            t_end = time.monotonic() + 60
+            while time.monotonic() < t_end:  # the restarted worker's pid
+                st = upstate.read(str(spec))
+                if st is not None and st["pids"].get("b", b) != b:
+                    b = int(st["pids"]["b"])
+                    break
+                time.sleep(0.1)
+        assert "b exited 4 times in a minute; not starting it again" in lines[-1], lines
+        time.sleep(1.0)
+        assert p.poll() is None, "coinfer up stopped"
+        assert not _gone(pids["a"]), "the healthy worker was stopped"
+        st = upstate.read(str(spec))
+        assert st is not None and st["pids"] == {"a": pids["a"]}, st
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 COMMAND = "up"
 
+import contextlib
 import signal
 import time
 
@@ -58,27 +59,39 @@ def cmd(
     for n, w in lc.workers.items():
         d = cl.device(n)
         c.print(f"  {n:<10} {w.address:<24} pid {w.proc.pid:<7} cpu_share {d.cpu_share} ({w.cpu_mode})")
+    given_up: set[str] = set()  # crash-looping workers not started again (the others keep serving)
+
     def publish() -> None:  # where `coinfer run` finds the workers (a restarted one has a new pid)
-        upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items()}, lc.cpu_modes())
+        upstate.write(cluster, lc.addresses, {n: w.proc.pid for n, w in lc.workers.items() if n not in given_up},
+                      lc.cpu_modes())
 
     publish()
     links = (f"Links are shaped by each sender ({cl.network.bandwidth_mbps} Mbit/s, {cl.network.latency_ms} ms "
              f"by default)." if cl.network.shape else "Links are not shaped (network.shape: false): loopback speed.")
     c.print(f"[bold]up[/]: Ctrl-C stops them. {links}")
-    exits: dict[str, list[float]] = {}  # device -> when its worker exited (a crash loop stops `up`)
+    exits: dict[str, list[float]] = {}  # device -> when its worker exited (a crash loop: not restarted)
     try:
         while True:
             time.sleep(0.5)
-            dead = [n for n, w in lc.workers.items() if not w.alive()]
+            dead = [n for n, w in lc.workers.items() if n not in given_up and not w.alive()]
             if not dead:
                 continue
             now = time.monotonic()
-            looping = [n for n in dead if len([t for t in exits.get(n, []) if now - t < 60]) >= RESTARTS_PER_MINUTE]
-            if not restart or looping:
-                why = f"exited {RESTARTS_PER_MINUTE + 1} times in a minute" if looping else "exited"
-                c.print(f"worker(s) {looping or dead} {why}; stopping (logs: --log-dir)")
+            if not restart:
+                c.print(f"worker(s) {dead} exited; stopping (logs: --log-dir)")
                 break
-            for n in dead:
+            looping = [n for n in dead if len([t for t in exits.get(n, []) if now - t < 60]) >= RESTARTS_PER_MINUTE]
+            for n in looping:
+                # not the whole cluster (QA: one flapping device stopped all 8 and the sessions on them)
+                given_up.add(n)
+                with contextlib.suppress(Exception):  # releases its CPU limit (a cgroup)
+                    lc.kill(n)
+                c.print(f"{n} exited {RESTARTS_PER_MINUTE + 1} times in a minute; not starting it again — the "
+                        f"other devices keep serving, sessions re-plan without it (logs: --log-dir)")
+            if given_up == set(lc.workers):
+                c.print("no worker left; stopping")
+                break
+            for n in (n for n in dead if n not in given_up):
                 exits.setdefault(n, []).append(now)
                 c.print(f"{n} exited ({_how(lc.workers[n].proc.returncode)}); starting it again on "
                         f"{lc.workers[n].address}")
