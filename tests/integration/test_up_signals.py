@@ -102,6 +102,7 @@ def test_run_reports_the_cpu_modes_of_up_s_workers(tmp_path: Path) -> None:
         assert res["cpu_modes"] == {"a": "dilate", "b": "dilate"}, res
         # the headline is the latency of the request that stands for the run (the lower middle one)
         assert res["latency_ms"] == sorted(res["latencies_ms"])[1], res["latencies_ms"]
+        assert res["verified_requests"] == 4 and res["max_abs_diff"] < 1e-4  # every answer checked
         # the Python API uses up's workers too (QA stop 26: it started a second set beside them)
         import coinfer
         from coinfer.runtime import upstate

@@ -1083,6 +1083,9 @@ class Session:
         self._membership_changed.clear()
         t0 = time.monotonic()
         live = self._live()
+        # who was dead when the re-plan began: the record is written after the build (5-15 s at 8
+        # devices), when coinfer up may have started the device again (QA: "all devices alive")
+        dead_then = sorted(set(self.dead) | (set(self.cluster.names) - live))
         wait_s = max(5.0, 4 * self.dead_after_s)
         if self.plan.source not in live:
             # nothing runs without the source; coinfer up starts a killed worker again within seconds
@@ -1116,7 +1119,7 @@ class Session:
         else:
             self._greet(new.devices_used_names())
             self._deploy(new)
-        self.recoveries.append(RecoveryEvent(time.time(), sorted(self.dead), (time.monotonic() - t0) * 1e3,
+        self.recoveries.append(RecoveryEvent(time.time(), dead_then, (time.monotonic() - t0) * 1e3,
                                              0.0, new.devices_used_names(), how, sorted(restarted),
                                              sorted(self.cut)))
         prep = self._adopt(new)
