@@ -192,27 +192,32 @@ def test_a_worker_that_refuses_our_keys_is_not_called_dead(tmp_path: Path, run_c
     import subprocess
     import sys
 
+    from coinfer.runtime.security import generate_keys
+
     mine, other = tmp_path / "keys", tmp_path / "other"
-    assert run_cli("keys", "--dir", mine, "--devices", "a,b").returncode == 0
-    assert run_cli("keys", "--dir", other, "--devices", "a,b").returncode == 0
+    generate_keys(mine, ["b"])
+    generate_keys(other, ["b"])
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     w = subprocess.Popen([sys.executable, "-m", "coinfer.runtime.worker_main", "--bind", addr, "--name", "b",
                           "--keys", str(mine)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert w.stdout is not None and w.stdout.readline().startswith(b"READY")
-        ppath, cpath = _plan_for(tmp_path, addr)
-        base = yaml.safe_load(cpath.read_text())
+        # the only device is b (no local worker to start): a plan on it alone
+        base = {"source": "b", "devices": [{"name": "b", "address": addr}], "network": {"shape": False}}
+        ppath, cpath = tmp_path / "p.json", tmp_path / "c.yaml"
+        plan_result("alexnet_digits", parse_cluster(base, "c"), "local").plan.save(ppath)
         for security, words in [({"auth": "curve", "keys": str(other)}, "CURVE keys do not match"),
                                 (None, "a worker started with --keys")]:
-            cl = {**base, "devices": [{"name": "a"}, {"name": "b", "address": addr}]}
+            cl = dict(base)
             if security:
                 cl["security"] = security
             cpath.write_text(yaml.safe_dump(cl))
             r = run_cli("run", ppath, "--cluster", cpath, "--connect-timeout-s", "10")
             assert r.returncode == 2, (r.stdout, r.stderr)
-            (line,) = _error_lines(r)
-            assert words in line and "stopped or died" not in line, line
+            lines = _error_lines(r)
+            assert len(lines) == 1, r.stderr
+            assert words in lines[0] and "stopped or died" not in lines[0], lines
         assert w.poll() is None  # the worker was alive all along
     finally:
         w.terminate()

@@ -781,7 +781,9 @@ class ZmqEndpoint:
                 fut.set_exception(RuntimeError(f"endpoint {self.name!r} is closed"))
         if dropped:
             self.stats.dropped += dropped
-            log.warning("%s: closed with %d queued message(s) unsent; dropped", self.name, dropped)
+            # (info: a coordinator that gave up on an unreachable device closes with its hello queued —
+            # a warning line beside the one-line error; stats.dropped keeps the count)
+            log.info("%s: closed with %d queued message(s) unsent; dropped", self.name, dropped)
         for p in peers:
             if p.mon is not None:
                 p.mon.close(linger=0)
