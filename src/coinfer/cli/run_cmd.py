@@ -67,7 +67,7 @@ def cmd(
     cl = with_cpu_emulation(resolve_cluster(cluster), cpu_emulation)
     up = upstate.read(cluster)
     # devices, keys and options first: the capture below took ≈ 9 s of ResNet-18 before they were looked at
-    preflight(plan, cl, addresses=up["addresses"] if up else None, keys=keys)
+    checked = preflight(plan, cl, addresses=up["addresses"] if up else None, keys=keys)
     cm = capture_model(plan.model.name, plan.model.input_shape)
     plan.validate(cm.graph)
     x = make_input(input, tuple(plan.model.input_shape))
@@ -75,7 +75,8 @@ def cmd(
     with c.status("deploying…"):
         session = deploy(plan, cl, addresses=up["addresses"] if up else None, keys=keys,
                          cpu_modes=up.get("cpu_modes") if up else None, hello_timeout_s=connect_timeout_s,
-                         failover=failover, dead_after_s=dead_after_s, timeout_s=request_timeout_s)
+                         failover=failover, dead_after_s=dead_after_s, timeout_s=request_timeout_s,
+                         checked=checked)
     lat: list[float] = []
     checks: list[tuple[float, float, Plan]] = []  # --verify: each request's max abs / rel diff and its plan
     refs: dict[str | None, Any] = {}

@@ -580,8 +580,7 @@ class Session:
                 self._hello([d])
             except DeviceUnreachable:
                 with self.lock:
-                    self.dead.add(d)
-                    self.dead_at[d] = time.monotonic()
+                    self._declare_dead(d, time.monotonic())
                     self._membership_changed.set()
                 raise
 
@@ -697,10 +696,14 @@ class Session:
         if not self.replan_enabled or dev is None or dev == self.plan.source:
             raise e
         with self.lock:
-            self.alive.discard(dev)
-            self.dead.add(dev)
-            self.dead_at[dev] = time.monotonic()
+            self._declare_dead(dev, time.monotonic())
         log.warning("%s; re-planning without it", e)
+
+    def _declare_dead(self, dev: str, now: float) -> None:
+        """``dev`` is dead from ``now`` on (alive again when it answers a ping). Under ``self.lock``."""
+        self.alive.discard(dev)
+        self.dead.add(dev)
+        self.dead_at[dev] = now
 
     def _activate(self, d: _Deployment, *, keep_old: bool = False) -> None:
         """Make ``d`` the deployment requests run on; the one it replaces is kept built
@@ -848,17 +851,16 @@ class Session:
                 for dev in list(self.alive):
                     limit = self.dead_after_s * (BUILD_GRACE if dev in building else 1.0)
                     if now - self.last_seen.get(dev, now) > limit:
-                        self.alive.discard(dev)
-                        self.dead.add(dev)
-                        self.dead_at[dev] = now
+                        self._declare_dead(dev, now)
                         log.warning("device %s declared dead (no heartbeat for %.1f s)", dev,
                                     now - self.last_seen.get(dev, now))
                         self._fail_over(dev, "died")
                 self._check_links(now)
 
     def _check_links(self, now: float) -> None:
-        """A link of the active deployment that one device reports down for 2 × ``dead_after_s`` while
-        both ends answer heartbeats is blocked (a firewall or a route between the devices, not a death):
+        """A link of the active deployment that one device reports down for ``LINK_BLOCKED_S`` (at least
+        2 × ``dead_after_s``) while both ends answer heartbeats — and neither died or restarted since — is
+        blocked (a firewall or a route between the devices, not a death):
         its requests would wait for the request timeout. One end — not the source — is left out as if
         dead and the session re-plans without it; it is used again when the link is back. Under
         ``self.lock``."""
@@ -883,9 +885,7 @@ class Session:
                 drop = p if p != self.plan.source else w
                 other = w if drop == p else p
                 self.cut[drop] = (w, p)
-                self.alive.discard(drop)
-                self.dead.add(drop)
-                self.dead_at[drop] = now
+                self._declare_dead(drop, now)
                 log.warning("the link between %s and %s is blocked (%s has not reached %s for %.1f s while "
                             "both answer): leaving %s out (each device must reach the others' worker ports)",
                             w, p, w, p, age, drop)
@@ -1336,10 +1336,11 @@ def _check_deploy(plan: Plan, cluster: Cluster, kw: dict[str, Any]) -> None:
     a misleading hint): Session's options, the plan against the cluster, a model no worker can import."""
     import inspect
 
-    bad = sorted(set(kw) - set(inspect.signature(Session.__init__).parameters) - {"cpu_modes"})
+    options = set(inspect.signature(Session.__init__).parameters)
+    bad = sorted(set(kw) - options - {"cpu_modes"})
     if bad:
         raise TypeError(f"deploy() got unknown option(s) {bad}; Session takes "
-                        f"{sorted(set(inspect.signature(Session.__init__).parameters) - {'self', 'plan', 'cluster'})}")
+                        f"{sorted(options - {'self', 'plan', 'cluster'})}")
     check_plan_cluster(plan, cluster)
     if plan.model.name.startswith("__main__:"):
         from ..modelspec import ModelError
@@ -1373,11 +1374,15 @@ def preflight(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None 
 
 
 def deploy(plan: Plan, cluster: Cluster, *, addresses: dict[str, str] | None = None,
-           keys: str | None = None, start_local: bool = True, **kw: Any) -> Session:
+           keys: str | None = None, start_local: bool = True,
+           checked: tuple[str | None, Cluster | None] | None = None, **kw: Any) -> Session:
     """Deploy ``plan`` on ``cluster``. Local devices are started as worker processes unless
     ``addresses`` gives where they already run (``coinfer up``). ``keys``: the CURVE key
-    directory; by default the cluster's ``security.keys`` when ``security.auth`` is ``curve``."""
-    keys, sub = preflight(plan, cluster, addresses=addresses, keys=keys, start_local=start_local, **kw)
+    directory; by default the cluster's ``security.keys`` when ``security.auth`` is ``curve``.
+    ``checked``: what :func:`preflight` returned for these arguments, when the caller ran it already
+    (``coinfer run`` does, before it captures the model); else it runs here."""
+    keys, sub = checked if checked is not None else preflight(plan, cluster, addresses=addresses, keys=keys,
+                                                             start_local=start_local, **kw)
     local = None
     if addresses is None:
         addresses = {d.name: d.address for d in cluster.devices if not d.is_local}

@@ -216,13 +216,10 @@ class Worker:
     def links_down(self) -> dict[str, float]:
         """peer -> seconds its connection has been down (or never came up): a coordinator that still
         hears from that peer knows the link between the two is blocked (pong ``down``)."""
-        since = getattr(self.ep, "unreachable_since", None)
-        if since is None:
-            return {}
         now = time.monotonic()
         out = {}
         for peer in list(self.peers):
-            t = since(peer)
+            t = self.ep.unreachable_since(peer)
             if t is not None:
                 out[peer] = round(now - t, 2)
         return out

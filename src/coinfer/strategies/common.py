@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from ..graph.geometry import part_geometry
 from ..graph.ir import OUTPUT, Graph
 from ..plan.plan import Plan, RowPart, Rows, Stage, Whole
-from .registry import PlanRequest, StrategyError
+from .registry import PlanRequest, StrategyError, close_match
 
 
 def holds_weights(costs: Any, device: str, weight_bytes: int) -> bool:
@@ -58,8 +57,7 @@ def name_list(v: object, key: str, known: list[str], what: str) -> list[str]:
                             f"e.g. {key}={','.join(known[:2])}")
     bad = list(dict.fromkeys(n for n in items if n not in known))
     if bad:
-        hints = [f"{b} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(b, known, n=1, cutoff=0.6)) else b
-                 for b in bad]
+        hints = [f"{b} (did you mean {m}?)" if (m := close_match(b, known)) else b for b in bad]
         raise StrategyError(f"--param {key}: unknown {what} {', '.join(hints)}; known: {', '.join(known)}")
     return list(dict.fromkeys(items))
 

@@ -8,7 +8,7 @@ never measures (profilers do) and never touches sockets or torch.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -162,11 +162,18 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def close_match(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a misspelt ``name``, if any is close (the "did you mean" of the strategy,
+    parameter and name-list errors)."""
+    m = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
 def info(name: str) -> StrategyInfo:
     _load_all()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        close = close_match(name, _REGISTRY)
+        hint = f" (did you mean {close}?)" if close else ""
         raise StrategyError(f"unknown strategy {name!r}{hint}; known: {', '.join(_REGISTRY)} (coinfer strategies)")
     return _REGISTRY[name]
 
@@ -186,7 +193,7 @@ def check_params(name: str, params: Mapping[str, Any], *, plan_keys: bool = Fals
     bad = [str(k) for k in params if k not in ok]
     if not bad:
         return
-    close = {k: m[0] for k in bad if (m := difflib.get_close_matches(k, s.params, n=1, cutoff=0.6))}
+    close = {k: m for k in bad if (m := close_match(k, s.params))}
     takes = f"strategy {name} takes: {', '.join(s.params)}"
     if len(bad) == 1:
         hint = f" (did you mean {close[bad[0]]}?)" if close else ""
